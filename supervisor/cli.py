@@ -1,0 +1,205 @@
+"""The `pmon` command. Thin: parse, call the running supervisor (or the validator), print.
+
+Exit codes: 0 done; 1 refused or failed (the message says why); 2 bad configuration or
+usage; 3 pmon is not running for this project.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from . import config as config_module
+from .errors import ConfigError, NotRunning, PmonError
+
+EXIT_REFUSED, EXIT_CONFIG, EXIT_NOT_RUNNING = 1, 2, 3
+
+
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        envvar="PMON_CONFIG",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="The project's TOML file (default: $PMON_CONFIG, else ./pmon.toml).",
+    )(func)
+
+
+def load_config(path: Path | None) -> config_module.Config:
+    if path is None:
+        path = Path("pmon.toml")
+        if not path.exists():
+            fail("no project file: pass -c FILE or set PMON_CONFIG", EXIT_CONFIG)
+    try:
+        return config_module.load(path)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+
+
+def fail(message: str, code: int = EXIT_REFUSED) -> Any:
+    click.echo(f"pmon: {message}", err=True)
+    sys.exit(code)
+
+
+def call(config_path: Path | None, command: str, **args: Any) -> Any:
+    from .control.client import call as remote_call
+
+    config = load_config(config_path)
+    try:
+        return remote_call(config, command, **args)
+    except NotRunning as exc:
+        fail(str(exc), EXIT_NOT_RUNNING)
+    except (PmonError, OSError) as exc:
+        fail(str(exc))
+
+
+def target_arg(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pmon")
+def main() -> None:
+    """pmon: a process monitor for control-system servers.
+
+    `pmon run -c FILE` runs a project in the foreground; the other commands talk to it.
+    """
+
+
+@main.command()
+@config_option
+@click.option("--quiet", "-q", is_flag=True, help="Do not echo events on stderr.")
+def run(config_path: Path | None, quiet: bool) -> None:
+    """Run the project in the foreground until SIGTERM / SIGINT."""
+    from .pmon import run as run_project
+
+    config = load_config(config_path)
+    try:
+        sys.exit(run_project(config, echo=not quiet))
+    except PmonError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@config_option
+def validate(config_path: Path | None) -> None:
+    """Check the project file as `run` would; start nothing."""
+    config = load_config(config_path)
+    click.echo(f"{config.path}: valid, project '{config.project.name}', {len(config.managers)} managers")
+
+
+def _since(started_at: float | None) -> str:
+    if not started_at:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at))
+
+
+def print_table(status: dict[str, Any]) -> None:
+    click.echo(f"project {status['project']}: {status['project_state']}")
+    rows = [("#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "SINCE")]
+    for m in status["managers"]:
+        state = m["state"]
+        if m["state"] == "exited" and m["exit_code"] is not None:
+            state += f" ({m['exit_code']})"
+        if m.get("ready_failed"):
+            state += " (not ready)"
+        rows.append((
+            str(m["index"]), m["name"], state, str(m["pid"] or "-"), m["start"],
+            "yes" if m["core"] else "", str(m["restarts"]), _since(m["started_at"]),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(config_path: Path | None, as_json: bool) -> None:
+    """One row per manager: index, name, state, pid, start type, core, restarts, since."""
+    result = call(config_path, "status")
+    if as_json:
+        result = {"project": result["project"], "managers": [
+            {k: m[k] for k in ("index", "name", "state", "pid", "start", "core", "restarts",
+                               "exit_code", "started_at")} for m in result["managers"]
+        ], "project_state": result["project_state"]}
+        click.echo(json.dumps(result, indent=1))
+    else:
+        print_table(result)
+
+
+def _manager_command(name: str, verb: str, all_command: str, all_help: str) -> None:
+    @main.command(name=name, help=f"{verb} a manager (NAME or index), or --all: {all_help}.")
+    @config_option
+    @click.argument("target", required=False)
+    @click.option("--all", "all_", is_flag=True, help=all_help)
+    def handler(config_path: Path | None, target: str | None, all_: bool) -> None:
+        if all_ == (target is not None):
+            raise click.UsageError(f"give a manager NAME (or index), or --all: pmon {name} NAME")
+        if all_:
+            result = call(config_path, all_command)
+            click.echo(f"project {result['project']}: {result['project_state']}")
+        else:
+            row = call(config_path, name, target=target_arg(target or ""))
+            click.echo(f"{row['name']}: {row['state']}" + (f" (pid {row['pid']})" if row["pid"] else ""))
+
+
+_manager_command("start", "Start", "start-all", "start the project in order")
+_manager_command("stop", "Stop", "stop-all", "stop every manager in reverse order, pmon stays")
+_manager_command("restart", "Restart", "restart-all", "restart the whole project")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@config_option
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--start", "start_type", type=click.Choice(["always", "once", "manual"]), default="always", show_default=True)
+@click.option("--seconds-to-kill", type=float, help="Wait after SIGTERM before SIGKILL.")
+@click.option("--restart-count", type=int, help="Restarts allowed within --reset-after.")
+@click.option("--reset-after", type=float, help="Window of the restart count, in seconds.")
+@click.option("--ready", type=click.Choice(["spawn", "notify", "delay"]), help="When it counts as ready.")
+@click.option("--env", "env", multiple=True, metavar="KEY=VALUE", help="An environment variable (repeatable).")
+def add(config_path: Path | None, name: str, command: tuple[str, ...], start_type: str, env: tuple[str, ...], **limits: Any) -> None:
+    """Add manager NAME running COMMAND (after --) to the running project and its TOML file.
+
+    Example: pmon add driver3 --start always -- python3 driver.py -num 5
+
+    The TOML file is rewritten (with tomli-w): comments in it are not kept.
+    """
+    table: dict[str, Any] = {"name": name, "command": list(command), "start": start_type}
+    table.update({key: value for key, value in limits.items() if value is not None})
+    if env:
+        pairs = [item.partition("=") for item in env]
+        if any(not sep or not key for key, sep, _ in pairs):
+            raise click.UsageError("--env takes KEY=VALUE")
+        table["env"] = {key: value for key, _, value in pairs}
+    row = call(config_path, "add", manager=table)
+    click.echo(f"{row['name']}: added as #{row['index']}, {row['state']}")
+
+
+@main.command()
+@config_option
+@click.argument("target")
+def remove(config_path: Path | None, target: str) -> None:
+    """Remove a stopped, non-core manager from the project and its TOML file (comments are not kept)."""
+    result = call(config_path, "remove", target=target_arg(target))
+    click.echo(f"{result['removed']}: removed")
+
+
+@main.command()
+@config_option
+def shutdown(config_path: Path | None) -> None:
+    """Stop every manager in reverse order, then pmon itself."""
+    call(config_path, "shutdown")
+    click.echo("pmon is shutting down")
+
+
+if __name__ == "__main__":
+    main()

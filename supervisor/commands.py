@@ -1,0 +1,165 @@
+"""The control commands: one registry, used by the control server (and so by the CLI) and by
+the PMON TCP face. Each command is an async function of the supervisor and keyword
+arguments; its docstring is its help; its parameters are checked before it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import tomli_w
+
+from . import config as config_module
+from .errors import CommandError, ConfigError, ProtocolError
+from .statefile import write_atomically
+
+if TYPE_CHECKING:
+    from .pmon import Supervisor
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    handler: Handler
+    params: dict[str, inspect.Parameter]
+
+    @property
+    def help(self) -> str:
+        return inspect.getdoc(self.handler) or ""
+
+
+REGISTRY: dict[str, Command] = {}
+_TYPES = {"str": str, "int": int, "bool": bool, "list": list, "dict": dict, "str | int": (str, int)}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        params = dict(list(inspect.signature(handler).parameters.items())[1:])
+        REGISTRY[name] = Command(name, handler, params)
+        return handler
+
+    return register
+
+
+async def execute(sup: "Supervisor", name: Any, args: Any) -> Any:
+    """Run one command. Raises ProtocolError for a malformed call, PmonError when refused."""
+    if not isinstance(name, str) or name not in REGISTRY:
+        known = ", ".join(sorted(REGISTRY))
+        raise ProtocolError(f"unknown command {name!r}; known commands: {known}")
+    if not isinstance(args, dict):
+        raise ProtocolError(f"arguments of '{name}' must be an object, got {type(args).__name__}")
+    cmd = REGISTRY[name]
+    for key, value in args.items():
+        if key not in cmd.params:
+            raise ProtocolError(f"'{name}' takes no argument '{key}'; it takes: {', '.join(cmd.params) or 'none'}")
+        expected = _TYPES.get(str(cmd.params[key].annotation))
+        if expected is not None and (
+            not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+        ):
+            raise ProtocolError(f"argument '{key}' of '{name}' has the wrong type")
+    missing = [k for k, p in cmd.params.items() if p.default is inspect.Parameter.empty and k not in args]
+    if missing:
+        raise ProtocolError(f"'{name}' needs the argument(s): {', '.join(missing)}")
+    return await cmd.handler(sup, **args)
+
+
+@command("status")
+async def status(sup: "Supervisor") -> dict[str, Any]:
+    """Every manager's index, name, state, pid, start type, core flag, restarts, since."""
+    return sup.status()
+
+
+@command("start")
+async def start(sup: "Supervisor", target: str | int) -> dict[str, Any]:
+    """Start a manager (by name or index); unblocks a blocked one and resets its counter."""
+    return sup._row(await sup.start_manager(target))
+
+
+@command("stop")
+async def stop(sup: "Supervisor", target: str | int) -> dict[str, Any]:
+    """Stop a manager: SIGTERM to its group, SIGKILL after seconds_to_kill."""
+    return sup._row(await sup.stop_manager(target))
+
+
+@command("restart")
+async def restart(sup: "Supervisor", target: str | int) -> dict[str, Any]:
+    """Restart a manager; a core manager restarts the whole project."""
+    return sup._row(await sup.restart_manager(target))
+
+
+@command("start-all")
+async def start_all(sup: "Supervisor") -> dict[str, Any]:
+    """Start the project (the normal start sequence)."""
+    await sup.start_project()
+    return sup.status()
+
+
+@command("stop-all")
+async def stop_all(sup: "Supervisor") -> dict[str, Any]:
+    """Stop every manager in reverse order; pmon keeps running."""
+    await sup.stop_project()
+    return sup.status()
+
+
+@command("restart-all")
+async def restart_all(sup: "Supervisor") -> dict[str, Any]:
+    """Restart the project: stop everything in reverse order, then start in order."""
+    for manager in sup.managers.values():
+        manager.recent.clear()  # an operator's project restart is a fresh start
+    await sup.restart_project("operator request")
+    return sup.status()
+
+
+@command("shutdown")
+async def shutdown(sup: "Supervisor") -> dict[str, Any]:
+    """Stop every manager in reverse order, then pmon itself."""
+    sup.request_shutdown("pmon shutdown")
+    return {"shutting_down": True}
+
+
+@command("add")
+async def add(sup: "Supervisor", manager: dict) -> dict[str, Any]:
+    """Add a manager (a [[managers]] table) to the running project and to the TOML file.
+
+    The file is rewritten with tomli-w: comments in it are not kept.
+    """
+    raw = copy.deepcopy(dict(sup.config.raw))
+    raw.setdefault("managers", []).append(manager)
+    _commit(sup, raw)
+    added = sup.managers[manager["name"]]
+    if added.wanted:
+        await sup.start_manager(added.spec.name)
+    return sup._row(added)
+
+
+@command("remove")
+async def remove(sup: "Supervisor", target: str | int) -> dict[str, Any]:
+    """Remove a stopped, non-core manager from the project and from the TOML file."""
+    manager = sup.find(target)
+    name = manager.spec.name
+    if manager.spec.core:
+        raise CommandError(f"{name} is a core manager; the project cannot run without it")
+    if manager.alive or manager.state.value == "backoff":
+        raise CommandError(f"{name} is {manager.state.value}; stop it first: pmon stop {name}")
+    raw = copy.deepcopy(dict(sup.config.raw))
+    raw["managers"] = [m for m in raw.get("managers", []) if m.get("name") != name]
+    _commit(sup, raw)
+    return {"removed": name}
+
+
+def _commit(sup: "Supervisor", raw: dict[str, Any]) -> None:
+    """Validate a changed project, write it to its file, then apply it. All or nothing."""
+    try:
+        new = config_module.parse(raw, sup.config.path)
+    except ConfigError as exc:
+        raise CommandError(f"the change would make the project invalid:\n{exc}") from None
+    try:
+        write_atomically(sup.config.path, tomli_w.dumps(raw).encode())
+    except OSError as exc:
+        raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
+    sup.reconfigure(new)

@@ -1,0 +1,325 @@
+"""TOML -> validated, typed, frozen model of a project.
+
+Every error names the file, the manager (by name and position) and the key, says what is
+allowed, and where it can, suggests the key that was probably meant. Validation collects all
+errors of the file at once, so a user fixes them in one go.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+from .states import Readiness, StartType
+
+
+@dataclass(frozen=True)
+class ManagerSpec:
+    """One manager as configured. Index is 1-based: index 0 is pmon itself (as in PMON)."""
+
+    name: str
+    command: tuple[str, ...]
+    index: int = 0
+    start: StartType = StartType.ALWAYS
+    core: bool = False
+    redundancy: bool = False
+    ready: Readiness = Readiness.SPAWN
+    ready_seconds: float = 1.0
+    start_timeout: float = 30.0
+    seconds_to_kill: float = 10.0
+    restart_count: int = 3
+    reset_after: float = 300.0
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    cwd: Path = Path(".")
+    num: int | None = None
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """Where the control channel listens. `tcp` is "127.0.0.1:PORT" or None (Unix socket)."""
+
+    tcp: str | None = None
+
+
+@dataclass(frozen=True)
+class ProjectSpec:
+    name: str
+    state_dir: Path
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+    control: ControlSpec = ControlSpec()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    project: ProjectSpec
+    managers: tuple[ManagerSpec, ...]
+    raw: Mapping[str, Any]  # the parsed TOML, for write-back by `add` / `remove`
+
+    def start_order(self) -> tuple[ManagerSpec, ...]:
+        """List order, with the redundancy manager moved first (PMON's rule)."""
+        return tuple(sorted(self.managers, key=lambda m: not m.redundancy))
+
+    def manager(self, name: str) -> ManagerSpec:
+        for spec in self.managers:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+# --- the schema -----------------------------------------------------------------------
+# A key: (what the user must write, check-and-convert). The converter raises ValueError
+# with the hint that completes "expected ...".
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError("a number >= 0 (seconds)")
+    return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("a whole number >= 0")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty string")
+    return value
+
+
+def _name(value: Any) -> str:
+    text = _string(value)
+    if text.isdigit() or any(c.isspace() or c in "#;/\\" for c in text):
+        raise ValueError("a name of letters, digits, '-', '_' or '.', not only digits")
+    return text
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(part, str) for part in value)
+        or not value[0]
+    ):
+        raise ValueError('a non-empty list of strings, e.g. ["python3", "driver.py"]')
+    return tuple(value)
+
+
+def _env(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError('a table of strings, e.g. { DRIVER_PORT = "5020" }')
+    return MappingProxyType(dict(value))
+
+
+def _enum(enum_type: type) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        try:
+            return enum_type(value)
+        except ValueError:
+            allowed = " | ".join(repr(member.value) for member in enum_type)
+            raise ValueError(f"one of {allowed}") from None
+
+    return convert
+
+
+def _optional_int(value: Any) -> int | None:
+    return _count(value)
+
+
+MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
+    "name": _name,
+    "command": _command,
+    "start": _enum(StartType),
+    "core": _boolean,
+    "redundancy": _boolean,
+    "ready": _enum(Readiness),
+    "ready_seconds": _positive_number,
+    "start_timeout": _positive_number,
+    "seconds_to_kill": _positive_number,
+    "restart_count": _count,
+    "reset_after": _positive_number,
+    "env": _env,
+    "cwd": _string,
+    "num": _optional_int,
+}
+# Keys that make no sense for every manager at once.
+NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num"})
+
+PROJECT_KEYS: dict[str, Callable[[Any], Any]] = {
+    "name": _name,
+    "state_dir": _string,
+    "log_max_bytes": _count,
+    "log_backups": _count,
+}
+
+
+def _tcp_address(value: Any) -> str:
+    text = _string(value)
+    host, _, port = text.rpartition(":")
+    if host not in ("127.0.0.1", "localhost", "::1", "[::1]") or not port.isdigit():
+        raise ValueError('a loopback address "127.0.0.1:PORT" (never a network port)')
+    return text
+
+
+CONTROL_KEYS: dict[str, Callable[[Any], Any]] = {"tcp": _tcp_address}
+
+# Top-level sections; other modules (redundancy, plugins, ...) extend this with theirs.
+SECTIONS = {"project", "defaults", "managers", "control"}
+
+
+class _Errors:
+    """Collects every problem of one file, then raises them as one ConfigError."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.lines.append(f"{self.path}: {where}: {message}")
+
+    def unknown_keys(self, where: str, table: Mapping[str, Any], known: Any) -> None:
+        for key in table:
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                allowed = ", ".join(sorted(known))
+                self.add(f"{where}, key '{key}'", f"unknown key{hint}; allowed: {allowed}")
+
+    def convert(
+        self, where: str, table: Mapping[str, Any], schema: Mapping[str, Callable[[Any], Any]]
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in schema:
+                continue
+            try:
+                out[key] = schema[key](value)
+            except ValueError as exc:
+                self.add(f"{where}, key '{key}'", f"expected {exc}, got {value!r}")
+        return out
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError("\n".join(self.lines))
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a project file. Raises ConfigError naming every problem."""
+    path = Path(path).absolute()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; pass the project file with -c FILE or PMON_CONFIG"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], path: Path) -> Config:
+    """Validate an already parsed TOML document that belongs to `path`."""
+    errors = _Errors(path)
+    base = path.parent
+    errors.unknown_keys("top level", data, SECTIONS)
+
+    project_table = _table(data, "project", errors)
+    errors.unknown_keys("[project]", project_table, PROJECT_KEYS)
+    project = errors.convert("[project]", project_table, PROJECT_KEYS)
+    if "name" not in project and "name" not in project_table:
+        errors.add("[project], key 'name'", 'missing; add name = "myproject" under [project]')
+    control_table = _table(data, "control", errors)
+    errors.unknown_keys("[control]", control_table, CONTROL_KEYS)
+    control = errors.convert("[control]", control_table, CONTROL_KEYS)
+
+    defaults_table = _table(data, "defaults", errors)
+    defaultable = {k: v for k, v in MANAGER_KEYS.items() if k not in NOT_DEFAULTABLE}
+    errors.unknown_keys("[defaults]", defaults_table, defaultable)
+    defaults = errors.convert("[defaults]", defaults_table, defaultable)
+
+    managers = _managers(data, defaults, base, errors)
+    errors.raise_if_any()
+
+    state_dir = base / project.get("state_dir", "var")
+    project_spec = ProjectSpec(
+        name=project["name"],
+        state_dir=state_dir,
+        log_max_bytes=project.get("log_max_bytes", ProjectSpec.log_max_bytes),
+        log_backups=project.get("log_backups", ProjectSpec.log_backups),
+        control=ControlSpec(**control),
+    )
+    return Config(path=path, project=project_spec, managers=managers, raw=data)
+
+
+def _table(data: Mapping[str, Any], key: str, errors: _Errors) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        errors.add(f"[{key}]", f"expected a table ([{key}]), got {value!r}")
+        return {}
+    return value
+
+
+def _managers(
+    data: Mapping[str, Any], defaults: Mapping[str, Any], base: Path, errors: _Errors
+) -> tuple[ManagerSpec, ...]:
+    tables = data.get("managers", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        errors.add("managers", "expected [[managers]] tables, one per manager")
+        return ()
+    specs: list[ManagerSpec] = []
+    seen: dict[str, int] = {}
+    for position, table in enumerate(tables, start=1):
+        label = table.get("name") if isinstance(table.get("name"), str) else None
+        where = f"manager '{label}' (managers[{position}])" if label else f"managers[{position}]"
+        errors.unknown_keys(where, table, MANAGER_KEYS)
+        values = {**defaults, **errors.convert(where, table, MANAGER_KEYS)}
+        for required in ("name", "command"):
+            if required not in table:
+                errors.add(f"{where}, key '{required}'", "missing; every manager needs it")
+        if "name" not in values or "command" not in values:
+            continue
+        name = values["name"]
+        if name in seen:
+            errors.add(
+                f"{where}, key 'name'",
+                f"duplicate manager name '{name}' (also managers[{seen[name]}]); names must be unique",
+            )
+        seen.setdefault(name, position)
+        if values.get("redundancy"):
+            if table.get("core") is False:
+                errors.add(
+                    f"{where}, key 'core'",
+                    "the redundancy manager is always a core manager; remove core = false",
+                )
+            values["core"] = True
+        if values.get("core") and values.get("start", StartType.ALWAYS) is not StartType.ALWAYS:
+            errors.add(
+                f"{where}, key 'start'",
+                f"a core manager must have start = \"always\", not \"{values['start']}\"; "
+                "set core = false or start = \"always\"",
+            )
+        values["cwd"] = (base / values.get("cwd", ".")).resolve()
+        specs.append(ManagerSpec(index=position, **values))
+    if sum(spec.redundancy for spec in specs) > 1:
+        errors.add("managers", "more than one manager has redundancy = true; a project has one")
+    return tuple(specs)

@@ -1,0 +1,1 @@
+"""The control channel: one JSON object a line, over a Unix socket or loopback TCP + token."""

@@ -1,0 +1,47 @@
+"""Framing of the control channel: one JSON object per line, each way.
+
+request: {"command": "stop", "args": {"target": "driver1"}, "token": "..."}
+reply:   {"ok": true, "result": ...} or {"ok": false, "error": {"code": "...", "message": "..."}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..errors import ProtocolError
+
+MAX_LINE = 1024 * 1024
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not a JSON object: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a control message must be a JSON object")
+    return message
+
+
+def error_reply(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def socket_path(config: Config) -> Path:
+    return config.project.state_dir / "pmon.sock"
+
+
+def token_path(config: Config) -> Path:
+    return config.project.state_dir / "control.token"
+
+
+def address_path(config: Config) -> Path:
+    """Where a TCP control server writes the address it bound (the port may be 0 = any)."""
+    return config.project.state_dir / "control.addr"

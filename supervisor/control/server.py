@@ -1,0 +1,115 @@
+"""The control server: answers control messages on the supervisor's loop.
+
+A Unix socket with owner-only permissions (inside an owner-only state directory), or
+loopback TCP where every request must carry the token from an owner-only file. A client's
+nonsense gets an error reply; it never reaches the supervisor's state, never kills the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from .. import commands, platform
+from ..errors import PmonError
+from ..statefile import write_atomically
+from . import protocol
+
+if TYPE_CHECKING:
+    from ..pmon import Supervisor
+
+
+class ControlServer:
+    def __init__(self, sup: "Supervisor") -> None:
+        self.sup = sup
+        self.server: asyncio.AbstractServer | None = None
+        self.token: str | None = None
+        self._clients: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        config = self.sup.config
+        tcp = config.project.control.tcp or ("127.0.0.1:0" if platform.IS_WINDOWS else None)
+        if tcp:
+            host, _, port = tcp.rpartition(":")
+            self.token = secrets.token_urlsafe(32)
+            token_file = protocol.token_path(config)
+            token_file.unlink(missing_ok=True)
+            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(self.token)
+            self.server = await asyncio.start_server(
+                self._serve, host.strip("[]"), int(port), limit=protocol.MAX_LINE
+            )
+            bound = self.server.sockets[0].getsockname()
+            write_atomically(protocol.address_path(config), f"{bound[0]}:{bound[1]}".encode())
+        else:
+            path = protocol.socket_path(config)
+            path.unlink(missing_ok=True)
+            old_mask = os.umask(0o177)  # created owner-only, no window with wider rights
+            try:
+                self.server = await asyncio.start_unix_server(
+                    self._serve, str(path), limit=protocol.MAX_LINE
+                )
+            finally:
+                os.umask(old_mask)
+            os.chmod(path, 0o600)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in list(self._clients):
+                task.cancel()
+            await self.server.wait_closed()
+        config = self.sup.config
+        for path in (
+            protocol.socket_path(config), protocol.token_path(config), protocol.address_path(config)
+        ):
+            path.unlink(missing_ok=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.IncompleteReadError:
+                    return  # the client went away
+                except asyncio.LimitOverrunError:
+                    writer.write(protocol.encode(protocol.error_reply(
+                        "protocol", f"message longer than {protocol.MAX_LINE} bytes")))
+                    await writer.drain()
+                    return
+                reply = await self._answer(line)
+                writer.write(protocol.encode(reply))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._clients.discard(task)
+            writer.close()
+
+    async def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            message = protocol.decode(line)
+            if self.token is not None and not hmac.compare_digest(
+                str(message.get("token", "")), self.token
+            ):
+                return protocol.error_reply("auth", "wrong or missing token")
+            result = await commands.execute(
+                self.sup, message.get("command"), message.get("args", {})
+            )
+            return {"ok": True, "result": result}
+        except PmonError as exc:
+            return protocol.error_reply(exc.code, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug answers as an error; the daemon goes on
+            self.sup.events.write(
+                "control-error", f"control command failed: {exc!r}", error=repr(exc)
+            )
+            return protocol.error_reply("internal", f"internal error: {exc!r}")

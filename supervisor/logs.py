@@ -1,0 +1,80 @@
+"""Files pmon writes: managers' output with size-based rotation, and the event log."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RotatingFile:
+    """Append-only bytes file that rotates at `max_bytes` into name.1 .. name.N."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "ab", buffering=0)
+        self._size = self._file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self.max_bytes and self._size + len(data) > self.max_bytes and self._size:
+            self._rotate()
+        self._file.write(data)
+        self._size += len(data)
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups:
+            for n in range(self.backups - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                if older.exists():
+                    os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink(missing_ok=True)
+        self._file = open(self.path, "ab", buffering=0)
+        self._size = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def describe_exit(code: int | None) -> str:
+    """'exit code 3', 'signal SIGKILL', or 'could not start' for people."""
+    if code is None:
+        return "could not start"
+    if code < 0:
+        import signal
+
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class EventLog:
+    """pmon's own log: one JSON object a line in a file, and a readable line on stderr."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int, echo: bool = True) -> None:
+        self._file = RotatingFile(path, max_bytes, backups)
+        self.echo = echo
+
+    def write(self, event: str, message: str, **fields: Any) -> None:
+        now = time.time()
+        record = {"ts": round(now, 3), "event": event, "message": message, **fields}
+        try:
+            self._file.write((json.dumps(record, default=str) + "\n").encode())
+        except OSError as exc:  # a full disk must not take the supervisor down
+            print(f"pmon: cannot write the event log: {exc}", file=sys.stderr)
+        if self.echo:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+            print(f"{stamp} {message}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,259 @@
+"""One manager's state machine: pure logic, no I/O, no clock of its own.
+
+Everything that decides what happens to one manager lives here: which state follows which
+event, when it is restarted, backed off or blocked, when a stop turns into a kill. The
+supervisor feeds it events (with the monotonic time `now`) and performs the actions it
+returns through the process layer; it never changes a manager's state by itself. Because
+time comes in as an argument, the whole policy is tested without sleeping.
+
+Transitions (event: from -> to):
+    start:        STOPPED | EXITED | BLOCKED | BACKOFF -> (SPAWN) -> STARTING
+    spawned:      STARTING -> RUNNING (ready = spawn) | STARTING (notify, delay)
+    ready:        STARTING -> RUNNING
+    stop:         STARTING | RUNNING -> STOPPING (TERMINATE, kill deadline)
+                  BACKOFF | BLOCKED -> STOPPED
+    kill deadline: STOPPING -> STOPPING (KILL)
+    exited:       STOPPING -> STOPPED (or STARTING again for a restart)
+                  STARTING | RUNNING -> EXITED (once)
+                                     -> STARTING (first restart: immediate)
+                                     -> BACKOFF (later restarts in the window)
+                                     -> BLOCKED (restart limit reached)
+                  core manager: PROJECT_RESTART, or BLOCKED + PROJECT_BLOCKED
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+from .config import ManagerSpec
+from .states import ALIVE_STATES, ManagerState, Readiness, StartType
+
+S = ManagerState
+
+BACKOFF_BASE = 0.1  # seconds before the second restart in a window; doubles each time
+BACKOFF_MAX = 5.0
+
+
+class Action(enum.Enum):
+    SPAWN = "spawn"                      # start the process
+    TERMINATE = "terminate"              # SIGTERM / CTRL_BREAK to the process group
+    KILL = "kill"                        # SIGKILL the whole process group
+    PROJECT_RESTART = "project-restart"  # a core manager died: restart everything
+    PROJECT_BLOCKED = "project-blocked"  # a core manager died too often: stop everything
+
+
+class Deadline(enum.Enum):
+    READY = "ready"            # ready = "delay": running once alive this long
+    START_TIMEOUT = "start-timeout"
+    KILL = "kill"              # seconds_to_kill after TERMINATE
+    BACKOFF = "backoff"        # next restart
+
+
+class TransitionError(Exception):
+    """An event that has no meaning in the current state (a bug in the caller)."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A frozen view of one manager, for status replies, plugins and the state file."""
+
+    index: int
+    name: str
+    state: str
+    pid: int | None
+    start: str
+    core: bool
+    restarts: int
+    exit_code: int | None
+    started_at: float | None
+    ready_failed: bool
+    wanted: bool
+
+
+class Manager:
+    def __init__(self, spec: ManagerSpec) -> None:
+        self.spec = spec
+        self.state = S.STOPPED
+        self.pid: int | None = None
+        self.exit_code: int | None = None
+        self.started_at: float | None = None  # wall clock, for people
+        self.restarts = 0  # total restarts by pmon, for people
+        self.recent: deque[float] = deque()  # restart times inside the reset window
+        self.deadline: float | None = None
+        self.deadline_kind: Deadline | None = None
+        self.ready_failed = False
+        # A manual manager an operator started is kept like `always` until stopped.
+        self.wanted = spec.start is not StartType.MANUAL
+        self._restart_after_stop = False
+        self.last_decision = ""  # what pmon did at the last death, for the event log
+
+    # --- helpers --------------------------------------------------------------------
+    def _set_deadline(self, kind: Deadline | None, at: float | None = None) -> None:
+        self.deadline_kind, self.deadline = (kind, at) if kind else (None, None)
+
+    def _spawn(self) -> list[Action]:
+        self.state = S.STARTING
+        self.ready_failed = False
+        self._set_deadline(None)
+        return [Action.SPAWN]
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            index=self.spec.index,
+            name=self.spec.name,
+            state=self.state.value,
+            pid=self.pid,
+            start=self.spec.start.value,
+            core=self.spec.core,
+            restarts=self.restarts,
+            exit_code=self.exit_code,
+            started_at=self.started_at,
+            ready_failed=self.ready_failed,
+            wanted=self.wanted,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.state in ALIVE_STATES
+
+    @property
+    def starts_with_project(self) -> bool:
+        return self.wanted
+
+    # --- events ---------------------------------------------------------------------
+    def start(self, now: float, *, operator: bool = False) -> list[Action]:
+        """Start request, by the project's start sequence or by an operator.
+
+        An operator's start resets the restart counter (PMON's "reset start counter") and
+        unblocks a blocked manager.
+        """
+        if operator:
+            self.recent.clear()
+            self.wanted = True
+        if self.state is S.STOPPING:
+            self._restart_after_stop = True  # STOPPING -> (exit) -> STARTING
+            return []
+        if self.alive:
+            return []
+        # STOPPED | EXITED | BLOCKED | BACKOFF -> STARTING
+        return self._spawn()
+
+    def spawned(self, pid: int, now: float, wall: float) -> list[Action]:
+        if self.state is not S.STARTING:
+            raise TransitionError(f"spawned in state {self.state}")
+        self.pid, self.exit_code, self.started_at = pid, None, wall
+        if self.spec.ready is Readiness.SPAWN:
+            self.state = S.RUNNING  # STARTING -> RUNNING
+        elif self.spec.ready is Readiness.DELAY:
+            self._set_deadline(Deadline.READY, now + self.spec.ready_seconds)
+        else:
+            self._set_deadline(Deadline.START_TIMEOUT, now + self.spec.start_timeout)
+        return []
+
+    def spawn_failed(self, now: float) -> list[Action]:
+        """The program could not be executed at all: counts as a death with no exit code."""
+        self.pid = None
+        return self._died(None, now)
+
+    def ready(self, now: float) -> list[Action]:
+        if self.state is S.STARTING and self.pid is not None:
+            self.state = S.RUNNING  # STARTING -> RUNNING
+            self._set_deadline(None)
+        return []
+
+    def stop(self, now: float, *, operator: bool = True) -> list[Action]:
+        """Stop request. An operator's stop also means: do not start with the project."""
+        if operator and self.spec.start is StartType.MANUAL:
+            self.wanted = False
+        self._restart_after_stop = False
+        if self.state in (S.STARTING, S.RUNNING):
+            self.state = S.STOPPING  # -> STOPPING, kill at the deadline
+            self._set_deadline(Deadline.KILL, now + self.spec.seconds_to_kill)
+            return [Action.TERMINATE]
+        if self.state in (S.BACKOFF, S.BLOCKED):
+            self.state = S.STOPPED
+            self._set_deadline(None)
+        return []
+
+    def restart(self, now: float) -> list[Action]:
+        """Operator restart: stop (politely) and start again."""
+        if self.alive:
+            actions = self.stop(now, operator=False)
+            self._restart_after_stop = True
+            return actions
+        return self.start(now, operator=True)
+
+    def tick(self, now: float) -> list[Action]:
+        """Called by the supervisor's timer at (or after) `deadline`."""
+        if self.deadline is None or now < self.deadline:
+            return []
+        kind = self.deadline_kind
+        self._set_deadline(None)
+        if kind is Deadline.READY and self.state is S.STARTING:
+            self.state = S.RUNNING  # STARTING -> RUNNING (stayed alive long enough)
+        elif kind is Deadline.START_TIMEOUT and self.state is S.STARTING:
+            self.ready_failed = True  # stays STARTING; the start sequence goes on
+        elif kind is Deadline.KILL and self.state is S.STOPPING:
+            return [Action.KILL]
+        elif kind is Deadline.BACKOFF and self.state is S.BACKOFF:
+            return self._spawn()  # BACKOFF -> STARTING
+        return []
+
+    def exited(self, exit_code: int | None, now: float, *, restart: bool = True) -> list[Action]:
+        """The process is gone (exit code; negative = killed by that signal).
+
+        `restart` is False while the project is going down: a death then is not restarted
+        and not counted.
+        """
+        self.pid = None
+        self.exit_code = exit_code
+        if self.state is S.STOPPING:
+            self._set_deadline(None)
+            if self._restart_after_stop:
+                self._restart_after_stop = False
+                self.last_decision = "restarted by request"
+                return self._spawn()  # STOPPING -> STARTING
+            self.state = S.STOPPED  # STOPPING -> STOPPED
+            self.last_decision = "stopped"
+            return []
+        if self.state not in (S.STARTING, S.RUNNING):
+            raise TransitionError(f"exited in state {self.state}")
+        if not restart:
+            self._set_deadline(None)
+            self.state = S.STOPPED  # STARTING | RUNNING -> STOPPED (project going down)
+            self.last_decision = "not restarted: the project is stopping"
+            return []
+        return self._died(exit_code, now)
+
+    def _died(self, exit_code: int | None, now: float) -> list[Action]:
+        """An unexpected death: apply the start type and the restart limit."""
+        self._set_deadline(None)
+        if self.spec.start is StartType.ONCE:
+            self.state = S.EXITED  # once: never restarted
+            self.last_decision = "once: not restarted"
+            return []
+        while self.recent and self.recent[0] <= now - self.spec.reset_after:
+            self.recent.popleft()
+        if len(self.recent) >= self.spec.restart_count:
+            self.state = S.BLOCKED  # -> BLOCKED, until an operator starts it
+            self.last_decision = (
+                f"blocked: {self.spec.restart_count} restarts within {self.spec.reset_after:g} s"
+            )
+            return [Action.PROJECT_BLOCKED] if self.spec.core else []
+        earlier = len(self.recent)
+        self.recent.append(now)
+        self.restarts += 1
+        if self.spec.core:
+            self.state = S.EXITED  # the project restart starts it again
+            self.last_decision = "core manager died: restarting the project"
+            return [Action.PROJECT_RESTART]
+        if earlier == 0:
+            self.last_decision = "restarted"
+            return self._spawn()  # first restart in the window: immediate
+        delay = min(BACKOFF_BASE * 2 ** (earlier - 1), BACKOFF_MAX)
+        self.state = S.BACKOFF
+        self._set_deadline(Deadline.BACKOFF, now + delay)
+        self.last_decision = f"restarting in {delay:g} s"
+        return []

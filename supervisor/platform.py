@@ -1,0 +1,123 @@
+"""The platform seam: every call that differs between POSIX and Windows sits here.
+
+POSIX: a manager runs in its own session and process group, so one signal reaches it and
+every grandchild; its death is noticed through a pidfd (Linux) or SIGCHLD. Windows: a new
+process group (CTRL_BREAK reaches it) and a thread blocked on the process handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+from typing import Any, Callable
+
+IS_WINDOWS = os.name == "nt"
+HAS_PIDFD = hasattr(os, "pidfd_open")
+
+
+def popen_kwargs() -> dict[str, Any]:
+    """Popen arguments that put the child in a process group of its own."""
+    if IS_WINDOWS:
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}  # type: ignore[attr-defined]
+    return {"start_new_session": True}
+
+
+def terminate_group(pid: int) -> None:
+    """The polite stop: SIGTERM to the whole group (CTRL_BREAK on Windows)."""
+    try:
+        if IS_WINDOWS:
+            os.kill(pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        else:
+            os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_group(pid: int) -> None:
+    """Kill the manager's whole process group, grandchildren included."""
+    if IS_WINDOWS:
+        import psutil
+
+        try:
+            root = psutil.Process(pid)
+            for proc in [*root.children(recursive=True), root]:
+                proc.kill()
+        except psutil.Error:
+            pass
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def raise_fd_limit() -> None:
+    """Each manager holds a pidfd and a log pipe: lift the soft limit to the hard one."""
+    if IS_WINDOWS:
+        return
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class ExitWatcher:
+    """Calls `on_exit(pid)` as soon as a watched process ends: no polling loop.
+
+    Linux: a pidfd per process becomes readable at its death. Other POSIX: SIGCHLD wakes the
+    loop and every watched child is checked. Windows: a thread waits on the process handle.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_exit: Callable[[int], None]) -> None:
+        self.loop = loop
+        self.on_exit = on_exit
+        self._pidfds: dict[int, int] = {}
+        self._sigchld_children: dict[int, subprocess.Popen[bytes]] = {}
+        if not HAS_PIDFD and not IS_WINDOWS:
+            loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+
+    def watch(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
+        if HAS_PIDFD:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self.loop.call_soon(self.on_exit, pid)
+                return
+            self._pidfds[pid] = fd
+            self.loop.add_reader(fd, self._on_pidfd, pid)
+        elif IS_WINDOWS:
+            assert popen is not None
+            threading.Thread(target=self._wait_thread, args=(popen,), daemon=True).start()
+        else:
+            assert popen is not None, "adopting a process needs pidfd (Linux 5.3+)"
+            self._sigchld_children[pid] = popen
+            self._on_sigchld()
+
+    def forget(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        self._sigchld_children.pop(pid, None)
+
+    def close(self) -> None:
+        for pid in list(self._pidfds):
+            self.forget(pid)
+
+    def _on_pidfd(self, pid: int) -> None:
+        self.forget(pid)
+        self.on_exit(pid)
+
+    def _on_sigchld(self) -> None:
+        for pid, popen in list(self._sigchld_children.items()):
+            if popen.poll() is not None:
+                self.forget(pid)
+                self.on_exit(pid)
+
+    def _wait_thread(self, popen: subprocess.Popen[bytes]) -> None:
+        popen.wait()
+        self.loop.call_soon_threadsafe(self.on_exit, popen.pid)

@@ -1,0 +1,534 @@
+"""The supervisor: start order, restart policy, project restart, the event loop.
+
+One asyncio loop owns all state. Deaths (pidfd), notify datagrams, timers and control
+commands arrive as callbacks on that loop; each feeds an event to a manager's state machine
+(manager.py) and performs the actions it returns. Project-wide sequences (start, stop,
+restart, block) run as one task at a time: a new one replaces the one under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+from . import platform, statefile
+from .config import Config, ManagerSpec
+from .errors import CommandError, PmonError, UnknownManager
+from .logs import EventLog, RotatingFile, describe_exit
+from .manager import Action, Manager
+from .notify import NotifyListener
+from .process import ManagedProcess, log_path, manager_env
+from .states import ManagerState, StartType
+
+S = ManagerState
+
+
+class Service(Protocol):
+    """Something that runs beside the supervisor for as long as pmon runs."""
+
+    async def start(self, sup: "Supervisor") -> None: ...
+
+    async def stop(self, sup: "Supervisor") -> None: ...
+
+
+class ProjectState(str, enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    RESTARTING = "restarting"
+    BLOCKED = "blocked"  # a core manager died too often; waits for an operator
+
+
+class Supervisor:
+    def __init__(self, config: Config, *, echo: bool = True) -> None:
+        self.config = config
+        self.echo = echo
+        self.managers: dict[str, Manager] = {s.name: Manager(s) for s in config.managers}
+        self.procs: dict[str, ManagedProcess] = {}
+        self.by_pid: dict[int, str] = {}
+        self.logs: dict[str, RotatingFile] = {}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.project_state = ProjectState.STOPPED
+        self._project_task: asyncio.Task[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._start_times: dict[int, float | None] = {}
+        self._state_write_pending = False
+        self._reported: dict[str, ManagerState] = {}
+        self.started_at = time.time()
+        # Seams for the parts built on top (redundancy, plugins, PMON TCP): services start
+        # and stop with pmon; listeners hear every state change of a manager.
+        self.services: list[Service] = []
+        self.listeners: list[Callable[[Manager, ManagerState | None], None]] = []
+
+    # --- paths -----------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.config.project.state_dir
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def run(self) -> int:
+        """Run the project until SIGTERM / SIGINT / `pmon shutdown`; stop it; return 0."""
+        from .control.server import ControlServer
+
+        self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time
+        self._shutdown = asyncio.Event()
+        platform.raise_fd_limit()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = _lock_project(self.state_dir)
+        project = self.config.project
+        self.events = EventLog(
+            self.state_dir / "log" / "events.jsonl", project.log_max_bytes, project.log_backups,
+            echo=self.echo,
+        )
+        self.watcher = platform.ExitWatcher(self.loop, self._on_exit)
+        self.notify = NotifyListener(self.state_dir / "notify.sock", self._on_notify)
+        self.notify.open(self.loop)
+        self.control = ControlServer(self)
+        await self.control.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_shutdown, sig.name)
+        self.events.write(
+            "pmon-started", f"pmon {os.getpid()} runs project '{project.name}' from {self.config.path}",
+            pid=os.getpid(), config=str(self.config.path),
+        )
+        for service in self.services:
+            await service.start(self)
+        self.start_project()
+        await self._shutdown.wait()
+        await self._replace_project_task(self._stop_sequence(ProjectState.STOPPED))
+        for service in reversed(self.services):
+            await service.stop(self)
+        await self.control.stop()
+        self.notify.close(self.loop)
+        self.watcher.close()
+        self._write_state()
+        self.events.write("pmon-stopped", "pmon stopped: every manager is down")
+        for log in self.logs.values():
+            log.close()
+        self.events.close()
+        return 0
+
+    def request_shutdown(self, reason: str = "request") -> None:
+        if not self._shutdown.is_set():
+            self.events.write("shutdown", f"stopping the project and pmon ({reason})", reason=reason)
+            self._shutdown.set()
+
+    # --- project sequences -----------------------------------------------------------
+    def start_project(self) -> asyncio.Task[None]:
+        return self._begin(self._start_sequence())
+
+    def stop_project(self) -> asyncio.Task[None]:
+        return self._begin(self._stop_sequence(ProjectState.STOPPED))
+
+    def restart_project(self, reason: str) -> asyncio.Task[None]:
+        return self._begin(self._restart_sequence(reason))
+
+    def _begin(self, sequence: Awaitable[None]) -> asyncio.Task[None]:
+        """Run a project sequence, cancelling the one under way (a restart replaces a start)."""
+        previous = self._project_task
+        if previous is not None and not previous.done():
+            previous.cancel()
+        task = self.loop.create_task(sequence)  # type: ignore[arg-type]
+        self._project_task = task
+        return task
+
+    async def _replace_project_task(self, sequence: Awaitable[None]) -> None:
+        task = self._begin(sequence)
+        await task
+
+    async def _start_sequence(self) -> None:
+        """Start the managers in order; each must be ready before the next one starts."""
+        self._set_project_state(ProjectState.STARTING)
+        for spec in self.config.start_order():
+            manager = self.managers[spec.name]
+            if not manager.wanted:
+                continue  # manual: only on an operator's command
+            self._apply(manager, manager.start(self.now()))
+            settled = await self.wait_for(
+                lambda: manager.state is not S.STARTING or manager.ready_failed,
+                timeout=spec.start_timeout,
+            )
+            if not settled or manager.ready_failed:
+                self.events.write(
+                    "start-timeout",
+                    f"{spec.name} not ready within {spec.start_timeout:g} s; the start goes on",
+                    manager=spec.name,
+                )
+        self._set_project_state(ProjectState.RUNNING)
+        self.events.write("project-started", f"project '{self.config.project.name}' started")
+
+    async def _stop_sequence(self, final: ProjectState) -> None:
+        """Stop every manager in reverse start order, each fully before the next."""
+        self._set_project_state(
+            ProjectState.STOPPING if final is ProjectState.STOPPED else final
+        )
+        now = self.now()
+        for manager in self.managers.values():  # no restart may fire while going down
+            if manager.state is S.BACKOFF:
+                self._apply(manager, manager.stop(now, operator=False))
+        for spec in reversed(self.config.start_order()):
+            manager = self.managers.get(spec.name)
+            if manager is None or not manager.alive:
+                continue
+            self._apply(manager, manager.stop(self.now(), operator=False))
+            await self.wait_for(lambda: not manager.alive, timeout=spec.seconds_to_kill + 10)
+        self._set_project_state(final)
+
+    async def _restart_sequence(self, reason: str) -> None:
+        self.events.write("project-restart", f"restarting the project: {reason}", reason=reason)
+        await self._stop_sequence(ProjectState.RESTARTING)
+        await self._start_sequence()
+
+    async def _block_sequence(self, manager: Manager) -> None:
+        self.events.write(
+            "project-blocked",
+            f"core manager {manager.spec.name} died too often: the project is stopped and "
+            f"blocked; start it again with `pmon restart --all`",
+            manager=manager.spec.name,
+        )
+        await self._stop_sequence(ProjectState.BLOCKED)
+
+    def _set_project_state(self, state: ProjectState) -> None:
+        self.project_state = state
+        self._changed()
+
+    @property
+    def restarts_allowed(self) -> bool:
+        return self.project_state in (ProjectState.STARTING, ProjectState.RUNNING)
+
+    # --- the state machines' actions -------------------------------------------------
+    def _apply(self, manager: Manager, actions: list[Action]) -> None:
+        name = manager.spec.name
+        for action in actions:
+            if action is Action.SPAWN:
+                self._spawn(manager)
+            elif action is Action.TERMINATE and name in self.procs:
+                self.procs[name].terminate()
+            elif action is Action.KILL and name in self.procs:
+                self.events.write(
+                    "kill",
+                    f"{name} still alive {manager.spec.seconds_to_kill:g} s after SIGTERM: "
+                    "killing its process group",
+                    manager=name, pid=self.procs[name].pid,
+                )
+                self.procs[name].kill()
+            elif action is Action.PROJECT_RESTART:
+                self.restart_project(f"core manager {name} died")
+            elif action is Action.PROJECT_BLOCKED:
+                self._begin(self._block_sequence(manager))
+        self._arm_timer(manager)
+        self._report(manager)
+        self._changed()
+
+    def _report(self, manager: Manager) -> None:
+        """Tell the listeners about a state change (once per change)."""
+        old = self._reported.get(manager.spec.name)
+        if old is manager.state:
+            return
+        self._reported[manager.spec.name] = manager.state
+        for listener in self.listeners:
+            try:
+                listener(manager, old)
+            except Exception as exc:  # a listener's bug must not stop supervision
+                self.events.write("listener-error", f"state listener failed: {exc!r}")
+
+    def _spawn(self, manager: Manager) -> None:
+        spec = manager.spec
+        extra = {
+            "NOTIFY_SOCKET": self.notify.address,
+            "PMON_PROJECT": self.config.project.name,
+            "PMON_MANAGER": spec.name,
+            "PMON_INDEX": str(spec.index),
+        }
+        try:
+            proc = ManagedProcess.spawn(
+                spec, manager_env(spec, os.environ, extra), self._log_for(spec.name), self.loop
+            )
+        except OSError as exc:
+            self.events.write(
+                "spawn-failed", f"{spec.name} could not start: {exc}", manager=spec.name,
+                error=str(exc),
+            )
+            # Later, not now: a failing spawn must not recurse through restarts.
+            self.loop.call_soon(self._spawn_failed, manager)
+            return
+        self.procs[spec.name] = proc
+        self.by_pid[proc.pid] = spec.name
+        self.watcher.watch(proc.pid, proc.popen)
+        manager.spawned(proc.pid, self.now(), time.time())
+        self.events.write(
+            "started", f"{spec.name} started (pid {proc.pid})", manager=spec.name, pid=proc.pid
+        )
+
+    def _spawn_failed(self, manager: Manager) -> None:
+        if manager.state is S.STARTING and manager.pid is None:
+            actions = manager.spawn_failed(self.now())
+            self._log_decision(manager, None)
+            self._apply(manager, actions)
+
+    def _log_for(self, name: str) -> RotatingFile:
+        if name not in self.logs:
+            project = self.config.project
+            self.logs[name] = RotatingFile(
+                log_path(self.state_dir, name), project.log_max_bytes, project.log_backups
+            )
+        return self.logs[name]
+
+    def _arm_timer(self, manager: Manager) -> None:
+        name = manager.spec.name
+        handle = self.timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+        if manager.deadline is not None:
+            self.timers[name] = self.loop.call_at(manager.deadline, self._on_deadline, name)
+
+    def _on_deadline(self, name: str) -> None:
+        self.timers.pop(name, None)
+        manager = self.managers.get(name)
+        if manager is None:
+            return
+        was_failed = manager.ready_failed
+        self._apply(manager, manager.tick(self.now()))
+        if manager.ready_failed and not was_failed:
+            self.events.write(
+                "not-ready",
+                f"{name} did not report READY=1 within {manager.spec.start_timeout:g} s",
+                manager=name,
+            )
+
+    def _on_exit(self, pid: int) -> None:
+        name = self.by_pid.pop(pid, None)
+        if name is None:
+            return
+        proc = self.procs.pop(name)
+        code = proc.reap()
+        proc.kill()  # leftovers of its process group: no grandchild outlives its manager
+        manager = self.managers.get(name)
+        if manager is None:
+            return
+        actions = manager.exited(code, self.now(), restart=self.restarts_allowed)
+        self._log_decision(manager, code, pid)  # the death first, then what pmon does
+        self._apply(manager, actions)
+
+    def _log_decision(self, manager: Manager, code: int | None, pid: int | None = None) -> None:
+        name = manager.spec.name
+        self.events.write(
+            "exited",
+            f"{name} (pid {pid}) ended with {describe_exit(code)}: {manager.last_decision}",
+            manager=name, pid=pid, exit_code=code, action=manager.last_decision,
+            state=manager.state.value,
+        )
+
+    def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
+        name = self._manager_of_pid(pid)
+        if name is None:
+            return
+        manager = self.managers[name]
+        if fields.get("READY") == "1" and manager.state is S.STARTING:
+            self._apply(manager, manager.ready(self.now()))
+            self.events.write("ready", f"{name} is ready", manager=name)
+
+    def _manager_of_pid(self, pid: int) -> str | None:
+        """The manager a pid belongs to: itself, or the nearest managed ancestor."""
+        if pid in self.by_pid:
+            return self.by_pid[pid]
+        import psutil
+
+        try:
+            for parent in psutil.Process(pid).parents():
+                if parent.pid in self.by_pid:
+                    return self.by_pid[parent.pid]
+        except psutil.Error:
+            pass
+        return None
+
+    # --- waiting on state ------------------------------------------------------------
+    def _changed(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if not self._state_write_pending:
+            self._state_write_pending = True
+            self.loop.call_later(0.05, self._write_state)  # coalesce a burst of changes
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until `predicate()` holds (re-checked at every change); False on timeout."""
+        deadline = None if timeout is None else self.now() + timeout
+        while not predicate():
+            remaining = None if deadline is None else deadline - self.now()
+            if remaining is not None and remaining <= 0:
+                return False
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                return predicate()
+        return True
+
+    def _write_state(self) -> None:
+        self._state_write_pending = False
+        managers = {}
+        for name, manager in self.managers.items():
+            pid = manager.pid
+            if pid is not None and pid not in self._start_times:
+                self._start_times[pid] = statefile.process_start_time(pid)
+            managers[name] = {
+                "pid": pid,
+                "create_time": self._start_times.get(pid) if pid else None,
+                "state": manager.state.value,
+                "restarts": manager.restarts,
+                "recent_restarts": list(manager.recent),
+                "wanted": manager.wanted,
+            }
+        live = {m.pid for m in self.managers.values() if m.pid}
+        self._start_times = {p: t for p, t in self._start_times.items() if p in live}
+        try:
+            statefile.save(
+                self.state_file,
+                {
+                    "project": self.config.project.name,
+                    "config": str(self.config.path),
+                    "pmon_pid": os.getpid(),
+                    "managers": managers,
+                },
+            )
+        except OSError as exc:
+            self.events.write("state-write-failed", f"cannot write {self.state_file}: {exc}")
+
+    # --- operations for the control commands -----------------------------------------
+    def find(self, target: str | int) -> Manager:
+        """A manager by name or by index (1-based; index 0 is pmon itself)."""
+        text = str(target)
+        if text.isdigit():
+            for manager in self.managers.values():
+                if manager.spec.index == int(text):
+                    return manager
+        elif text in self.managers:
+            return self.managers[text]
+        names = ", ".join(self.managers) or "(none)"
+        raise UnknownManager(
+            f"no manager '{text}' in project '{self.config.project.name}'; "
+            f"managers: {names} (or their index 1..{len(self.managers)})"
+        )
+
+    async def start_manager(self, target: str | int) -> Manager:
+        manager = self.find(target)
+        if manager.spec.core and self.project_state in (ProjectState.BLOCKED, ProjectState.STOPPED):
+            manager.recent.clear()  # the operator resets the core manager's counter
+            await self.restart_project(f"operator started core manager {manager.spec.name}")
+            return manager
+        self._apply(manager, manager.start(self.now(), operator=True))
+        await self._settle(manager)
+        return manager
+
+    async def stop_manager(self, target: str | int) -> Manager:
+        manager = self.find(target)
+        if manager.spec.core and manager.alive:
+            raise CommandError(
+                f"{manager.spec.name} is a core manager: the project cannot run without it; "
+                "stop the whole project with `pmon stop --all`"
+            )
+        self._apply(manager, manager.stop(self.now(), operator=True))
+        await self._settle(manager)
+        return manager
+
+    async def restart_manager(self, target: str | int) -> Manager:
+        manager = self.find(target)
+        if manager.spec.core:
+            await self.restart_project(f"operator restarted core manager {manager.spec.name}")
+            return manager
+        self._apply(manager, manager.restart(self.now()))
+        await self._settle(manager)
+        return manager
+
+    async def _settle(self, manager: Manager) -> None:
+        spec = manager.spec
+        await self.wait_for(
+            lambda: manager.state not in (S.STARTING, S.STOPPING) or manager.ready_failed,
+            timeout=spec.seconds_to_kill + spec.start_timeout + 5,
+        )
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "project": self.config.project.name,
+            "project_state": self.project_state.value,
+            "config": str(self.config.path),
+            "pmon_pid": os.getpid(),
+            "managers": [self._row(m) for m in self.managers.values()],
+        }
+
+    @staticmethod
+    def _row(manager: Manager) -> dict[str, Any]:
+        snap = manager.snapshot()
+        return {
+            "index": snap.index,
+            "name": snap.name,
+            "state": snap.state,
+            "pid": snap.pid,
+            "start": snap.start,
+            "core": snap.core,
+            "restarts": snap.restarts,
+            "exit_code": snap.exit_code,
+            "started_at": snap.started_at,
+            "ready_failed": snap.ready_failed,
+        }
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a new, validated config whose managers differ only by additions/removals."""
+        for spec in config.managers:
+            if spec.name in self.managers:
+                self.managers[spec.name].spec = spec
+        added = {s.name: Manager(s) for s in config.managers if s.name not in self.managers}
+        order = [s.name for s in config.managers]
+        merged = {**self.managers, **added}
+        self.managers = {name: merged[name] for name in order}
+        self.config = config
+        self._changed()
+
+
+def _lock_project(state_dir: Path) -> Any:
+    """Hold a lock for as long as pmon runs: a second pmon on the same project is refused."""
+    path = state_dir / "pmon.lock"
+    handle = open(path, "a+")
+    if platform.IS_WINDOWS:
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            raise PmonError(f"another pmon already runs this project ({state_dir})") from None
+        return handle
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        other = handle.read().strip() or "?"
+        raise PmonError(
+            f"another pmon (pid {other}) already runs the project in {state_dir}; "
+            "talk to it with `pmon status`, or stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def run(config: Config, *, echo: bool = True) -> int:
+    return asyncio.run(Supervisor(config, echo=echo).run())
