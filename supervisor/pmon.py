@@ -64,7 +64,7 @@ class Supervisor:
         self.started_at = time.time()
         # Seams for the parts built on top (redundancy, plugins, PMON TCP): services start
         # and stop with pmon; listeners hear every state change of a manager.
-        self.services: list[Service] = []
+        self.services: list[Service] = build_services(config)
         self.listeners: list[Callable[[Manager, ManagerState | None], None]] = []
 
     # --- paths -----------------------------------------------------------------------
@@ -498,6 +498,12 @@ class Supervisor:
         self.managers = {name: merged[name] for name in order}
         self.config = config
         self._changed()
+
+
+def build_services(config: Config) -> list[Service]:
+    """The services this project's configuration asks for (one line per kind)."""
+    services: list[Service] = []
+    return services
 
 
 def _lock_project(state_dir: Path) -> Any:
