@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from support import Pmon, kill_project_processes
+
+
+@pytest.fixture
+def pmon(tmp_path: Path) -> Iterator[Callable[[Path], Pmon]]:
+    """Start real pmon instances; each is stopped, and every process it started killed."""
+    started: list[Pmon] = []
+
+    def start(config: Path, wait: bool = True) -> Pmon:
+        instance = Pmon(config)
+        started.append(instance)
+        if wait:
+            instance.wait_ready()
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()
+        kill_project_processes(instance.config.project.name)

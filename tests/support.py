@@ -1,0 +1,128 @@
+"""Shared test helpers: write a project, run a real pmon, wait with deadlines, clean up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import psutil
+import tomli_w
+
+from supervisor import config as config_module
+from supervisor.control.client import call as control_call
+
+CHILD = str(Path(__file__).parent / "children" / "child.py")
+T = TypeVar("T")
+
+
+def poll_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `predicate` until it returns a true value; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def child(*flags: str) -> list[str]:
+    """The command of a test manager (tests/children/child.py with flags)."""
+    return [sys.executable, CHILD, *flags]
+
+
+def write_project(
+    directory: Path, managers: list[dict[str, Any]], name: str | None = None, **sections: Any
+) -> Path:
+    """Write a project TOML into `directory`; the project name is unique per test."""
+    project = {"name": name or f"t{os.getpid()}-{directory.name}"[-40:], "state_dir": "var"}
+    project.update(sections.pop("project", {}))
+    data = {"project": project, **sections, "managers": managers}
+    path = directory / "pmon.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the `pmon` command as a user would, and capture what it prints."""
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", *args, "-c", str(config)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+class Pmon:
+    """A real `pmon run` in the background, for one test."""
+
+    def __init__(self, config: Path) -> None:
+        self.config_path = config
+        self.config = config_module.load(config)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def call(self, command: str, **args: Any) -> Any:
+        return control_call(self.config, command, timeout=60, **args)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def manager(self, name: str) -> dict[str, Any]:
+        return next(m for m in self.status()["managers"] if m["name"] == name)
+
+    def wait_ready(self, timeout: float = 20) -> dict[str, Any]:
+        """Wait until the control channel answers and the project is running."""
+        def ready() -> dict[str, Any] | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pmon exited {self.proc.returncode}: {self.proc.stderr.read()}")
+            try:
+                status = self.status()
+            except Exception:
+                return None
+            return status if status["project_state"] == "running" else None
+        return poll_for(ready, timeout, "pmon to run the project")
+
+    def wait_state(self, name: str, state: str, timeout: float = 10) -> dict[str, Any]:
+        return poll_for(
+            lambda: (m := self.manager(name))["state"] == state and m,
+            timeout, f"{name} to be {state}",
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        import json
+
+        path = self.config.project.state_dir / "log" / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.communicate()
+        return self.proc.returncode
+
+
+def kill_project_processes(project: str) -> list[int]:
+    """Kill every process started for `project` (found by PMON_PROJECT in its environment)."""
+    killed = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("PMON_PROJECT") == project:
+                proc.kill()
+                killed.append(proc.pid)
+        except psutil.Error:
+            continue
+    return killed
