@@ -227,15 +227,16 @@ class Circus:
         self.label = f"circus {package_version(self.venv, 'circus')}"
 
     def write_config(self, d: Path, names: list[str], port: int) -> Path:
-        # check_delay stays at its default (1 s): circus notices deaths on that
-        # timer. Flapping detection is off, like the high restart limits above.
+        # circus has no SIGCHLD handling: it finds dead children on a timer,
+        # check_delay (default 5 s). 1 s matches supervisord's own loop tick.
+        # Flapping detection is off, like the high restart limits elsewhere.
+        # No stats_endpoint: setting one starts the circusd-stats process.
         self.endpoint = f"ipc://{d}/ctl.sock"
         text = f"""\
 [circus]
 endpoint = {self.endpoint}
 pubsub_endpoint = ipc://{d}/pub.sock
-stats_endpoint = ipc://{d}/stats.sock
-statsd = False
+check_delay = 1
 """
         for n in names:
             text += f"""
@@ -444,6 +445,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples, 5 s idle window")
     ap.add_argument("--only", choices=list(SUPERVISORS), help="benchmark one supervisor")
+    ap.add_argument("--keep", action="store_true", help="keep the configs and logs")
     opts = ap.parse_args()
 
     # 500 supervised children need far more descriptors than the usual 1024
@@ -483,7 +485,7 @@ def main() -> int:
         n = kill_leftovers(reports)
         if n:
             print(f"cleanup: killed {n} leftover processes", file=sys.stderr)
-        if failed:
+        if failed or opts.keep:
             print(f"configs and logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -16,8 +16,7 @@ def pmon(tmp_path: Path) -> Iterator[Callable[[Path], Pmon]]:
     def start(config: Path, wait: bool = True) -> Pmon:
         instance = Pmon(config)
         started.append(instance)
-        if wait:
-            instance.wait_ready()
+        instance.wait_ready(project_state="running" if wait else None)
         return instance
 
     yield start

@@ -77,8 +77,8 @@ class Pmon:
     def manager(self, name: str) -> dict[str, Any]:
         return next(m for m in self.status()["managers"] if m["name"] == name)
 
-    def wait_ready(self, timeout: float = 20) -> dict[str, Any]:
-        """Wait until the control channel answers and the project is running."""
+    def wait_ready(self, timeout: float = 20, project_state: str | None = "running") -> dict[str, Any]:
+        """Wait until the control channel answers (and the project is in `project_state`)."""
         def ready() -> dict[str, Any] | None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"pmon exited {self.proc.returncode}: {self.proc.stderr.read()}")
@@ -86,8 +86,8 @@ class Pmon:
                 status = self.status()
             except Exception:
                 return None
-            return status if status["project_state"] == "running" else None
-        return poll_for(ready, timeout, "pmon to run the project")
+            return status if project_state in (None, status["project_state"]) else None
+        return poll_for(ready, timeout, f"pmon to answer with the project {project_state}")
 
     def wait_state(self, name: str, state: str, timeout: float = 10) -> dict[str, Any]:
         return poll_for(
