@@ -52,7 +52,7 @@ def write_project(
 def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the `pmon` command as a user would, and capture what it prints."""
     return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", *args, "-c", str(config)],
+        [sys.executable, "-m", "supervisor.cli", args[0], "-c", str(config), *args[1:]],
         capture_output=True, text=True, timeout=timeout,
     )
 
