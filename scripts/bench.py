@@ -41,6 +41,7 @@ BASH = shutil.which("bash") or "/bin/bash"
 TOKEN_VAR = "PMON_BENCH_TOKEN"  # marks every process we started, for cleanup
 TOKEN = uuid.uuid4().hex
 SO_TIMESTAMPNS = 35  # Linux; the socket module does not export it
+STOP_WAIT = 30  # seconds a supervisor gets to stop after SIGTERM before killpg
 
 
 class Skip(Exception):
@@ -227,8 +228,9 @@ class Circus:
         self.label = f"circus {package_version(self.venv, 'circus')}"
 
     def write_config(self, d: Path, names: list[str], port: int) -> Path:
-        # circus has no SIGCHLD handling: it finds dead children on a timer,
-        # check_delay (default 5 s). 1 s matches supervisord's own loop tick.
+        # circus finds dead children on a timer, check_delay (default 5 s),
+        # which sets its restart latency; we keep the default (1 s makes its
+        # manage loop overlap itself with many watchers: ConflictError in the log).
         # Flapping detection is off, like the high restart limits elsewhere.
         # No stats_endpoint: setting one starts the circusd-stats process.
         self.endpoint = f"ipc://{d}/ctl.sock"
@@ -236,7 +238,6 @@ class Circus:
 [circus]
 endpoint = {self.endpoint}
 pubsub_endpoint = ipc://{d}/pub.sock
-check_delay = 1
 """
         for n in names:
             text += f"""
@@ -300,6 +301,7 @@ class Running:
         self.conf = sup.write_config(self.dir, self.names, reports.port)
         self.env = {**os.environ, **sup.env, TOKEN_VAR: TOKEN}
         self.orphans = 0
+        self.hung = False  # did not exit within STOP_WAIT s of SIGTERM
 
     def __enter__(self) -> Running:
         with self.reports.cond:  # names repeat across supervisors: forget old reports
@@ -326,9 +328,9 @@ class Running:
     def __exit__(self, *exc) -> None:
         try:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
+            self.proc.wait(STOP_WAIT)
         except subprocess.TimeoutExpired:
-            pass
+            self.hung = True
         finally:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -339,6 +341,14 @@ class Running:
             # the children live in process groups of their own: sweep them up
             time.sleep(0.2)
             self.orphans = kill_leftovers(self.reports)
+
+    def report_stop(self) -> None:
+        if self.hung:
+            print(f"  {self.sup.kind}: still running {STOP_WAIT} s after SIGTERM, "
+                  "killed its process group", file=sys.stderr)
+        if self.orphans:
+            print(f"  {self.sup.kind}: {self.orphans} processes left behind after stop "
+                  "(killed)", file=sys.stderr)
 
     def tail(self) -> str:
         lines = (self.dir / "out.log").read_text(errors="replace").splitlines()
@@ -399,8 +409,7 @@ def bench(sup, reports: Reports, workdir: Path, opts, res: dict) -> None:
         if not r.wait_all(lambda L, n: L[n][0] != old_pids[n], 60):
             raise RuntimeError("not all 100 children came back within 60 s")
         res["recovery"] = ms(max(reports.latest[n][1] for n in r.names) - t) / 1000
-    if r.orphans:
-        print(f"  {sup.kind}: {r.orphans} processes left behind after stop (killed)", file=sys.stderr)
+    r.report_stop()
 
     with Running(sup, 500, reports, workdir) as r:
         if not r.wait_all(lambda L, n: n in L, 180):
@@ -413,8 +422,7 @@ def bench(sup, reports: Reports, workdir: Path, opts, res: dict) -> None:
         used = (c1.user + c1.system) - (c0.user + c0.system)
         res["cpu500"] = 100 * used / (w1 - w0)
         res["rss500"] = r.ps.memory_info().rss / 2**20
-    if r.orphans:
-        print(f"  {sup.kind}: {r.orphans} processes left behind after stop (killed)", file=sys.stderr)
+    r.report_stop()
 
 
 def table(results: dict[str, dict], labels: dict[str, str], opts) -> str:
@@ -468,7 +476,7 @@ def main() -> int:
                 print(f"{kind}: preparing", file=sys.stderr)
                 sup.prepare()
             except Skip as e:
-                print(f"{kind}: skipped ({e})")
+                print(f"{kind}: skipped ({e})", flush=True)
                 continue
             labels[kind] = sup.label
             results[kind] = {}
@@ -477,7 +485,7 @@ def main() -> int:
                 bench(sup, reports, workdir, opts, results[kind])
             except Exception as e:  # one supervisor failing must not stop the others
                 failed = True
-                print(f"{kind}: failed ({e})")
+                print(f"{kind}: failed ({e})", flush=True)
     except KeyboardInterrupt:
         print("interrupted, cleaning up", file=sys.stderr)
         failed = True
