@@ -77,19 +77,19 @@ async def status(sup: "Supervisor") -> dict[str, Any]:
 @command("start")
 async def start(sup: "Supervisor", target: str | int) -> dict[str, Any]:
     """Start a manager (by name or index); unblocks a blocked one and resets its counter."""
-    return sup._row(await sup.start_manager(target))
+    return sup.row(await sup.start_manager(target))
 
 
 @command("stop")
 async def stop(sup: "Supervisor", target: str | int) -> dict[str, Any]:
     """Stop a manager: SIGTERM to its group, SIGKILL after seconds_to_kill."""
-    return sup._row(await sup.stop_manager(target))
+    return sup.row(await sup.stop_manager(target))
 
 
 @command("restart")
 async def restart(sup: "Supervisor", target: str | int) -> dict[str, Any]:
     """Restart a manager; a core manager restarts the whole project."""
-    return sup._row(await sup.restart_manager(target))
+    return sup.row(await sup.restart_manager(target))
 
 
 @command("start-all")
@@ -134,7 +134,7 @@ async def add(sup: "Supervisor", manager: dict) -> dict[str, Any]:
     added = sup.managers[manager["name"]]
     if added.wanted:
         await sup.start_manager(added.spec.name)
-    return sup._row(added)
+    return sup.row(added)
 
 
 @command("remove")

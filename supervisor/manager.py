@@ -118,10 +118,6 @@ class Manager:
     def alive(self) -> bool:
         return self.state in ALIVE_STATES
 
-    @property
-    def starts_with_project(self) -> bool:
-        return self.wanted
-
     # --- events ---------------------------------------------------------------------
     def start(self, now: float, *, operator: bool = False) -> list[Action]:
         """Start request, by the project's start sequence or by an operator.

@@ -468,11 +468,11 @@ class Supervisor:
             "project_state": self.project_state.value,
             "config": str(self.config.path),
             "pmon_pid": os.getpid(),
-            "managers": [self._row(m) for m in self.managers.values()],
+            "managers": [self.row(m) for m in self.managers.values()],
         }
 
     @staticmethod
-    def _row(manager: Manager) -> dict[str, Any]:
+    def row(manager: Manager) -> dict[str, Any]:
         snap = manager.snapshot()
         return {
             "index": snap.index,
