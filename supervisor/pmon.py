@@ -171,9 +171,8 @@ class Supervisor:
 
     async def _stop_sequence(self, final: ProjectState) -> None:
         """Stop every manager in reverse start order, each fully before the next."""
-        self._set_project_state(
-            ProjectState.STOPPING if final is ProjectState.STOPPED else final
-        )
+        going_down = ProjectState.RESTARTING if final is ProjectState.RESTARTING else ProjectState.STOPPING
+        self._set_project_state(going_down)
         now = self.now()
         for manager in self.managers.values():  # no restart may fire while going down
             if manager.state is S.BACKOFF:
