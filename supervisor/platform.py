@@ -15,7 +15,8 @@ import threading
 from typing import Any, Callable
 
 IS_WINDOWS = os.name == "nt"
-HAS_PIDFD = hasattr(os, "pidfd_open")
+# PMON_NO_PIDFD=1 forces the SIGCHLD path (for old kernels, and to test that path on new ones).
+HAS_PIDFD = hasattr(os, "pidfd_open") and not os.environ.get("PMON_NO_PIDFD")
 
 
 def popen_kwargs() -> dict[str, Any]:

@@ -8,6 +8,7 @@ import signal
 import stat
 
 import psutil
+import pytest
 
 from support import child, poll_for, write_project
 
@@ -69,13 +70,14 @@ def test_start_types(tmp_path, pmon):
     assert instance.manager("manual")["state"] == "stopped"
 
 
-def test_ordinary_death_restarts_only_that_manager(tmp_path, pmon):
+@pytest.mark.parametrize("watcher", ["pidfd", "sigchld"])
+def test_ordinary_death_restarts_only_that_manager(tmp_path, pmon, watcher):
     config = write_project(tmp_path, [
         {"name": "core", "command": child(), "core": True},
         {"name": "a", "command": child()},
         {"name": "b", "command": child()},
     ])
-    instance = pmon(config)
+    instance = pmon(config, env={"PMON_NO_PIDFD": "1"} if watcher == "sigchld" else {})
     before = {m["name"]: m["pid"] for m in instance.status()["managers"]}
     os.kill(before["a"], signal.SIGKILL)
     after = poll_for(lambda: (s := {m["name"]: m["pid"] for m in instance.status()["managers"]})["a"] not in (None, before["a"]) and s)
