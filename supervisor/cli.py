@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
@@ -43,7 +43,7 @@ def load_config(path: Path | None) -> config_module.Config:
         fail(str(exc), EXIT_CONFIG)
 
 
-def fail(message: str, code: int = EXIT_REFUSED) -> Any:
+def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
     click.echo(f"pmon: {message}", err=True)
     sys.exit(code)
 

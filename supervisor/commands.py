@@ -34,7 +34,7 @@ class Command:
 
 
 REGISTRY: dict[str, Command] = {}
-_TYPES = {"str": str, "int": int, "bool": bool, "list": list, "dict": dict, "str | int": (str, int)}
+_TYPES: dict[str, Any] = {"str": str, "int": int, "bool": bool, "list": list, "dict": dict, "str | int": (str, int)}
 
 
 def command(name: str) -> Callable[[Handler], Handler]:

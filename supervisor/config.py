@@ -8,6 +8,7 @@ errors of the file at once, so a user fixes them in one go.
 from __future__ import annotations
 
 import difflib
+import enum
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ def _env(value: Any) -> Mapping[str, str]:
     return MappingProxyType(dict(value))
 
 
-def _enum(enum_type: type) -> Callable[[Any], Any]:
+def _enum(enum_type: type[enum.Enum]) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         try:
             return enum_type(value)

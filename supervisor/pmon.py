@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable, Coroutine, Protocol
 
 from . import platform, statefile
 from .config import Config, ManagerSpec
@@ -135,16 +135,16 @@ class Supervisor:
     def restart_project(self, reason: str) -> asyncio.Task[None]:
         return self._begin(self._restart_sequence(reason))
 
-    def _begin(self, sequence: Awaitable[None]) -> asyncio.Task[None]:
+    def _begin(self, sequence: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a project sequence, cancelling the one under way (a restart replaces a start)."""
         previous = self._project_task
         if previous is not None and not previous.done():
             previous.cancel()
-        task = self.loop.create_task(sequence)  # type: ignore[arg-type]
+        task = self.loop.create_task(sequence)
         self._project_task = task
         return task
 
-    async def _replace_project_task(self, sequence: Awaitable[None]) -> None:
+    async def _replace_project_task(self, sequence: Coroutine[Any, Any, None]) -> None:
         task = self._begin(sequence)
         await task
 
@@ -174,9 +174,9 @@ class Supervisor:
         going_down = ProjectState.RESTARTING if final is ProjectState.RESTARTING else ProjectState.STOPPING
         self._set_project_state(going_down)
         now = self.now()
-        for manager in self.managers.values():  # no restart may fire while going down
-            if manager.state is S.BACKOFF:
-                self._apply(manager, manager.stop(now, operator=False))
+        for waiting in self.managers.values():  # no restart may fire while going down
+            if waiting.state is S.BACKOFF:
+                self._apply(waiting, waiting.stop(now, operator=False))
         for spec in reversed(self.config.start_order()):
             manager = self.managers.get(spec.name)
             if manager is None or not manager.alive:

@@ -82,7 +82,7 @@ class ManagedProcess:
 
     def _copy_thread(self) -> None:
         assert self.popen is not None and self.popen.stdout is not None
-        for chunk in iter(lambda: self.popen.stdout.read1(READ_CHUNK), b""):  # type: ignore[union-attr]
+        for chunk in iter(lambda: self.popen.stdout.read1(READ_CHUNK), b""):  # type: ignore[union-attr,attr-defined]
             assert self._loop is not None and self._log is not None
             self._loop.call_soon_threadsafe(self._log.write, chunk)
 
