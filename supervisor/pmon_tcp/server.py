@@ -24,6 +24,7 @@ from . import protocol as p
 if TYPE_CHECKING:
     from ..pmon import Supervisor
 
+DISCARD_SECONDS = 2.0  # how long the rest of an overlong line is read before closing
 NOTE_EVERY = 10.0  # seconds between two notes of the same kind in the event log
 
 
@@ -92,6 +93,7 @@ class PmonTcpService:
                     line, last = exc.partial, True  # its last request, without a newline
                 except asyncio.LimitOverrunError:
                     await self._send(writer, p.ERR_TOO_LONG)
+                    await self._discard(reader, writer)
                     return
                 if not await self._send(writer, await self._answer(line, peer)) or last:
                     return
@@ -109,6 +111,17 @@ class PmonTcpService:
         except asyncio.TimeoutError:
             return False
         return True
+
+    async def _discard(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """End our side after the reply, and read what is still coming for a moment: closing
+        with unread input would reset the connection, and the client could lose the reply."""
+        writer.write_eof()
+        try:
+            async with asyncio.timeout(DISCARD_SECONDS):
+                while await reader.read(p.MAX_LINE):
+                    pass
+        except (TimeoutError, ConnectionError):
+            pass
 
     async def _answer(self, line: bytes, peer: Any) -> bytes:
         try:
