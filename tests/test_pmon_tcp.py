@@ -276,3 +276,16 @@ def test_a_hundred_clients_at_once(tmp_path, pmon):
         client.close()
     assert instance.status()["project_state"] == "running"
     assert instance.manager("a")["state"] == "running"
+
+
+def test_a_taken_port_is_reported_and_the_project_runs_without_the_listener(tmp_path, pmon):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        config = write_project(tmp_path, MANAGERS[:1], pmon_tcp={"port": holder.getsockname()[1]})
+        instance = pmon(config)
+        instance.wait_state("a", "running")
+        failed = poll_for(lambda: [e for e in instance.events() if e["event"] == "pmon-tcp-failed"],
+                          what="the pmon-tcp-failed event")
+        assert "pmon runs without it" in failed[0]["message"]
+        assert not (instance.config.project.state_dir / "pmon_tcp.addr").exists()

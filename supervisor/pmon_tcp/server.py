@@ -48,10 +48,15 @@ class PmonTcpService:
                 backlog=max(128, self.spec.max_clients),
             )
         except OSError as exc:
-            raise PmonError(
-                f"{sup.config.path}: [pmon_tcp]: cannot listen on {self.spec.address} port "
-                f"{self.spec.port}: {exc.strerror or exc}; change address or port in [pmon_tcp]"
-            ) from None
+            # The project matters more than this face of it: say so loudly and run on.
+            sup.events.write(
+                "pmon-tcp-failed",
+                f"PMON TCP cannot listen on {self.spec.address} port {self.spec.port}: "
+                f"{exc.strerror or exc}; pmon runs without it (change [pmon_tcp] in "
+                f"{sup.config.path} and restart pmon)",
+                address=self.spec.address, port=self.spec.port, error=str(exc),
+            )
+            return
         bound = self.server.sockets[0].getsockname()
         write_atomically(self.address_file(sup), f"{bound[0]}:{bound[1]}".encode())
         sup.events.write(
