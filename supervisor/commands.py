@@ -143,7 +143,9 @@ async def shutdown(sup: "Supervisor") -> dict[str, Any]:
 
 
 @command("add")
-async def add(sup: "Supervisor", manager: dict, position: int | None = None) -> dict[str, Any]:
+async def add(
+    sup: "Supervisor", manager: dict, position: int | None = None, wait: bool = True
+) -> dict[str, Any]:
     """Add a manager (a [[managers]] table) to the running project and to the TOML file.
 
     `position` (1-based) inserts it there, moving the managers from there on one index up;
@@ -160,7 +162,7 @@ async def add(sup: "Supervisor", manager: dict, position: int | None = None) -> 
     _commit(sup, raw)
     added = sup.managers[manager["name"]]
     if added.wanted:
-        await sup.start_manager(added.spec.name)
+        await sup.start_manager(added.spec.name, wait=wait)
     return sup._row(added)
 
 

@@ -153,6 +153,10 @@ def test_one_connection_per_command_drives_the_project(tmp_path, pmon):
     poll_for(lambda: instance.manager("a")["pid"] not in (None, second)
              and instance.status()["project_state"] == "running", what="the restart")
     assert len({first, second, instance.manager("a")["pid"]}) == 3
+    last = Client(instance)  # a last request without its newline, then the end
+    last.sock.sendall(b"##PROJECT:")
+    last.sock.shutdown(socket.SHUT_WR)
+    assert last.at_end() == instance.config.project.name.encode()
     assert once(instance, "WAIT_MODE:") == b"OK"
     poll_for(lambda: instance.status()["project_state"] == "stopped", what="the wait mode")
 

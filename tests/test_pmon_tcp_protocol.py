@@ -77,6 +77,7 @@ def test_options_lose_one_pair_of_quotes_and_split_like_a_shell():
     assert p.split_options('-p "a b" -num 2') == ["-p", "a b", "-num", "2"]
     assert p.split_options('"-p" "a b"') == ["-p", "a b"]  # not one pair: quotes kept as such
     assert p.join_options(["-p", "a b"]) == "-p 'a b'"
+    assert p.join_options(["-t", "a\nb"]) == "-t 'a\\nb'"  # a row stays one line
     with pytest.raises(ValueError):
         p.split_options('-p "open')
 

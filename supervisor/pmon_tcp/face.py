@@ -8,6 +8,7 @@ False), as PMON does; clients then poll MGRLIST:STATI.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -83,10 +84,16 @@ def _pid(row: dict[str, Any]) -> int:
     return -2 if failed else -1
 
 
+@functools.lru_cache(maxsize=1)
+def _started(pid: int) -> float | None:
+    """When this pmon process started (asked of the OS once)."""
+    return statefile.process_start_time(pid)
+
+
 async def _mgrlist_stati(sup: "Supervisor") -> bytes:
     status = await _call(sup, "status")
     pmon_pid = status["pmon_pid"]
-    rows = [p.stati_row(2, pmon_pid, "manual", statefile.process_start_time(pmon_pid), 1)]
+    rows = [p.stati_row(2, pmon_pid, "manual", _started(pmon_pid), 1)]
     for row, spec in zip(status["managers"], sup.config.managers):
         rows.append(p.stati_row(
             STATE_NUMBERS.get(row["state"], 0), _pid(row), row["start"], row["started_at"],
@@ -174,7 +181,7 @@ async def _ins(sup: "Supervisor", args: str) -> bytes:
         **_manager_keys(fields),
     }
     try:
-        await _call(sup, "add", manager=table, position=position)
+        await _call(sup, "add", manager=table, position=position, wait=False)
     except CommandError as exc:
         return p.error("errIns", str(exc))
     return p.OK

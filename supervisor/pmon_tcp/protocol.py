@@ -115,8 +115,9 @@ def format_time(timestamp: float | None) -> str:
 
 
 def join_options(args: Iterable[str]) -> str:
-    """A command's arguments after the program, quoted as a shell would need them."""
-    return shlex.join(args)
+    """A command's arguments after the program, quoted as a shell would need them (a line
+    break, which would end the row, is shown as \\n)."""
+    return shlex.join(args).replace("\r", "\\r").replace("\n", "\\n")
 
 
 def split_options(text: str) -> list[str]:
