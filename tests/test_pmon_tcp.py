@@ -293,3 +293,23 @@ def test_a_taken_port_is_reported_and_the_project_runs_without_the_listener(tmp_
                           what="the pmon-tcp-failed event")
         assert "pmon runs without it" in failed[0]["message"]
         assert not (instance.config.project.state_dir / "pmon_tcp.addr").exists()
+
+
+def test_the_registry_commands_it_added_serve_the_control_channel_too(tmp_path, pmon):
+    from supervisor.control.client import RemoteError
+
+    instance = start(tmp_path, pmon)
+    row = instance.call("edit", target="m", changes={"seconds_to_kill": 1, "start": None})
+    assert row["start"] == "always"  # the key removed: back to the default
+    assert tomllib.loads(instance.config_path.read_text())["managers"][1] == {
+        "name": "m", "command": child(), "seconds_to_kill": 1}
+    with pytest.raises(RemoteError, match="cannot be renamed"):
+        instance.call("edit", target="m", changes={"name": "n"})
+    with pytest.raises(RemoteError, match="invalid"):
+        instance.call("edit", target="m", changes={"restart_count": -1})
+    added = instance.call("add", manager={"name": "first", "command": child()}, position=1)
+    assert (added["index"], instance.manager("a")["index"]) == (1, 2)
+    with pytest.raises(RemoteError, match=r"position 9 is outside 1\.\.5"):
+        instance.call("add", manager={"name": "x", "command": child()}, position=9)
+    killed = instance.call("kill", target="first")
+    assert (killed["state"], killed["exit_code"]) == ("stopped", -9)
