@@ -14,6 +14,7 @@ import tomli_w
 
 from . import config as config_module
 from .errors import CommandError, ConfigError, ProtocolError
+from .states import StartType
 from .statefile import write_atomically
 
 if TYPE_CHECKING:
@@ -34,7 +35,10 @@ class Command:
 
 
 REGISTRY: dict[str, Command] = {}
-_TYPES: dict[str, Any] = {"str": str, "int": int, "bool": bool, "list": list, "dict": dict, "str | int": (str, int)}
+_TYPES: dict[str, Any] = {
+    "str": str, "int": int, "bool": bool, "list": list, "dict": dict, "str | int": (str, int),
+    "int | None": (int, type(None)),
+}
 
 
 def command(name: str) -> Callable[[Handler], Handler]:
@@ -58,8 +62,9 @@ async def execute(sup: "Supervisor", name: Any, args: Any) -> Any:
         if key not in cmd.params:
             raise ProtocolError(f"'{name}' takes no argument '{key}'; it takes: {', '.join(cmd.params) or 'none'}")
         expected = _TYPES.get(str(cmd.params[key].annotation))
+        types = expected if isinstance(expected, tuple) else (expected,)
         if expected is not None and (
-            not isinstance(value, expected) or (expected is int and isinstance(value, bool))
+            not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
         ):
             raise ProtocolError(f"argument '{key}' of '{name}' has the wrong type")
     missing = [k for k, p in cmd.params.items() if p.default is inspect.Parameter.empty and k not in args]
@@ -74,44 +79,59 @@ async def status(sup: "Supervisor") -> dict[str, Any]:
     return sup.status()
 
 
+# `wait=False`: reply as soon as the change is under way, not when it is done.
+
+
 @command("start")
-async def start(sup: "Supervisor", target: str | int) -> dict[str, Any]:
+async def start(sup: "Supervisor", target: str | int, wait: bool = True) -> dict[str, Any]:
     """Start a manager (by name or index); unblocks a blocked one and resets its counter."""
-    return sup.row(await sup.start_manager(target))
+    return sup.row(await sup.start_manager(target, wait=wait))
 
 
 @command("stop")
-async def stop(sup: "Supervisor", target: str | int) -> dict[str, Any]:
+async def stop(sup: "Supervisor", target: str | int, wait: bool = True) -> dict[str, Any]:
     """Stop a manager: SIGTERM to its group, SIGKILL after seconds_to_kill."""
-    return sup.row(await sup.stop_manager(target))
+    return sup.row(await sup.stop_manager(target, wait=wait))
+
+
+@command("kill")
+async def kill(sup: "Supervisor", target: str | int, wait: bool = True) -> dict[str, Any]:
+    """Kill a manager's process group at once (SIGKILL, no SIGTERM first); it stays stopped."""
+    return sup.row(await sup.kill_manager(target, wait=wait))
 
 
 @command("restart")
-async def restart(sup: "Supervisor", target: str | int) -> dict[str, Any]:
+async def restart(sup: "Supervisor", target: str | int, wait: bool = True) -> dict[str, Any]:
     """Restart a manager; a core manager restarts the whole project."""
-    return sup.row(await sup.restart_manager(target))
+    return sup.row(await sup.restart_manager(target, wait=wait))
 
 
 @command("start-all")
-async def start_all(sup: "Supervisor") -> dict[str, Any]:
+async def start_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
     """Start the project (the normal start sequence)."""
-    await sup.start_project()
+    task = sup.start_project()
+    if wait:
+        await task
     return sup.status()
 
 
 @command("stop-all")
-async def stop_all(sup: "Supervisor") -> dict[str, Any]:
+async def stop_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
     """Stop every manager in reverse order; pmon keeps running."""
-    await sup.stop_project()
+    task = sup.stop_project()
+    if wait:
+        await task
     return sup.status()
 
 
 @command("restart-all")
-async def restart_all(sup: "Supervisor") -> dict[str, Any]:
+async def restart_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
     """Restart the project: stop everything in reverse order, then start in order."""
     for manager in sup.managers.values():
         manager.recent.clear()  # an operator's project restart is a fresh start
-    await sup.restart_project("operator request")
+    task = sup.restart_project("operator request")
+    if wait:
+        await task
     return sup.status()
 
 
@@ -123,17 +143,26 @@ async def shutdown(sup: "Supervisor") -> dict[str, Any]:
 
 
 @command("add")
-async def add(sup: "Supervisor", manager: dict) -> dict[str, Any]:
+async def add(
+    sup: "Supervisor", manager: dict, position: int | None = None, wait: bool = True
+) -> dict[str, Any]:
     """Add a manager (a [[managers]] table) to the running project and to the TOML file.
 
-    The file is rewritten with tomli-w: comments in it are not kept.
+    `position` (1-based) inserts it there, moving the managers from there on one index up;
+    without it the manager is appended. The file is rewritten with tomli-w: comments in it
+    are not kept.
     """
     raw = copy.deepcopy(dict(sup.config.raw))
-    raw.setdefault("managers", []).append(manager)
+    tables = raw.setdefault("managers", [])
+    if position is None:
+        position = len(tables) + 1
+    if not 1 <= position <= len(tables) + 1:
+        raise CommandError(f"position {position} is outside 1..{len(tables) + 1}")
+    tables.insert(position - 1, manager)
     _commit(sup, raw)
     added = sup.managers[manager["name"]]
     if added.wanted:
-        await sup.start_manager(added.spec.name)
+        await sup.start_manager(added.spec.name, wait=wait)
     return sup.row(added)
 
 
@@ -150,6 +179,31 @@ async def remove(sup: "Supervisor", target: str | int) -> dict[str, Any]:
     raw["managers"] = [m for m in raw.get("managers", []) if m.get("name") != name]
     _commit(sup, raw)
     return {"removed": name}
+
+
+@command("edit")
+async def edit(sup: "Supervisor", target: str | int, changes: dict) -> dict[str, Any]:
+    """Change keys of a manager's [[managers]] table in the running project and the TOML file.
+
+    `changes` maps keys to new values; null removes a key (back to the default). A new
+    command or environment applies at the manager's next start. Comments are not kept.
+    """
+    manager = sup.find(target)
+    name = manager.spec.name
+    if "name" in changes:
+        raise CommandError(f"{name} cannot be renamed; remove it and add it again")
+    raw = copy.deepcopy(dict(sup.config.raw))
+    table = next(t for t in raw.get("managers", []) if t.get("name") == name)
+    for key, value in changes.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    _commit(sup, raw)
+    edited = sup.managers[name]
+    # A manual manager starts only on command; one an operator started stays kept.
+    edited.wanted = edited.spec.start is not StartType.MANUAL or edited.alive
+    return sup.row(edited)
 
 
 def _commit(sup: "Supervisor", raw: dict[str, Any]) -> None:

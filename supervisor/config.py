@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -49,6 +50,18 @@ class ControlSpec:
 
 
 @dataclass(frozen=True)
+class PmonTcpSpec:
+    """The WinCC OA PMON TCP listener ([pmon_tcp]); no section = no listener."""
+
+    address: str = "127.0.0.1"
+    port: int = 4999
+    user: str = ""
+    password: str = ""
+    idle_timeout: float = 300.0  # a client silent this long is dropped
+    max_clients: int = 128
+
+
+@dataclass(frozen=True)
 class ProjectSpec:
     name: str
     state_dir: Path
@@ -63,6 +76,7 @@ class Config:
     project: ProjectSpec
     managers: tuple[ManagerSpec, ...]
     raw: Mapping[str, Any]  # the parsed TOML, for write-back by `add` / `remove`
+    pmon_tcp: PmonTcpSpec | None = None
 
     def start_order(self) -> tuple[ManagerSpec, ...]:
         """List order, with the redundancy manager moved first (PMON's rule)."""
@@ -182,8 +196,38 @@ def _tcp_address(value: Any) -> str:
 
 CONTROL_KEYS: dict[str, Callable[[Any], Any]] = {"tcp": _tcp_address}
 
+
+def _credential(value: Any) -> str:
+    if not isinstance(value, str) or any(c in "#\r\n" for c in value):
+        raise ValueError("a string without '#' or line breaks ('#' separates the fields)")
+    return value
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError("a port number 0..65535 (0: any free port)")
+    return value
+
+
+def _positive_count(value: Any) -> int:
+    if _count(value) < 1:
+        raise ValueError("a whole number >= 1")
+    return value
+
+
+PMON_TCP_KEYS: dict[str, Callable[[Any], Any]] = {
+    "enabled": _boolean,
+    "address": _string,
+    "port": _port,
+    "user": _credential,
+    "password": _credential,
+    "password_file": _string,
+    "idle_timeout": _positive_number,
+    "max_clients": _positive_count,
+}
+
 # Top-level sections; other modules (redundancy, plugins, ...) extend this with theirs.
-SECTIONS = {"project", "defaults", "managers", "control"}
+SECTIONS = {"project", "defaults", "managers", "control", "pmon_tcp"}
 
 
 class _Errors:
@@ -259,6 +303,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     defaults = errors.convert("[defaults]", defaults_table, defaultable)
 
     managers = _managers(data, defaults, base, errors)
+    pmon_tcp = _pmon_tcp(data, base, errors)
     errors.raise_if_any()
 
     state_dir = base / project.get("state_dir", "var")
@@ -269,7 +314,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         log_backups=project.get("log_backups", ProjectSpec.log_backups),
         control=ControlSpec(**control),
     )
-    return Config(path=path, project=project_spec, managers=managers, raw=data)
+    return Config(path=path, project=project_spec, managers=managers, raw=data, pmon_tcp=pmon_tcp)
 
 
 def _table(data: Mapping[str, Any], key: str, errors: _Errors) -> Mapping[str, Any]:
@@ -278,6 +323,50 @@ def _table(data: Mapping[str, Any], key: str, errors: _Errors) -> Mapping[str, A
         errors.add(f"[{key}]", f"expected a table ([{key}]), got {value!r}")
         return {}
     return value
+
+
+def _pmon_tcp(data: Mapping[str, Any], base: Path, errors: _Errors) -> PmonTcpSpec | None:
+    """[pmon_tcp]: off unless present; a non-loopback address only with a password."""
+    if "pmon_tcp" not in data:
+        return None
+    table = _table(data, "pmon_tcp", errors)
+    errors.unknown_keys("[pmon_tcp]", table, PMON_TCP_KEYS)
+    values = errors.convert("[pmon_tcp]", table, PMON_TCP_KEYS)
+    if not values.pop("enabled", True):
+        return None
+    if "password_file" in values:
+        if "password" in values:
+            errors.add("[pmon_tcp], key 'password_file'", "give password or password_file, not both")
+        where = "[pmon_tcp], key 'password_file'"
+        file = base / values.pop("password_file")
+        try:
+            line = (file.read_text(encoding="utf-8").splitlines() or [""])[0].strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            errors.add(where, f"cannot read {file}: {exc}")
+            return None
+        user, sep, password = line.rpartition("#")
+        if sep:
+            values["user"] = user
+        values["password"] = password
+        if "#" in user or not password:
+            errors.add(where, f"{file} must hold one line: the password, or user#password")
+    address = values.get("address", PmonTcpSpec.address)
+    if not values.get("password") and not _is_loopback(address):
+        errors.add(
+            "[pmon_tcp], key 'address'",
+            f"{address!r} is not a loopback address: a network listener needs a password "
+            '(set password or password_file), or use address = "127.0.0.1"',
+        )
+    return PmonTcpSpec(**values)
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _managers(

@@ -424,34 +424,62 @@ class Supervisor:
             f"managers: {names} (or their index 1..{len(self.managers)})"
         )
 
-    async def start_manager(self, target: str | int) -> Manager:
+    # `wait=False` returns once the change is under way (PMON TCP answers at once).
+    async def start_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager = self.find(target)
         if manager.spec.core and self.project_state in (ProjectState.BLOCKED, ProjectState.STOPPED):
             manager.recent.clear()  # the operator resets the core manager's counter
-            await self.restart_project(f"operator started core manager {manager.spec.name}")
+            task = self.restart_project(f"operator started core manager {manager.spec.name}")
+            if wait:
+                await task
             return manager
         self._apply(manager, manager.start(self.now(), operator=True))
-        await self._settle(manager)
+        if wait:
+            await self._settle(manager)
         return manager
 
-    async def stop_manager(self, target: str | int) -> Manager:
+    async def stop_manager(self, target: str | int, wait: bool = True) -> Manager:
+        manager = self._stoppable(target)
+        self._apply(manager, manager.stop(self.now(), operator=True))
+        if wait:
+            await self._settle(manager)
+        return manager
+
+    async def kill_manager(self, target: str | int, wait: bool = True) -> Manager:
+        """Stop a manager without the polite signal: kill its process group now."""
+        manager = self._stoppable(target)
+        actions = manager.stop(self.now(), operator=True)
+        self._apply(manager, [a for a in actions if a is not Action.TERMINATE])
+        proc = self.procs.get(manager.spec.name)
+        if proc is not None:
+            self.events.write(
+                "kill", f"{manager.spec.name} killed by request", manager=manager.spec.name,
+                pid=proc.pid,
+            )
+            proc.kill()
+        if wait:
+            await self._settle(manager)
+        return manager
+
+    def _stoppable(self, target: str | int) -> Manager:
         manager = self.find(target)
         if manager.spec.core and manager.alive:
             raise CommandError(
                 f"{manager.spec.name} is a core manager: the project cannot run without it; "
                 "stop the whole project with `pmon stop --all`"
             )
-        self._apply(manager, manager.stop(self.now(), operator=True))
-        await self._settle(manager)
         return manager
 
-    async def restart_manager(self, target: str | int) -> Manager:
+    async def restart_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager = self.find(target)
         if manager.spec.core:
-            await self.restart_project(f"operator restarted core manager {manager.spec.name}")
+            task = self.restart_project(f"operator restarted core manager {manager.spec.name}")
+            if wait:
+                await task
             return manager
         self._apply(manager, manager.restart(self.now()))
-        await self._settle(manager)
+        if wait:
+            await self._settle(manager)
         return manager
 
     async def _settle(self, manager: Manager) -> None:
@@ -487,7 +515,7 @@ class Supervisor:
         }
 
     def reconfigure(self, config: Config) -> None:
-        """Take a new, validated config whose managers differ only by additions/removals."""
+        """Take a new, validated config: managers added, removed, moved or with changed keys."""
         for spec in config.managers:
             if spec.name in self.managers:
                 self.managers[spec.name].spec = spec
@@ -502,6 +530,10 @@ class Supervisor:
 def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
     services: list[Service] = []
+    if config.pmon_tcp is not None:
+        from .pmon_tcp.server import PmonTcpService
+
+        services.append(PmonTcpService(config.pmon_tcp))
     return services
 
 
