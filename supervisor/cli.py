@@ -201,5 +201,13 @@ def shutdown(config_path: Path | None) -> None:
     click.echo("pmon is shutting down")
 
 
+@main.command()
+@config_option
+def detach(config_path: Path | None) -> None:
+    """Stop pmon but leave its managers running (to upgrade pmon); `pmon run` adopts them."""
+    result = call(config_path, "detach")
+    click.echo(f"pmon is exiting; {result['managers']} managers run on until pmon runs again")
+
+
 if __name__ == "__main__":
     main()

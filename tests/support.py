@@ -103,6 +103,11 @@ class Pmon:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line]
 
+    def kill(self) -> None:
+        """SIGKILL pmon itself (not its managers), as a crash would."""
+        self.proc.kill()
+        self.proc.wait(10)
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -113,6 +118,21 @@ class Pmon:
                 self.proc.wait()
         self.proc.communicate()
         return self.proc.returncode
+
+
+def project_processes(project: str, manager: str | None = None) -> list[psutil.Process]:
+    """The running session leaders started for `project` (optionally: of one manager)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if env.get("PMON_PROJECT") != project or os.getsid(proc.pid) != proc.pid:
+                continue
+            if manager is None or env.get("PMON_MANAGER") == manager:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def kill_project_processes(project: str) -> list[int]:
