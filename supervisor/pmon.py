@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 from . import adopt, platform, statefile
+from .reload import ReloadOnHangup
 from .config import Config, ManagerSpec
 from .errors import CommandError, PmonError, UnknownManager
 from .logs import EventLog, describe_exit
@@ -547,7 +548,7 @@ class Supervisor:
 
 def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
-    services: list[Service] = [LogRotation()]
+    services: list[Service] = [LogRotation(), ReloadOnHangup()]
     return services
 
 
