@@ -230,5 +230,9 @@ def detach(config_path: Path | None) -> None:
     click.echo(f"pmon is exiting; {result['managers']} managers run on until pmon runs again")
 
 
+from .service.cli import service  # noqa: E402  (pmon service install|uninstall)
+
+main.add_command(service)
+
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from . import adopt, platform, statefile
 from .reload import ReloadOnHangup
+from .service.sdnotify import SystemdNotifier
 from .config import Config, ManagerSpec
 from .errors import CommandError, PmonError, UnknownManager
 from .logs import EventLog, describe_exit
@@ -67,6 +68,7 @@ class Supervisor:
         self.leave_running = False  # exit without stopping the managers (for an upgrade)
         self._stopped_cleanly = False
         self._write_failing = False
+        self.project_ready = asyncio.Event()  # the first start sequence is done (or skipped)
         # Seams for the parts built on top (redundancy, plugins, PMON TCP): services start
         # and stop with pmon; listeners hear every state change of a manager.
         self.services: list[Service] = build_services(config)
@@ -103,7 +105,7 @@ class Supervisor:
         self.control = ControlServer(self)
         await self.control.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_shutdown, sig.name)
+            platform.add_signal_handler(self.loop, sig, self.request_shutdown, sig.name)
         self.events.write(
             "pmon-started", f"pmon {os.getpid()} runs project '{project.name}' from {self.config.path}",
             pid=os.getpid(), config=str(self.config.path),
@@ -116,6 +118,7 @@ class Supervisor:
             self.start_project(skip=frozenset(taken.down))
         else:
             self._set_project_state(ProjectState(taken.project_state))
+            self.project_ready.set()
         await self._shutdown.wait()
         if self.leave_running:
             self._begin(asyncio.sleep(0))  # cancel a sequence under way; touch no manager
@@ -189,6 +192,7 @@ class Supervisor:
                 )
         self._set_project_state(ProjectState.RUNNING)
         self.events.write("project-started", f"project '{self.config.project.name}' started")
+        self.project_ready.set()
 
     async def _stop_sequence(self, final: ProjectState) -> None:
         """Stop every manager in reverse start order, each fully before the next."""
@@ -548,7 +552,7 @@ class Supervisor:
 
 def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
-    services: list[Service] = [LogRotation(), ReloadOnHangup()]
+    services: list[Service] = [LogRotation(), ReloadOnHangup(), SystemdNotifier()]
     return services
 
 

@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from . import config as config_module
+from . import config as config_module, platform
 from .commands import command
 from .config import Config, ManagerSpec
 from .errors import CommandError, ConfigError, PmonError
@@ -205,13 +205,15 @@ class ReloadOnHangup:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._armed = False
 
     async def start(self, sup: "Supervisor") -> None:
-        if hasattr(signal, "SIGHUP"):
-            sup.loop.add_signal_handler(signal.SIGHUP, self._hangup, sup)
+        self._armed = hasattr(signal, "SIGHUP") and platform.add_signal_handler(
+            sup.loop, signal.SIGHUP, self._hangup, sup
+        )
 
     async def stop(self, sup: "Supervisor") -> None:
-        if hasattr(signal, "SIGHUP"):
+        if self._armed:
             sup.loop.remove_signal_handler(signal.SIGHUP)
         for task in list(self._tasks):
             task.cancel()

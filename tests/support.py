@@ -60,12 +60,13 @@ def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.Comple
 class Pmon:
     """A real `pmon run` in the background, for one test."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config
         self.config = config_module.load(config)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=None if env is None else {**os.environ, **env},
         )
 
     def call(self, command: str, **args: Any) -> Any:
