@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from . import adopt, platform, statefile
 from .reload import ReloadOnHangup
 from .service.sdnotify import SystemdNotifier
+from .watchdog import WriteProbe
 from .config import Config, ManagerSpec
 from .errors import CommandError, PmonError, UnknownManager
 from .logs import EventLog, describe_exit
@@ -552,7 +553,7 @@ class Supervisor:
 
 def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
-    services: list[Service] = [LogRotation(), ReloadOnHangup(), SystemdNotifier()]
+    services: list[Service] = [LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()]
     return services
 
 
