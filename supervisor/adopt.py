@@ -214,8 +214,8 @@ def decide(
         state = record.get("state")
         if state == S.BLOCKED.value:
             decision.down[name] = S.BLOCKED
-        elif state == S.STOPPED.value and project_state not in ("starting", "restarting"):
-            decision.down[name] = S.STOPPED  # stopped on purpose, not yet started
+        elif state == S.STOPPED.value and project_state == "running":
+            decision.down[name] = S.STOPPED  # stopped on purpose (mid-sequence: not yet)
         elif state in ALIVE or state == S.BACKOFF.value or (
             state == S.EXITED.value and spec.start is not StartType.ONCE
         ):

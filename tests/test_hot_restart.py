@@ -17,13 +17,16 @@ def pids(instance) -> dict[str, int | None]:
     return {m["name"]: m["pid"] for m in instance.status()["managers"]}
 
 
-def saved_pid(instance, name: str) -> int | None:
-    """The pid the state file holds for `name` (None while it is not written yet)."""
+def saved(instance) -> dict:
+    """The state file as pmon last wrote it ({} while it is not written yet)."""
     try:
-        data = json.loads((instance.config.project.state_dir / "state.json").read_text())
+        return json.loads((instance.config.project.state_dir / "state.json").read_text())
     except FileNotFoundError:
-        return None
-    return data["managers"][name]["pid"]
+        return {}
+
+
+def saved_pid(instance, name: str) -> int | None:
+    return saved(instance).get("managers", {}).get(name, {}).get("pid")
 
 
 def messages(instance, event: str) -> list[str]:
@@ -184,3 +187,30 @@ def test_detach_leaves_the_managers_running_for_the_next_pmon(tmp_path, pmon):
     assert psutil.pid_exists(running["a"])
     second = pmon(config)
     assert pids(second) == running
+
+
+def test_a_stopped_project_stays_stopped_and_a_clean_stop_means_a_fresh_start(tmp_path, pmon):
+    config = write_project(tmp_path, [{"name": "a", "command": child()}])
+    first = pmon(config)
+    pid = first.manager("a")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    poll_for(lambda: first.manager("a")["restarts"] == 1 and first.manager("a")["pid"])
+    first.call("stop-all")
+    poll_for(lambda: saved(first).get("project_state") == "stopped", what="the state file")
+    first.kill()
+    second = pmon(config, wait=False)
+    stopped = poll_for(lambda: _status(second), what="pmon to answer")
+    assert stopped["project_state"] == "stopped"
+    assert stopped["managers"][0]["state"] == "stopped"
+    assert stopped["managers"][0]["restarts"] == 1
+
+    assert second.stop() == 0  # a clean stop: the next start is a fresh one
+    third = pmon(config)
+    assert third.manager("a")["state"] == "running" and third.manager("a")["restarts"] == 0
+
+
+def _status(instance):
+    try:
+        return instance.status()
+    except Exception:
+        return None
