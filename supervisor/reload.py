@@ -189,6 +189,11 @@ async def reload(sup: "Supervisor", dry_run: bool = False) -> dict[str, Any]:
         result = {**todo.as_dict(), "dry_run": dry_run, "config": str(new.path)}
         if dry_run:
             return result
+        if sup.project_state.value in ("starting", "stopping", "restarting"):
+            raise CommandError(
+                f"the project is {sup.project_state.value}; nothing changed: reload once it "
+                "runs (`pmon status` shows when)"
+            )
         sup.events.write(
             "reload",
             f"reloading {new.path}: {len(todo.added)} added, {len(todo.removed)} removed, "
