@@ -67,7 +67,7 @@ def add_signal_handler(
 
 
 def raise_fd_limit() -> None:
-    """Each manager holds a pidfd and a log pipe: lift the soft limit to the hard one."""
+    """Each manager holds a pidfd: lift the soft limit to the hard one."""
     if IS_WINDOWS:
         return
     import resource

@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Protocol
 
 from . import adopt, platform, statefile
-from .reload import ReloadOnHangup
-from .service.sdnotify import SystemdNotifier
-from .watchdog import WriteProbe
 from .config import Config, ManagerSpec
 from .errors import CommandError, PmonError, UnknownManager
 from .logs import EventLog, describe_exit
@@ -28,7 +25,10 @@ from .manager import Action, Manager
 from .notify import NotifyListener
 from .output import LogRotation, ManagerLog
 from .process import ManagedProcess, log_path, manager_env
+from .reload import ReloadOnHangup
+from .service.sdnotify import SystemdNotifier
 from .states import ManagerState, StartType
+from .watchdog import WriteProbe
 
 S = ManagerState
 
@@ -121,8 +121,9 @@ class Supervisor:
             self._set_project_state(ProjectState(taken.project_state))
             self.project_ready.set()
         await self._shutdown.wait()
-        if self.leave_running:
-            self._begin(asyncio.sleep(0))  # cancel a sequence under way; touch no manager
+        if self.leave_running:  # detach: end a sequence under way, touch no manager
+            if self._project_task is not None:
+                self._project_task.cancel()
         else:
             await self._replace_project_task(self._stop_sequence(ProjectState.STOPPED))
             self._stopped_cleanly = True
