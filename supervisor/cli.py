@@ -57,7 +57,7 @@ def call(config_path: Path | None, command: str, **args: Any) -> Any:
     except NotRunning as exc:
         fail(str(exc), EXIT_NOT_RUNNING)
     except (PmonError, OSError) as exc:
-        fail(str(exc))
+        fail(str(exc), EXIT_CONFIG if getattr(exc, "code", None) == "config" else EXIT_REFUSED)
 
 
 def target_arg(value: str) -> str | int:
@@ -200,6 +200,39 @@ def shutdown(config_path: Path | None) -> None:
     call(config_path, "shutdown")
     click.echo("pmon is shutting down")
 
+
+@main.command()
+@config_option
+@click.option("--dry-run", is_flag=True, help="Only print what the reload would do.")
+def reload(config_path: Path | None, dry_run: bool) -> None:
+    """Re-read the project file and apply only what changed (SIGHUP does the same).
+
+    Added managers start, removed ones stop, changed ones restart, the others keep running
+    with the same pid. An invalid file changes nothing.
+    """
+    from .reload import describe
+
+    try:  # the file pmon would read; the CLI also needs it to find pmon
+        config_module.load(config_path or Path("pmon.toml"))
+    except ConfigError as exc:
+        fail(f"reload refused, nothing changed:\n{exc}", EXIT_CONFIG)
+    result = call(config_path, "reload", dry_run=dry_run)
+    click.echo(f"{'would reload' if dry_run else 'reloaded'} {result['config']}:")
+    for line in describe(result):
+        click.echo(line)
+
+
+@main.command()
+@config_option
+def detach(config_path: Path | None) -> None:
+    """Stop pmon but leave its managers running (to upgrade pmon); `pmon run` adopts them."""
+    result = call(config_path, "detach")
+    click.echo(f"pmon is exiting; {result['managers']} managers run on until pmon runs again")
+
+
+from .service.cli import service  # noqa: E402  (pmon service install|uninstall)
+
+main.add_command(service)
 
 if __name__ == "__main__":
     main()

@@ -68,6 +68,7 @@ class ProjectSpec:
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
     control: ControlSpec = ControlSpec()
+    stop_on_write_error: bool = False  # the supervisor watchdog: see pmon.write_failed
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ PROJECT_KEYS: dict[str, Callable[[Any], Any]] = {
     "state_dir": _string,
     "log_max_bytes": _count,
     "log_backups": _count,
+    "stop_on_write_error": _boolean,
 }
 
 
@@ -313,6 +315,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         log_max_bytes=project.get("log_max_bytes", ProjectSpec.log_max_bytes),
         log_backups=project.get("log_backups", ProjectSpec.log_backups),
         control=ControlSpec(**control),
+        stop_on_write_error=project.get("stop_on_write_error", False),
     )
     return Config(path=path, project=project_spec, managers=managers, raw=data, pmon_tcp=pmon_tcp)
 

@@ -7,7 +7,19 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+
+def backup_path(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.name}.{n}")
+
+
+def shift_backups(path: Path, backups: int) -> None:
+    """name.1 -> name.2 ... up to name.N (the oldest falls off), freeing name.1."""
+    for n in range(backups - 1, 0, -1):
+        older = backup_path(path, n)
+        if older.exists():
+            os.replace(older, backup_path(path, n + 1))
 
 
 class RotatingFile:
@@ -30,11 +42,8 @@ class RotatingFile:
     def _rotate(self) -> None:
         self._file.close()
         if self.backups:
-            for n in range(self.backups - 1, 0, -1):
-                older = self.path.with_name(f"{self.path.name}.{n}")
-                if older.exists():
-                    os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
-            os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            shift_backups(self.path, self.backups)
+            os.replace(self.path, backup_path(self.path, 1))
         else:
             self.path.unlink(missing_ok=True)
         self._file = open(self.path, "ab", buffering=0)
@@ -61,9 +70,13 @@ def describe_exit(code: int | None) -> str:
 class EventLog:
     """pmon's own log: one JSON object a line in a file, and a readable line on stderr."""
 
-    def __init__(self, path: Path, max_bytes: int, backups: int, echo: bool = True) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int, backups: int, echo: bool = True,
+        on_error: Callable[[OSError], None] | None = None,
+    ) -> None:
         self._file = RotatingFile(path, max_bytes, backups)
         self.echo = echo
+        self.on_error = on_error  # told when a record cannot be written (disk full, ...)
 
     def write(self, event: str, message: str, **fields: Any) -> None:
         now = time.time()
@@ -72,6 +85,8 @@ class EventLog:
             self._file.write((json.dumps(record, default=str) + "\n").encode())
         except OSError as exc:  # a full disk must not take the supervisor down
             print(f"pmon: cannot write the event log: {exc}", file=sys.stderr)
+            if self.on_error is not None:
+                self.on_error(exc)
         if self.echo:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             print(f"{stamp} {message}", file=sys.stderr, flush=True)

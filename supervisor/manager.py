@@ -9,6 +9,7 @@ time comes in as an argument, the whole policy is tested without sleeping.
 Transitions (event: from -> to):
     start:        STOPPED | EXITED | BLOCKED | BACKOFF -> (SPAWN) -> STARTING
     spawned:      STARTING -> RUNNING (ready = spawn) | STARTING (notify, delay)
+    adopted:      STOPPED | EXITED | BACKOFF | BLOCKED -> RUNNING (hot restart of pmon)
     ready:        STARTING -> RUNNING
     stop:         STARTING | RUNNING -> STOPPING (TERMINATE, kill deadline)
                   BACKOFF | BLOCKED -> STOPPED
@@ -146,6 +147,17 @@ class Manager:
             self._set_deadline(Deadline.READY, now + self.spec.ready_seconds)
         else:
             self._set_deadline(Deadline.START_TIMEOUT, now + self.spec.start_timeout)
+        return []
+
+    def adopted(self, pid: int, now: float, wall: float | None) -> list[Action]:
+        """A restarted pmon found this manager's process still running and takes it over."""
+        if self.alive:
+            raise TransitionError(f"adopted in state {self.state}")
+        # STOPPED | EXITED | BACKOFF | BLOCKED -> RUNNING, with no spawn: it already runs
+        self.state = S.RUNNING
+        self.pid, self.exit_code, self.started_at = pid, None, wall
+        self.ready_failed = False
+        self._set_deadline(None)
         return []
 
     def spawn_failed(self, now: float) -> list[Action]:

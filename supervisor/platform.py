@@ -55,8 +55,20 @@ def kill_group(pid: int) -> None:
         pass
 
 
+def add_signal_handler(
+    loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[..., Any], *args: Any
+) -> bool:
+    """Handle `sig` on the loop; False where the loop cannot (Windows, or a loop outside the
+    main thread, as in a Windows service): the caller then relies on its other stop paths."""
+    try:
+        loop.add_signal_handler(sig, callback, *args)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
+
+
 def raise_fd_limit() -> None:
-    """Each manager holds a pidfd and a log pipe: lift the soft limit to the hard one."""
+    """Each manager holds a pidfd: lift the soft limit to the hard one."""
     if IS_WINDOWS:
         return
     import resource
@@ -91,8 +103,7 @@ class ExitWatcher:
             self._pidfds[pid] = fd
             self.loop.add_reader(fd, self._on_pidfd, pid)
         elif IS_WINDOWS:
-            assert popen is not None
-            threading.Thread(target=self._wait_thread, args=(popen,), daemon=True).start()
+            threading.Thread(target=self._wait_thread, args=(pid, popen), daemon=True).start()
         else:
             assert popen is not None, "adopting a process needs pidfd (Linux 5.3+)"
             self._sigchld_children[pid] = popen
@@ -119,6 +130,14 @@ class ExitWatcher:
                 self.forget(pid)
                 self.on_exit(pid)
 
-    def _wait_thread(self, popen: subprocess.Popen[bytes]) -> None:
-        popen.wait()
-        self.loop.call_soon_threadsafe(self.on_exit, popen.pid)
+    def _wait_thread(self, pid: int, popen: subprocess.Popen[bytes] | None) -> None:
+        if popen is not None:
+            popen.wait()
+        else:  # adopted: not our child, but its handle can still be waited on
+            import psutil
+
+            try:
+                psutil.Process(pid).wait()
+            except psutil.Error:
+                pass
+        self.loop.call_soon_threadsafe(self.on_exit, pid)

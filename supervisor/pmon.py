@@ -17,14 +17,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Protocol
 
-from . import platform, statefile
+from . import adopt, platform, statefile
 from .config import Config, ManagerSpec
 from .errors import CommandError, PmonError, UnknownManager
-from .logs import EventLog, RotatingFile, describe_exit
+from .logs import EventLog, describe_exit
 from .manager import Action, Manager
 from .notify import NotifyListener
+from .output import LogRotation, ManagerLog
 from .process import ManagedProcess, log_path, manager_env
+from .reload import ReloadOnHangup
+from .service.sdnotify import SystemdNotifier
 from .states import ManagerState, StartType
+from .watchdog import WriteProbe
 
 S = ManagerState
 
@@ -53,7 +57,7 @@ class Supervisor:
         self.managers: dict[str, Manager] = {s.name: Manager(s) for s in config.managers}
         self.procs: dict[str, ManagedProcess] = {}
         self.by_pid: dict[int, str] = {}
-        self.logs: dict[str, RotatingFile] = {}
+        self.logs: dict[str, ManagerLog] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.project_state = ProjectState.STOPPED
         self._project_task: asyncio.Task[None] | None = None
@@ -62,6 +66,10 @@ class Supervisor:
         self._state_write_pending = False
         self._reported: dict[str, ManagerState] = {}
         self.started_at = time.time()
+        self.leave_running = False  # exit without stopping the managers (for an upgrade)
+        self._stopped_cleanly = False
+        self._write_failing = False
+        self.project_ready = asyncio.Event()  # the first start sequence is done (or skipped)
         # Seams for the parts built on top (redundancy, plugins, PMON TCP): services start
         # and stop with pmon; listeners hear every state change of a manager.
         self.services: list[Service] = build_services(config)
@@ -90,7 +98,7 @@ class Supervisor:
         project = self.config.project
         self.events = EventLog(
             self.state_dir / "log" / "events.jsonl", project.log_max_bytes, project.log_backups,
-            echo=self.echo,
+            echo=self.echo, on_error=lambda exc: self.write_failed("the event log", exc),
         )
         self.watcher = platform.ExitWatcher(self.loop, self._on_exit)
         self.notify = NotifyListener(self.state_dir / "notify.sock", self._on_notify)
@@ -98,23 +106,37 @@ class Supervisor:
         self.control = ControlServer(self)
         await self.control.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(sig, self.request_shutdown, sig.name)
+            platform.add_signal_handler(self.loop, sig, self.request_shutdown, sig.name)
         self.events.write(
             "pmon-started", f"pmon {os.getpid()} runs project '{project.name}' from {self.config.path}",
             pid=os.getpid(), config=str(self.config.path),
         )
+        # A pmon started again takes over the managers still running (hot restart).
+        taken = adopt.take_over(self)
         for service in self.services:
             await service.start(self)
-        self.start_project()
+        if taken.start_project:
+            self.start_project(skip=frozenset(taken.down))
+        else:
+            self._set_project_state(ProjectState(taken.project_state))
+            self.project_ready.set()
         await self._shutdown.wait()
-        await self._replace_project_task(self._stop_sequence(ProjectState.STOPPED))
+        if self.leave_running:  # detach: end a sequence under way, touch no manager
+            if self._project_task is not None:
+                self._project_task.cancel()
+        else:
+            await self._replace_project_task(self._stop_sequence(ProjectState.STOPPED))
+            self._stopped_cleanly = True
         for service in reversed(self.services):
             await service.stop(self)
         await self.control.stop()
         self.notify.close(self.loop)
         self.watcher.close()
         self._write_state()
-        self.events.write("pmon-stopped", "pmon stopped: every manager is down")
+        if self.leave_running:
+            self.events.write("pmon-stopped", "pmon stopped; its managers run on (adopted at the next start)")
+        else:
+            self.events.write("pmon-stopped", "pmon stopped: every manager is down")
         for log in self.logs.values():
             log.close()
         self.events.close()
@@ -122,12 +144,12 @@ class Supervisor:
 
     def request_shutdown(self, reason: str = "request") -> None:
         if not self._shutdown.is_set():
-            self.events.write("shutdown", f"stopping the project and pmon ({reason})", reason=reason)
             self._shutdown.set()
+            self.events.write("shutdown", f"stopping the project and pmon ({reason})", reason=reason)
 
     # --- project sequences -----------------------------------------------------------
-    def start_project(self) -> asyncio.Task[None]:
-        return self._begin(self._start_sequence())
+    def start_project(self, skip: frozenset[str] = frozenset()) -> asyncio.Task[None]:
+        return self._begin(self._start_sequence(skip))
 
     def stop_project(self) -> asyncio.Task[None]:
         return self._begin(self._stop_sequence(ProjectState.STOPPED))
@@ -148,12 +170,16 @@ class Supervisor:
         task = self._begin(sequence)
         await task
 
-    async def _start_sequence(self) -> None:
-        """Start the managers in order; each must be ready before the next one starts."""
+    async def _start_sequence(self, skip: frozenset[str] = frozenset()) -> None:
+        """Start the managers in order; each must be ready before the next one starts.
+
+        Managers already running (adopted by a restarted pmon) are left as they are;
+        `skip` names managers that stay down (stopped or blocked before pmon restarted).
+        """
         self._set_project_state(ProjectState.STARTING)
         for spec in self.config.start_order():
             manager = self.managers[spec.name]
-            if not manager.wanted:
+            if not manager.wanted or spec.name in skip:
                 continue  # manual: only on an operator's command
             self._apply(manager, manager.start(self.now()))
             settled = await self.wait_for(
@@ -168,6 +194,7 @@ class Supervisor:
                 )
         self._set_project_state(ProjectState.RUNNING)
         self.events.write("project-started", f"project '{self.config.project.name}' started")
+        self.project_ready.set()
 
     async def _stop_sequence(self, final: ProjectState) -> None:
         """Stop every manager in reverse start order, each fully before the next."""
@@ -251,10 +278,13 @@ class Supervisor:
             "PMON_MANAGER": spec.name,
             "PMON_INDEX": str(spec.index),
         }
+        log = self._log_for(spec.name)
         try:
-            proc = ManagedProcess.spawn(
-                spec, manager_env(spec, os.environ, extra), self._log_for(spec.name), self.loop
-            )
+            log.rotate_if_needed()
+        except OSError as exc:
+            self.write_failed(f"the output log of {spec.name} ({log.path})", exc)
+        try:
+            proc = ManagedProcess.spawn(spec, manager_env(spec, os.environ, extra), log)
         except OSError as exc:
             self.events.write(
                 "spawn-failed", f"{spec.name} could not start: {exc}", manager=spec.name,
@@ -277,10 +307,10 @@ class Supervisor:
             self._log_decision(manager, None)
             self._apply(manager, actions)
 
-    def _log_for(self, name: str) -> RotatingFile:
+    def _log_for(self, name: str) -> ManagerLog:
         if name not in self.logs:
             project = self.config.project
-            self.logs[name] = RotatingFile(
+            self.logs[name] = ManagerLog(
                 log_path(self.state_dir, name), project.log_max_bytes, project.log_backups
             )
         return self.logs[name]
@@ -318,14 +348,19 @@ class Supervisor:
         if manager is None:
             return
         actions = manager.exited(code, self.now(), restart=self.restarts_allowed)
-        self._log_decision(manager, code, pid)  # the death first, then what pmon does
+        # the death first, then what pmon does
+        self._log_decision(manager, code, pid, adopted=proc.popen is None)
         self._apply(manager, actions)
 
-    def _log_decision(self, manager: Manager, code: int | None, pid: int | None = None) -> None:
+    def _log_decision(
+        self, manager: Manager, code: int | None, pid: int | None = None, adopted: bool = False
+    ) -> None:
         name = manager.spec.name
+        # An adopted manager is not pmon's child: its exit status went to its new parent.
+        how = "an exit status pmon cannot know (adopted)" if adopted else describe_exit(code)
         self.events.write(
             "exited",
-            f"{name} (pid {pid}) ended with {describe_exit(code)}: {manager.last_decision}",
+            f"{name} (pid {pid}) ended with {how}: {manager.last_decision}",
             manager=name, pid=pid, exit_code=code, action=manager.last_decision,
             state=manager.state.value,
         )
@@ -402,11 +437,28 @@ class Supervisor:
                     "project": self.config.project.name,
                     "config": str(self.config.path),
                     "pmon_pid": os.getpid(),
+                    "project_state": self.project_state.value,
+                    "stopped_cleanly": self._stopped_cleanly,
                     "managers": managers,
                 },
             )
         except OSError as exc:
-            self.events.write("state-write-failed", f"cannot write {self.state_file}: {exc}")
+            self.write_failed(f"the state file {self.state_file}", exc)
+
+    def write_failed(self, what: str, exc: OSError) -> None:
+        """pmon could not write its state or a log (disk full, ...): report it, and with
+        `stop_on_write_error` stop the project cleanly instead of running blind."""
+        if self._write_failing:
+            return  # the report itself failed (the event log is on the same full disk)
+        self._write_failing = True
+        try:
+            self.events.write(
+                "write-failed", f"cannot write {what}: {exc}", what=what, error=str(exc)
+            )
+            if self.config.project.stop_on_write_error:
+                self.request_shutdown(f"watchdog: cannot write {what}: {exc}")
+        finally:
+            self._write_failing = False
 
     # --- operations for the control commands -----------------------------------------
     def find(self, target: str | int) -> Manager:
@@ -529,7 +581,7 @@ class Supervisor:
 
 def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
-    services: list[Service] = []
+    services: list[Service] = [LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()]
     if config.pmon_tcp is not None:
         from .pmon_tcp.server import PmonTcpService
 

@@ -49,10 +49,16 @@ def write_project(
     return path
 
 
+def _with_config(args: tuple[str, ...], config: Path) -> list[str]:
+    """`-c FILE` goes before a `--` (after which everything is the manager's command)."""
+    cut = args.index("--") if "--" in args else len(args)
+    return [*args[:cut], "-c", str(config), *args[cut:]]
+
+
 def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the `pmon` command as a user would, and capture what it prints."""
     return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", args[0], "-c", str(config), *args[1:]],
+        [sys.executable, "-m", "supervisor.cli", *_with_config(args, config)],
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -66,7 +72,7 @@ class Pmon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})},
+            env=None if env is None else {**os.environ, **env},
         )
 
     def call(self, command: str, **args: Any) -> Any:
@@ -104,6 +110,11 @@ class Pmon:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line]
 
+    def kill(self) -> None:
+        """SIGKILL pmon itself (not its managers), as a crash would."""
+        self.proc.kill()
+        self.proc.wait(10)
+
     def stop(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -114,6 +125,21 @@ class Pmon:
                 self.proc.wait()
         self.proc.communicate()
         return self.proc.returncode
+
+
+def project_processes(project: str, manager: str | None = None) -> list[psutil.Process]:
+    """The running session leaders started for `project` (optionally: of one manager)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            if env.get("PMON_PROJECT") != project or os.getsid(proc.pid) != proc.pid:
+                continue
+            if manager is None or env.get("PMON_MANAGER") == manager:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
 
 
 def kill_project_processes(project: str) -> list[int]:

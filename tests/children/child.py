@@ -16,6 +16,7 @@ parser.add_argument("--ignore-term", action="store_true", help="ignore SIGTERM")
 parser.add_argument("--grandchild", help="start a grandchild that writes its pid to this file")
 parser.add_argument("--ready-after", type=float, help="send READY=1 after this many seconds")
 parser.add_argument("--print", dest="text", help="print this line at start")
+parser.add_argument("--print-every", type=float, help="print a numbered line this often")
 parser.add_argument("--fail-once-file", help="exit 3 if this file does not exist (then create it)")
 args, _ = parser.parse_known_args()
 name = os.environ.get("PMON_MANAGER", "?")
@@ -50,5 +51,10 @@ if args.ready_after is not None:
 if args.exit_after is not None:
     time.sleep(args.exit_after)
     sys.exit(args.code)
+count = 0
+while args.print_every:
+    count += 1
+    print(f"{name} line {count}", flush=True)
+    time.sleep(args.print_every)
 while True:
     signal.pause() if hasattr(signal, "pause") else time.sleep(3600)

@@ -1,0 +1,107 @@
+"""A manager's output file, written by the manager itself so that it outlives pmon.
+
+Why not a pipe that pmon reads: a pipe's read end dies with pmon. A manager writing to it
+then gets SIGPIPE (or EPIPE), or blocks once the pipe is full, and its output is lost until
+something reads again. So the manager's stdout and stderr are the log file itself, opened
+with O_APPEND: every write lands at the current end, whoever else touches the file, and it
+keeps working while pmon is dead, restarting or being upgraded.
+
+pmon rotates the file by copy-truncate (logrotate's `copytruncate`): copy it to name.1,
+then cut it to zero length; thanks to O_APPEND the manager's next write goes to offset 0
+instead of leaving a hole. Lines written between the copy and the cut are lost; the copy
+is repeated for bytes that arrived meanwhile, so the window is a few microseconds. pmon
+checks sizes every CHECK_SECONDS and whenever a manager starts or ends.
+
+On Windows the child's handle has no append mode of its own: after a cut its next write
+lands at its old offset (the gap reads as zero bytes). Rotation there is best effort.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .logs import backup_path, shift_backups
+
+if TYPE_CHECKING:
+    from .pmon import Supervisor
+
+CHECK_SECONDS = 5.0
+COPY_CHUNK = 1 << 20
+
+
+class ManagerLog:
+    """The output file of one manager: opened for the child, rotated by pmon."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def open_for_child(self) -> int:
+        """A write-only, append-mode descriptor to hand to the child (the caller closes it)."""
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def rotate_if_needed(self) -> bool:
+        """Rotate when the file is over `max_bytes`. Raises OSError (disk full, ...)."""
+        if not self.max_bytes or self.size() <= self.max_bytes:
+            return False
+        self.rotate()
+        return True
+
+    def rotate(self) -> None:
+        if not self.backups:
+            os.truncate(self.path, 0)
+            return
+        shift_backups(self.path, self.backups)
+        with open(self.path, "rb") as source, open(backup_path(self.path, 1), "wb") as copy:
+            while True:  # copy until nothing new arrived, then cut at once
+                shutil.copyfileobj(source, copy, COPY_CHUNK)
+                if os.fstat(source.fileno()).st_size <= source.tell():
+                    break
+            os.truncate(self.path, 0)
+
+    def close(self) -> None:
+        """Nothing to close: pmon holds no descriptor of a manager's output."""
+
+
+class LogRotation:
+    """A service: checks the managers' output files now and then and rotates big ones."""
+
+    def __init__(self, interval: float = CHECK_SECONDS) -> None:
+        self.interval = interval
+        self._timer: asyncio.TimerHandle | None = None
+        self._sup: Supervisor | None = None
+
+    async def start(self, sup: "Supervisor") -> None:
+        self._sup = sup
+        self._timer = sup.loop.call_later(self.interval, self._tick)
+
+    async def stop(self, sup: "Supervisor") -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        assert self._sup is not None
+        check_all(self._sup)
+        self._timer = self._sup.loop.call_later(self.interval, self._tick)
+
+
+def check_all(sup: "Supervisor") -> None:
+    """Rotate every manager output file over its size; a failure is reported, not raised."""
+    for name, log in list(sup.logs.items()):
+        try:
+            log.rotate_if_needed()
+        except OSError as exc:
+            sup.write_failed(f"the output log of {name} ({log.path})", exc)

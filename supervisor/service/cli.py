@@ -1,0 +1,106 @@
+"""`pmon service install|uninstall`: CLI only; the work is in systemd.py and windows.py."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from .. import platform
+
+
+@click.group()
+def service() -> None:
+    """Run the project as an operating-system service (systemd unit / Windows service)."""
+
+
+def _scope_option(func):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--user/--system", "user", default=None,
+        help="A user unit (systemctl --user) or a system unit. Default: system for root.",
+    )(func)
+
+
+def _is_user(user: bool | None) -> bool:
+    return (not hasattr(os, "geteuid") or os.geteuid() != 0) if user is None else user
+
+
+@service.command()
+@click.option("-c", "--config", "config_path", envvar="PMON_CONFIG", default=None,
+              type=click.Path(dir_okay=False, path_type=Path), help="The project's TOML file.")
+@_scope_option
+@click.option("--watchdog-sec", type=click.FloatRange(min=1), default=None,
+              help="Let systemd restart pmon when its loop stops answering for this long.")
+@click.option("--kill-mode", type=click.Choice(["process", "mixed"]), default="process",
+              show_default=True,
+              help="process: pmon stops its managers, and they survive a pmon crash to be "
+                   "adopted; mixed: systemd also kills leftovers (no hot restart after a crash).")
+@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the unit here instead of the systemd directory.")
+@click.option("--print", "print_only", is_flag=True, help="Print the unit; write nothing.")
+def install(config_path: Path | None, user: bool | None, watchdog_sec: float | None,
+            kill_mode: str, unit_dir: Path | None, print_only: bool) -> None:
+    """Install pmon for this project as a systemd unit (Linux) or a Windows service."""
+    from ..cli import fail, load_config
+
+    config = load_config(config_path)
+    if platform.IS_WINDOWS:  # pragma: no cover (Windows only)
+        from . import windows
+
+        try:
+            reg = windows.install(config)
+        except ImportError:
+            fail("the Windows service needs pywin32: pip install pmon[windows]")
+        except Exception as exc:  # pywin32 raises its own error type
+            fail(f"cannot install the service: {exc}")
+        click.echo(f"installed Windows service {reg.name}; start it with: sc start {reg.name}")
+        return
+    from . import systemd
+
+    scope = _is_user(user)
+    options = systemd.UnitOptions(user=scope, watchdog_sec=watchdog_sec, kill_mode=kill_mode)
+    if print_only:
+        click.echo(systemd.unit_text(config, options), nl=False)
+        return
+    try:
+        path = systemd.install(config, options, unit_dir)
+    except OSError as exc:
+        fail(f"cannot write the unit: {exc}; try --user, or run as root")
+    click.echo(f"wrote {path}")
+    click.echo("enable and start it with:")
+    for line in systemd.next_steps(config, scope, installed=True):
+        click.echo(f"  {line}")
+
+
+@service.command()
+@click.option("-c", "--config", "config_path", envvar="PMON_CONFIG", default=None,
+              type=click.Path(dir_okay=False, path_type=Path), help="The project's TOML file.")
+@_scope_option
+@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Remove the unit from here instead of the systemd directory.")
+def uninstall(config_path: Path | None, user: bool | None, unit_dir: Path | None) -> None:
+    """Remove the project's systemd unit (Linux) or Windows service."""
+    from ..cli import fail, load_config
+
+    config = load_config(config_path)
+    if platform.IS_WINDOWS:  # pragma: no cover (Windows only)
+        from . import windows
+
+        try:
+            click.echo(f"removed Windows service {windows.uninstall(config)}")
+        except Exception as exc:
+            fail(f"cannot remove the service: {exc}")
+        return
+    from . import systemd
+
+    scope = _is_user(user)
+    try:
+        path = systemd.uninstall(config, scope, unit_dir)
+    except OSError as exc:
+        fail(f"cannot remove the unit: {exc}")
+    if path is None:
+        fail(f"no unit {systemd.unit_name(config)} in {unit_dir or systemd.unit_dir(scope)}")
+    click.echo(f"removed {path}; then:")
+    for line in systemd.next_steps(config, scope, installed=False):
+        click.echo(f"  {line}")
