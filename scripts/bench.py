@@ -33,7 +33,10 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
+try:
+    import psutil
+except ImportError:
+    sys.exit("bench.py needs psutil: run it with the Python of pmon's venv")
 
 REPO = Path(__file__).resolve().parent.parent
 VENVS = Path("/tmp/pmon-bench-venvs")
@@ -117,7 +120,7 @@ def ensure_venv(name: str, package: str, binary: str) -> Path:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             lines = (r.stderr or r.stdout).strip().splitlines() or ["no output"]
-            raise Skip(f"{' '.join(cmd[-2:])} failed: {lines[-1]}")
+            raise Skip(f"{' '.join(cmd[1:])} failed: {lines[-1]}")
     return venv
 
 
@@ -178,7 +181,7 @@ class Supervisord:
     def write_config(self, d: Path, names: list[str], port: int) -> Path:
         # fair settings: no start grace period, restart at once, never give up;
         # child output goes to per-program log files, supervisord's default
-        text = f"""\
+        text = """\
 [unix_http_server]
 file=%(here)s/supervisor.sock
 
@@ -362,6 +365,10 @@ def ms(ns: int) -> float:
     return ns / 1e6
 
 
+def secs(ns: int) -> float:
+    return ns / 1e9
+
+
 def p95(values: list[float]) -> float:
     s = sorted(values)
     return s[math.ceil(0.95 * len(s)) - 1]  # nearest rank
@@ -376,7 +383,7 @@ def bench(sup, reports: Reports, workdir: Path, opts, res: dict) -> None:
     with Running(sup, 100, reports, workdir) as r:
         if not r.wait_all(lambda L, n: n in L, 60):
             raise RuntimeError(f"only {len(reports.latest)}/100 children started in 60 s\n{r.tail()}")
-        res["start100"] = ms(max(reports.latest[n][1] for n in r.names) - r.t_launch) / 1000
+        res["start100"] = secs(max(reports.latest[n][1] for n in r.names) - r.t_launch)
         time.sleep(1)  # let the supervisor finish its start-up bookkeeping
         res["rss100"] = r.ps.memory_info().rss / 2**20
 
@@ -408,7 +415,7 @@ def bench(sup, reports: Reports, workdir: Path, opts, res: dict) -> None:
             os.kill(pid, signal.SIGKILL)
         if not r.wait_all(lambda L, n: L[n][0] != old_pids[n], 60):
             raise RuntimeError("not all 100 children came back within 60 s")
-        res["recovery"] = ms(max(reports.latest[n][1] for n in r.names) - t) / 1000
+        res["recovery"] = secs(max(reports.latest[n][1] for n in r.names) - t)
     r.report_stop()
 
     with Running(sup, 500, reports, workdir) as r:
@@ -463,6 +470,8 @@ def main() -> int:
     def interrupted(_signum, _frame):
         raise KeyboardInterrupt  # run the same cleanup as Ctrl-C
     signal.signal(signal.SIGTERM, interrupted)
+    # also when started with SIGINT ignored (nohup, `cmd &` in a script)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     reports = Reports()
     workdir = Path(tempfile.mkdtemp(prefix="pmon-bench-"))
@@ -484,6 +493,11 @@ def main() -> int:
             try:
                 bench(sup, reports, workdir, opts, results[kind])
             except Exception as e:  # one supervisor failing must not stop the others
+                if kind == "circus":  # optional: a broken circus is only skipped
+                    print(f"circus: skipped ({e})", flush=True)
+                    if not results[kind]:
+                        del results[kind]
+                    continue
                 failed = True
                 print(f"{kind}: failed ({e})", flush=True)
     except KeyboardInterrupt:
