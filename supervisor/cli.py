@@ -10,12 +10,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
-from . import config as config_module
 from .errors import ConfigError, NotRunning, PmonError
+
+if TYPE_CHECKING:
+    from . import config as config_module
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_NOT_RUNNING = 1, 2, 3
 
@@ -32,13 +34,19 @@ def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def load_config(path: Path | None) -> config_module.Config:
+def default_config(path: Path | None) -> Path:
     if path is None:
         path = Path("pmon.toml")
         if not path.exists():
             fail("no project file: pass -c FILE or set PMON_CONFIG", EXIT_CONFIG)
+    return path
+
+
+def load_config(path: Path | None) -> "config_module.Config":
+    from . import config as config_module
+
     try:
-        return config_module.load(path)
+        return config_module.load(default_config(path))
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
 
@@ -49,11 +57,12 @@ def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
 
 
 def call(config_path: Path | None, command: str, **args: Any) -> Any:
-    from .control.client import call as remote_call
+    from .control.client import Endpoint, call as remote_call
 
-    config = load_config(config_path)
     try:
-        return remote_call(config, command, **args)
+        return remote_call(Endpoint.read(default_config(config_path)), command, **args)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
     except NotRunning as exc:
         fail(str(exc), EXIT_NOT_RUNNING)
     except (PmonError, OSError) as exc:
@@ -212,8 +221,10 @@ def reload(config_path: Path | None, dry_run: bool) -> None:
     """
     from .reload import describe
 
-    try:  # the file pmon would read; the CLI also needs it to find pmon
-        config_module.load(config_path or Path("pmon.toml"))
+    from . import config as config_module
+
+    try:  # the file pmon would read; checked here too, for a clear message
+        config_module.load(default_config(config_path))
     except ConfigError as exc:
         fail(f"reload refused, nothing changed:\n{exc}", EXIT_CONFIG)
     result = call(config_path, "reload", dry_run=dry_run)

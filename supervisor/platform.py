@@ -7,12 +7,14 @@ process group (CTRL_BREAK reaches it) and a thread blocked on the process handle
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # asyncio costs ~50 ms to import; `pmon status` needs none of it
+    import asyncio
 
 IS_WINDOWS = os.name == "nt"
 # PMON_NO_PIDFD=1 forces the SIGCHLD path (for old kernels, and to test that path on new ones).

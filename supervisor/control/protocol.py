@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
 from ..errors import ProtocolError
 
 MAX_LINE = 1024 * 1024
@@ -34,14 +33,14 @@ def error_reply(code: str, message: str) -> dict[str, Any]:
     return {"ok": False, "error": {"code": code, "message": message}}
 
 
-def socket_path(config: Config) -> Path:
-    return config.project.state_dir / "pmon.sock"
+def socket_path(state_dir: Path) -> Path:
+    return state_dir / "pmon.sock"
 
 
-def token_path(config: Config) -> Path:
-    return config.project.state_dir / "control.token"
+def token_path(state_dir: Path) -> Path:
+    return state_dir / "control.token"
 
 
-def address_path(config: Config) -> Path:
+def address_path(state_dir: Path) -> Path:
     """Where a TCP control server writes the address it bound (the port may be 0 = any)."""
-    return config.project.state_dir / "control.addr"
+    return state_dir / "control.addr"

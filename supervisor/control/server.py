@@ -35,7 +35,7 @@ class ControlServer:
         if tcp:
             host, _, port = tcp.rpartition(":")
             self.token = secrets.token_urlsafe(32)
-            token_file = protocol.token_path(config)
+            token_file = protocol.token_path(config.project.state_dir)
             token_file.unlink(missing_ok=True)
             fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
@@ -44,9 +44,9 @@ class ControlServer:
                 self._serve, host.strip("[]"), int(port), limit=protocol.MAX_LINE
             )
             bound = self.server.sockets[0].getsockname()
-            write_atomically(protocol.address_path(config), f"{bound[0]}:{bound[1]}".encode())
+            write_atomically(protocol.address_path(config.project.state_dir), f"{bound[0]}:{bound[1]}".encode())
         else:
-            path = protocol.socket_path(config)
+            path = protocol.socket_path(config.project.state_dir)
             path.unlink(missing_ok=True)
             old_mask = os.umask(0o177)  # created owner-only, no window with wider rights
             try:
@@ -64,8 +64,9 @@ class ControlServer:
                 task.cancel()
             await self.server.wait_closed()
         config = self.sup.config
+        state_dir = config.project.state_dir
         for path in (
-            protocol.socket_path(config), protocol.token_path(config), protocol.address_path(config)
+            protocol.socket_path(state_dir), protocol.token_path(state_dir), protocol.address_path(state_dir)
         ):
             path.unlink(missing_ok=True)
 
