@@ -38,6 +38,8 @@ class ManagerSpec:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path = Path(".")
     num: int | None = None
+    # Per-manager settings of monitor plugins: plugin key -> its table (read by the plugin).
+    monitor: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,15 @@ def _optional_int(value: Any) -> int | None:
     return _count(value)
 
 
+def _monitor(value: Any) -> Mapping[str, Mapping[str, Any]]:
+    # Only the shape is checked here; each plugin checks its own table at start-up.
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in value.items()
+    ):
+        raise ValueError("a table of plugin tables, e.g. monitor.memory = { max_rss_mb = 200 }")
+    return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in value.items()})
+
+
 MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "command": _command,
@@ -159,9 +170,10 @@ MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "env": _env,
     "cwd": _string,
     "num": _optional_int,
+    "monitor": _monitor,
 }
 # Keys that make no sense for every manager at once.
-NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num"})
+NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num", "monitor"})
 
 PROJECT_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": _name,
@@ -182,7 +194,7 @@ def _tcp_address(value: Any) -> str:
 CONTROL_KEYS: dict[str, Callable[[Any], Any]] = {"tcp": _tcp_address}
 
 # Top-level sections; other modules (redundancy, plugins, ...) extend this with theirs.
-SECTIONS = {"project", "defaults", "managers", "control"}
+SECTIONS = {"project", "defaults", "managers", "control", "plugins"}
 
 
 class _Errors:

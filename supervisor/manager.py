@@ -227,6 +227,22 @@ class Manager:
             return []
         return self._died(exit_code, now)
 
+    def hold_restart(self, now: float, delay: float | None, reason: str) -> list[Action]:
+        """A plugin's advice on the automatic restart `exited` just decided: None vetoes it
+        (the manager waits for an operator), a number postpones it by that many seconds."""
+        if self.state not in (S.STARTING, S.BACKOFF) or self.pid is not None:
+            return []
+        why = f" ({reason})" if reason else ""
+        if delay is None:
+            self.state = S.BLOCKED  # STARTING | BACKOFF -> BLOCKED (restart vetoed)
+            self._set_deadline(None)
+            self.last_decision = f"restart vetoed by a plugin{why}"
+            return []
+        self.state = S.BACKOFF  # STARTING | BACKOFF -> BACKOFF (restart delayed)
+        self._set_deadline(Deadline.BACKOFF, now + delay)
+        self.last_decision = f"restarting in {delay:g} s, delayed by a plugin{why}"
+        return []
+
     def _died(self, exit_code: int | None, now: float) -> list[Action]:
         """An unexpected death: apply the start type and the restart limit."""
         self._set_deadline(None)
