@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
 import threading
 import time
 from dataclasses import fields
@@ -47,31 +48,47 @@ _SNAPSHOT_FIELDS = None  # names of manager.Snapshot's fields, filled on first u
 
 
 class Worker:
-    """One plugin's thread. Calls run there one at a time, in the order they were given."""
+    """One plugin's thread. Calls run there one at a time, in the order they were given.
+
+    A daemon thread of its own rather than a ThreadPoolExecutor: the interpreter joins
+    executor threads at exit, so one plugin stuck in a call would keep pmon from exiting.
+    """
 
     def __init__(self, name: str) -> None:
-        self.executor = concurrent.futures.ThreadPoolExecutor(1, f"pmon-plugin-{name}")
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None]
+        self._jobs = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.queued = 0
         self.running_since: float | None = None  # time.monotonic() when the current call began
+        threading.Thread(target=self._loop, name=f"pmon-plugin-{name}", daemon=True).start()
 
     def busy_for(self) -> float:
         started = self.running_since
         return 0.0 if started is None else time.monotonic() - started
 
     def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             self.queued += 1
-        return self.executor.submit(self._run, fn)
+        self._jobs.put((fn, future))
+        return future
 
-    def _run(self, fn: Callable[[], Any]) -> Any:
-        self.running_since = time.monotonic()
-        try:
-            return fn()
-        finally:
-            self.running_since = None
-            with self._lock:
-                self.queued -= 1
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            self.running_since = time.monotonic()
+            try:
+                if future.set_running_or_notify_cancel():
+                    future.set_result(fn())
+            except BaseException as exc:  # a plugin's SystemExit is its failure, not ours
+                future.set_exception(exc)
+            finally:
+                self.running_since = None
+                with self._lock:
+                    self.queued -= 1
 
 
 class Record:
@@ -149,7 +166,7 @@ class PluginHost:
         if self._pending:  # the last notifications (project stopped) get a moment to finish
             await asyncio.wait(self._pending, timeout=min(self.spec.timeout, 2.0))
         for record in self.records.values():
-            record.worker.executor.shutdown(wait=False, cancel_futures=True)
+            record.worker.close()
 
     # --- views ----------------------------------------------------------------------------
     def manager_view(self, manager: Manager) -> ManagerView:

@@ -13,8 +13,8 @@ def pmon(tmp_path: Path) -> Iterator[Callable[[Path], Pmon]]:
     """Start real pmon instances; each is stopped, and every process it started killed."""
     started: list[Pmon] = []
 
-    def start(config: Path, wait: bool = True) -> Pmon:
-        instance = Pmon(config)
+    def start(config: Path, wait: bool = True, env: dict[str, str] | None = None) -> Pmon:
+        instance = Pmon(config, env)
         started.append(instance)
         if wait:
             instance.wait_ready()

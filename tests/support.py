@@ -60,12 +60,13 @@ def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.Comple
 class Pmon:
     """A real `pmon run` in the background, for one test."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config_path = config
         self.config = config_module.load(config)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=None if env is None else {**os.environ, **env},
         )
 
     def call(self, command: str, **args: Any) -> Any:
@@ -94,6 +95,15 @@ class Pmon:
             lambda: (m := self.manager(name))["state"] == state and m,
             timeout, f"{name} to be {state}",
         )
+
+    def wait_event(self, event: str, timeout: float = 10, **fields: Any) -> dict[str, Any]:
+        """The first event-log record of this kind whose fields match; waits for it."""
+        def match() -> dict[str, Any] | None:
+            for record in self.events():
+                if record["event"] == event and all(record.get(k) == v for k, v in fields.items()):
+                    return record
+            return None
+        return poll_for(match, timeout, f"event {event} {fields}")
 
     def events(self) -> list[dict[str, Any]]:
         import json
