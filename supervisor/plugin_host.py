@@ -102,6 +102,7 @@ class Record:
         self.failures = 0
         self.streak = 0  # consecutive failed (or skipped) calls
         self.last_error: str | None = None
+        self.check_seconds: float | None = None  # how long its last monitor check took
         self.verdicts: dict[tuple[str | None, str], Verdict] = {}
 
     def row(self) -> dict[str, Any]:
@@ -115,6 +116,7 @@ class Record:
             "failure_streak": self.streak,
             "last_error": self.last_error,
             "verdicts": len(self.verdicts),
+            "check_seconds": self.check_seconds,
         }
 
 
@@ -354,6 +356,7 @@ class PluginHost:
                 except Exception as exc:
                     self._failed(record, hook, plugins._describe(exc))
                 else:
+                    record.check_seconds = round(self.loop.time() - began, 4)
                     self._take(record, result)
             await asyncio.sleep(max(0.0, interval - (self.loop.time() - began)))
 
@@ -376,7 +379,8 @@ class PluginHost:
                     "verdict",
                     f"{name}: {verdict.target or 'project'}: {verdict.severity}: {verdict.message}",
                     plugin=name, target=verdict.target, severity=str(verdict.severity),
-                    key=verdict.key, error_state=verdict.error_state, action=verdict.action,
+                    detail=verdict.message, key=verdict.key, error_state=verdict.error_state,
+                    action=verdict.action,
                 )
             if verdict.action == "restart" and (before is None or before.action != "restart"):
                 self._restart(name, verdict)
