@@ -19,6 +19,8 @@ Transitions (event: from -> to):
                                      -> BACKOFF (later restarts in the window)
                                      -> BLOCKED (restart limit reached)
                   core manager: PROJECT_RESTART, or BLOCKED + PROJECT_BLOCKED
+    hold_restart: STARTING | BACKOFF (a restart just decided) -> BLOCKED (a plugin's veto)
+                                                          -> BACKOFF (a plugin's delay)
 """
 
 from __future__ import annotations
