@@ -294,25 +294,19 @@ def _configure(
             setup = PluginSetup(interval=1.0)  # a plain monitor with no settings: every second
         configured[name] = PluginInfo(info.name, info.source, info.plugin, info.hooks, setup)
     claimed = {t for info in configured.values() for t in info.setup.tables}
-    excused = idle
     readers = ", ".join(sorted(configured)) or "(none)"
-    for table in spec.tables:
-        if table not in claimed and table not in excused:
+    settings_names = [(f"[plugins.{t}]", t, "this table") for t in spec.tables] + [
+        (f"manager '{m.name}' (managers[{m.index}]), key 'monitor.{key}'", key, "it")
+        for m in config.managers for key in m.monitor
+    ]
+    for where_it_is, table, what in settings_names:
+        if table not in claimed and table not in idle:
             close = difflib.get_close_matches(table, sorted(claimed), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"{config.path}: [plugins.{table}]: no loaded plugin reads this table{hint}; "
+                f"{config.path}: {where_it_is}: no loaded plugin reads {what}{hint}; "
                 f"loaded plugins: {readers}"
             )
-    for manager in config.managers:
-        for key in manager.monitor:
-            if key not in claimed and key not in excused:
-                close = difflib.get_close_matches(key, sorted(claimed), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(
-                    f"{config.path}: manager '{manager.name}' (managers[{manager.index}]), key "
-                    f"'monitor.{key}': no loaded plugin reads it{hint}; loaded plugins: {readers}"
-                )
     return configured
 
 
