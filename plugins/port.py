@@ -98,7 +98,8 @@ class PortMonitor:
 
     @hookimpl
     def pmon_monitor_check(self, project: Any) -> list[Verdict]:
-        base, verdicts, failed = self.settings.base, [], {}
+        base, verdicts = self.settings.base, []
+        failed: dict[str, tuple[int | None, int]] = {}
         for target in base.get("targets", ()):
             error = accepts(target["host"], target["port"], base["connect_timeout"])
             what = f"{target['name']} ({target['host']}:{target['port']})"

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -132,7 +132,7 @@ def print_table(status: dict[str, Any]) -> None:
             click.echo(f"  {v['severity']:<8} {v['target'] or 'project'}: {v['message']} ({v['plugin']})")
 
 
-def echo_rows(rows: list[tuple[str, ...]]) -> None:
+def echo_rows(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import queue
 import threading
 import time
@@ -42,6 +43,7 @@ from .states import ManagerState
 
 if TYPE_CHECKING:
     from .pmon import ProjectState, Supervisor
+    from .process import ManagedProcess
 
 MAX_QUEUED = 1000  # calls waiting for one plugin's thread; past that they are dropped
 _SNAPSHOT_FIELDS = None  # names of manager.Snapshot's fields, filled on first use
@@ -213,16 +215,14 @@ class PluginHost:
             wrapped = asyncio.wrap_future(future, loop=self.loop)
             self._pending.add(wrapped)
             timer = self.loop.call_later(self.spec.timeout, self._late, record, hook, wrapped)
-            wrapped.add_done_callback(
-                lambda f, record=record, hook=hook, timer=timer: self._notified(record, hook, f, timer)
-            )
+            wrapped.add_done_callback(functools.partial(self._notified, record, hook, timer=timer))
 
     def _late(self, record: Record, hook: str, future: asyncio.Future[Any]) -> None:
         if not future.done():
             self._failed(record, hook, f"timed out after {self.spec.timeout:g} s")
 
     def _notified(
-        self, record: Record, hook: str, future: asyncio.Future[Any], timer: asyncio.TimerHandle
+        self, record: Record, hook: str, future: asyncio.Future[Any], *, timer: asyncio.TimerHandle
     ) -> None:
         self._pending.discard(future)
         timer.cancel()
@@ -405,10 +405,11 @@ class PluginHost:
             plugin=plugin, manager=verdict.target, pid=proc.pid,
         )
         proc.terminate()
-        self.loop.call_later(
-            manager.spec.seconds_to_kill,
-            lambda: self.sup.procs.get(verdict.target) is proc and proc.kill(),  # type: ignore[arg-type]
-        )
+        self.loop.call_later(manager.spec.seconds_to_kill, self._kill_if_alive, verdict.target, proc)
+
+    def _kill_if_alive(self, name: str, proc: "ManagedProcess") -> None:
+        if self.sup.procs.get(name) is proc:  # still the same process: it ignored SIGTERM
+            proc.kill()
 
     # --- what status and `pmon plugins` show -----------------------------------------------
     def verdict_rows(self) -> list[dict[str, Any]]:

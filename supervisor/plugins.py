@@ -12,6 +12,7 @@ than run without a monitor the operator asked for.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -192,7 +193,7 @@ def _discover(spec: PluginsSpec, where: str) -> dict[str, tuple[str, Loader]]:
                     f"{where}: two plugins are called '{file.stem}': {found[file.stem][0]} and "
                     f"{source}; rename the file"
                 )
-            found[file.stem] = (source, lambda file=file: _import_file(file))
+            found[file.stem] = (source, functools.partial(_import_file, file))
     return found
 
 
