@@ -43,6 +43,11 @@ class MemoryMonitor:
     @hookimpl
     def pmon_configure(self, settings: Any) -> PluginSetup:
         on, base = self.settings.configure(settings)
+        tables = [settings.tables.get("memory", {})] + [
+            m["memory"] for m in settings.managers.values() if "memory" in m
+        ]
+        if on and not any(k in t for t in tables for k in ("max_rss_mb", "max_cpu_percent")):
+            raise ValueError("[plugins.memory]: set max_rss_mb or max_cpu_percent (or both)")
         return PluginSetup(tables=("memory",), interval=base["interval"] if on else None)
 
     @hookimpl

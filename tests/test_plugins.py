@@ -161,6 +161,7 @@ def test_bad_plugins_and_settings_fail_at_start_naming_the_plugin(tmp_path):
         ({}, {"monitor": {"alive": {"alive_second": 1}}},
          "manager 'a', monitor.alive, key 'alive_second': unknown key (did you mean 'alive_seconds'?)"),
         ({"timeuot": 3}, {}, "[plugins], key 'timeuot': unknown key (did you mean 'timeout'?)"),
+        ({"memory": {"checks": 2}}, {}, "[plugins.memory]: set max_rss_mb or max_cpu_percent"),
     ]
     for plugins, manager, message in cases:
         config = write_project(
@@ -306,3 +307,37 @@ def test_plugins_that_raise_hang_or_return_garbage_do_not_stop_pmon(tmp_path, pm
     assert len(by_plugin["garbage"]) == 1 and len(by_plugin["sleeper"]) == 1  # once per streak
     assert {e["hook"] for e in by_plugin["raiser"]} <= {"pmon_monitor_check", "pmon_manager_state"}
     assert instance.stop() == 0  # a plugin thread stuck in sleep does not hold pmon up
+
+
+def test_switchover_reaches_the_plugins(tmp_path):
+    """The seam the redundancy manager calls: sup.plugins.switchover(active, previous, why)."""
+    import asyncio
+
+    from supervisor import config as config_module
+    from supervisor.logs import EventLog
+    from supervisor.pmon import Supervisor
+
+    log = tmp_path / "switch.log"
+    write_plugin(tmp_path / "pd", "listener", f"""
+        from supervisor.hookspecs import hookimpl
+
+        @hookimpl
+        def pmon_switchover(active, previous, reason):
+            with open({str(log)!r}, "a") as handle:
+                handle.write(f"{{active}} {{previous}} {{reason}}\\n")
+    """)
+    config = config_module.load(write_project(tmp_path, [], plugins={"paths": ["pd"]}))
+
+    async def switch() -> None:
+        sup = Supervisor(config, echo=False)
+        sup.loop = asyncio.get_running_loop()
+        sup.events = EventLog(tmp_path / "events.jsonl", 0, 0, echo=False)
+        for service in sup.services:
+            await service.start(sup)
+        sup.plugins.switchover("serverB", "serverA", "error state")
+        for service in sup.services:
+            await service.stop(sup)  # lets the last notifications finish
+        assert sup.plugin_error_state() == 0.0
+
+    asyncio.run(switch())
+    assert log.read_text() == "serverB serverA error state\n"
