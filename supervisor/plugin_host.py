@@ -23,8 +23,9 @@ import functools
 import queue
 import threading
 import time
+from types import MappingProxyType
 from dataclasses import fields
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from . import plugins
 from .commands import command
@@ -38,6 +39,7 @@ from .plugin_types import (
     StartAdvice,
     Verdict,
     check_verdicts,
+    kind_of,
 )
 from .states import ManagerState
 
@@ -204,7 +206,7 @@ class PluginHost:
             return None
         record.calls += 1
         impl = record.impls[hook]
-        return record.worker.submit(lambda: plugins.call_impl(impl, kwargs))
+        return record.worker.submit(functools.partial(_run_impl, impl, kwargs))
 
     def _notify(self, hook: str, **kwargs: Any) -> None:
         """Tell every plugin that implements `hook`; do not wait for them."""
@@ -230,7 +232,7 @@ class PluginHost:
             return
         exc = future.exception()
         if exc is not None:
-            self._failed(record, hook, plugins._describe(exc))
+            self._failed(record, hook, str(exc))
         else:
             self._ok(record)
 
@@ -250,7 +252,7 @@ class PluginHost:
             if not future.done():
                 self._failed(record, hook, f"no answer within {self.spec.hook_timeout:g} s")
             elif future.exception() is not None:
-                self._failed(record, hook, plugins._describe(future.exception()))  # type: ignore[arg-type]
+                self._failed(record, hook, str(future.exception()))
             else:
                 answers.append((record, future.result()))
         return answers
@@ -304,10 +306,10 @@ class PluginHost:
             if advice is None:
                 self._ok(record)
                 continue
-            if not isinstance(advice, StartAdvice) or not _is_env(advice.env) or not (
-                advice.refuse is None or isinstance(advice.refuse, str)
+            if type(advice) is not StartAdvice or not _is_env(advice.env) or not (
+                advice.refuse is None or type(advice.refuse) is str
             ):
-                self._failed(record, "pmon_before_start", f"returned garbage: {advice!r:.80}")
+                self._failed(record, "pmon_before_start", f"returned garbage: {kind_of(advice)}")
                 continue
             self._ok(record)
             if advice.refuse:
@@ -323,11 +325,13 @@ class PluginHost:
                 self._ok(record)
                 continue
             if (
-                not isinstance(advice, RestartAdvice)
-                or not isinstance(advice.delay, (int, float))
+                type(advice) is not RestartAdvice
+                or type(advice.veto) is not bool
+                or type(advice.delay) not in (int, float)
                 or not 0 <= advice.delay < float("inf")
+                or type(advice.reason) is not str
             ):
-                self._failed(record, "pmon_restart_decision", f"returned garbage: {advice!r:.80}")
+                self._failed(record, "pmon_restart_decision", f"returned garbage: {kind_of(advice)}")
                 continue
             self._ok(record)
             veto = veto or bool(advice.veto)
@@ -354,7 +358,7 @@ class PluginHost:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    self._failed(record, hook, plugins._describe(exc))
+                    self._failed(record, hook, str(exc))
                 else:
                     record.check_seconds = round(self.loop.time() - began, 4)
                     self._take(record, result)
@@ -427,9 +431,30 @@ class PluginHost:
         return sum(v.error_state for r in self.records.values() for v in r.verdicts.values())
 
 
+class PluginFailure(Exception):
+    """A plugin's exception, described in the plugin's thread (its __str__ is plugin code)."""
+
+
+def _run_impl(impl: Any, kwargs: Mapping[str, Any]) -> Any:
+    """One call of a plugin's hook, in its thread: the answer settled, an error described."""
+    try:
+        return _settled(plugins.call_impl(impl, kwargs))
+    except BaseException as exc:  # a plugin's SystemExit is its failure, not ours
+        raise PluginFailure(plugins.describe_error(exc)) from None
+
+
+def _settled(result: Any) -> Any:
+    """Iterating a plugin's generator (or its own iterable class) runs plugin code: do it
+    here, in the plugin's thread, never later on the loop while its verdicts are read."""
+    if type(result) in (list, tuple) or isinstance(result, (str, bytes, Mapping)):
+        return result
+    return list(result) if isinstance(result, Iterable) else result
+
+
 def _is_env(env: Any) -> bool:
-    return isinstance(env, Mapping) and all(
-        isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()
+    # exact types: what a plugin returns is read on the loop and must run none of its code
+    return type(env) in (dict, MappingProxyType) and all(
+        type(k) is str and type(v) is str and k and "=" not in k for k, v in env.items()
     )
 
 

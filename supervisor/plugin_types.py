@@ -28,6 +28,7 @@ class Severity(str, enum.Enum):
 
 
 ACTIONS = frozenset({"restart"})
+SEVERITIES = frozenset(s.value for s in Severity)
 
 
 @dataclass(frozen=True)
@@ -125,37 +126,33 @@ class RestartAdvice:
 
 def check_verdicts(result: Any, managers: Iterable[str]) -> list[Verdict]:
     """The verdicts of one monitor check, normalised; raises ValueError on garbage."""
-    if isinstance(result, Verdict):
+    if type(result) is Verdict:
         result = [result]
-    if isinstance(result, (str, bytes, Mapping)) or not isinstance(result, Iterable):
-        raise ValueError(f"a monitor check must return a list of Verdict, got {_kind(result)}")
+    if type(result) not in (list, tuple):  # the host has already turned iterables into lists
+        raise ValueError(f"a monitor check must return a list of Verdict, got {kind_of(result)}")
     names = set(managers)
     out = []
     for item in result:
-        if not isinstance(item, Verdict):
-            raise ValueError(f"a monitor check returned {_kind(item)} where a Verdict belongs")
-        try:
-            severity = Severity(item.severity)
-        except ValueError:
-            raise ValueError(f"unknown severity {item.severity!r}; use info, warning or error") from None
-        if item.target is not None and item.target not in names:
-            raise ValueError(f"verdict names no manager of this project: {item.target!r}")
-        if not isinstance(item.message, str):
-            raise ValueError(f"verdict message must be a string, got {_kind(item.message)}")
+        if type(item) is not Verdict:
+            raise ValueError(f"a monitor check returned {kind_of(item)} where a Verdict belongs")
+        # exact types, not isinstance: a plugin's own str subclass could run its code in ==,
+        # hash() or format() here, on the supervisor's loop
+        severity = item.severity
+        if type(severity) is str and severity in SEVERITIES:
+            severity = Severity(severity)
+        elif type(severity) is not Severity:
+            raise ValueError(f"unknown severity {kind_of(severity)}; use info, warning or error")
+        if item.target is not None and (type(item.target) is not str or item.target not in names):
+            raise ValueError(f"verdict names no manager of this project: {kind_of(item.target)}")
+        if type(item.message) is not str or type(item.key) is not str:
+            raise ValueError("verdict message and key must be strings")
         contribution = item.error_state
-        if (
-            isinstance(contribution, bool)
-            or not isinstance(contribution, (int, float))
-            or not math.isfinite(contribution)
-            or contribution < 0
-        ):
-            raise ValueError(f"verdict error_state must be a number >= 0, got {contribution!r}")
-        if item.action is not None and item.action not in ACTIONS:
-            raise ValueError(f"unknown verdict action {item.action!r}; allowed: restart or none")
+        if type(contribution) not in (int, float) or not math.isfinite(contribution) or contribution < 0:
+            raise ValueError(f"verdict error_state must be a number >= 0, got {kind_of(contribution)}")
+        if item.action is not None and (type(item.action) is not str or item.action not in ACTIONS):
+            raise ValueError(f"unknown verdict action {kind_of(item.action)}; allowed: restart or none")
         if item.action == "restart" and item.target is None:
             raise ValueError("a restart verdict must name a manager")
-        if not isinstance(item.key, str):
-            raise ValueError(f"verdict key must be a string, got {_kind(item.key)}")
         out.append(Verdict(item.target, severity, item.message, float(contribution), item.action, item.key))
     return out
 
@@ -164,7 +161,7 @@ def check_setup(result: Any) -> PluginSetup:
     if result is None:
         return PluginSetup()
     if not isinstance(result, PluginSetup):
-        raise ValueError(f"pmon_configure must return a PluginSetup or None, got {_kind(result)}")
+        raise ValueError(f"pmon_configure must return a PluginSetup or None, got {kind_of(result)}")
     interval = result.interval
     if interval is not None and (
         isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0
@@ -175,6 +172,8 @@ def check_setup(result: Any) -> PluginSetup:
     return result
 
 
-def _kind(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}"
+def kind_of(value: Any) -> str:
+    """What a value is, for messages; never runs a plugin's __repr__."""
+    if type(value) in (str, int, float, bool, type(None), list, dict, tuple):
+        return f"{type(value).__name__} {repr(value)[:60]}"
+    return f"a {type(value).__name__}"  # never repr() a plugin's object on the loop

@@ -85,7 +85,7 @@ def load(config: Config) -> LoadedPlugins:
             plugin = load_plugin()
         except Exception as exc:
             raise ConfigError(
-                f"{where}: plugin '{name}' ({source}) cannot be loaded: {_describe(exc)}; "
+                f"{where}: plugin '{name}' ({source}) cannot be loaded: {describe_error(exc)}; "
                 f"fix it, or add it to [plugins] disable"
             ) from None
         try:
@@ -289,7 +289,7 @@ def _configure(
             except Exception as exc:
                 raise ConfigError(
                     f"{where}: plugin '{name}' ({info.source}) failed to read its settings: "
-                    f"{_describe(exc)}"
+                    f"{describe_error(exc)}"
                 ) from None
         if setup.interval is None and "pmon_monitor_check" in info.hooks and impl is None:
             setup = PluginSetup(interval=1.0)  # a plain monitor with no settings: every second
@@ -316,7 +316,7 @@ def call_impl(impl: Any, kwargs: Mapping[str, Any]) -> Any:
     return impl.function(*[kwargs[arg] for arg in impl.argnames])
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """'ValueError: bad at plugin.py:12': the error and the line of the plugin that raised."""
     frames = traceback.extract_tb(exc.__traceback__)
     at = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import textwrap
 from pathlib import Path
@@ -279,8 +280,9 @@ def test_plugins_that_raise_hang_or_return_garbage_do_not_stop_pmon(tmp_path, pm
     )
     instance = pmon(config)
     expected = {
-        "raiser": "ZeroDivisionError: division by zero at raiser.py:",
-        "sleeper": "skipped: its previous call has been running",  # hung: not asked again
+        "raiser": r"ZeroDivisionError: division by zero at raiser\.py:|RuntimeError: no at raiser\.py:",
+        # hung: first a call times out, then it is not asked again while that call runs
+        "sleeper": r"timed out after 0\.5 s|no answer within 0\.2 s|skipped: its previous call has been running",
         "garbage": "returned garbage",
     }
 
@@ -290,7 +292,7 @@ def test_plugins_that_raise_hang_or_return_garbage_do_not_stop_pmon(tmp_path, pm
 
     rows = poll_for(streaks, 15, "three failures in a row of each bad plugin")
     for name, text in expected.items():
-        assert text in rows[name]["last_error"], rows[name]
+        assert re.search(text, rows[name]["last_error"]), rows[name]
     assert rows["good"]["failure_streak"] == 0
 
     # deaths are still noticed at once and the managers restarted, the sleeper notwithstanding
