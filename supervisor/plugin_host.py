@@ -31,7 +31,7 @@ from . import plugins
 from .commands import command
 from .config import Config
 from .errors import SpawnRefused
-from .manager import Manager
+from .manager import Manager, Snapshot
 from .plugin_types import (
     ManagerView,
     ProjectView,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .process import ManagedProcess
 
 MAX_QUEUED = 1000  # calls waiting for one plugin's thread; past that they are dropped
-_SNAPSHOT_FIELDS = None  # names of manager.Snapshot's fields, filled on first use
+SNAPSHOT_FIELDS = [f.name for f in fields(Snapshot)]  # copied into each ManagerView
 
 
 class Worker:
@@ -176,13 +176,10 @@ class PluginHost:
 
     # --- views ----------------------------------------------------------------------------
     def manager_view(self, manager: Manager) -> ManagerView:
-        global _SNAPSHOT_FIELDS
         snap = manager.snapshot()
-        if _SNAPSHOT_FIELDS is None:
-            _SNAPSHOT_FIELDS = [f.name for f in fields(snap)]
         pid, at = self._watchdog.get(manager.spec.name, (None, None))
         return ManagerView(
-            **{name: getattr(snap, name) for name in _SNAPSHOT_FIELDS},
+            **{name: getattr(snap, name) for name in SNAPSHOT_FIELDS},
             monitor=manager.spec.monitor,
             last_watchdog=at if pid is not None and pid == manager.pid else None,
         )
@@ -200,9 +197,11 @@ class PluginHost:
     # --- calling plugins ------------------------------------------------------------------
     def _call(self, record: Record, hook: str, kwargs: Mapping[str, Any]) -> concurrent.futures.Future[Any] | None:
         """Hand a call to the plugin's thread; None (and a failure) if the plugin is stuck."""
-        busy = record.worker.busy_for()
-        if busy > self.spec.timeout or record.worker.queued >= MAX_QUEUED:
-            self._failed(record, hook, f"skipped: its previous call has been running {busy:.1f} s")
+        busy, queued = record.worker.busy_for(), record.worker.queued
+        if busy > self.spec.timeout or queued >= MAX_QUEUED:
+            why = f"its previous call has been running {busy:.1f} s" if busy > self.spec.timeout \
+                else f"{queued} calls are already waiting for it"
+            self._failed(record, hook, f"skipped: {why}")
             return None
         record.calls += 1
         impl = record.impls[hook]
@@ -292,8 +291,8 @@ class PluginHost:
         elif state.value in ("stopped", "blocked"):
             self._notify("pmon_project_stopped", project=self.project_view())
 
-    def _on_notify(self, manager: Manager, fields: dict[str, str]) -> None:
-        if fields.get("WATCHDOG") == "1":
+    def _on_notify(self, manager: Manager, message: dict[str, str]) -> None:
+        if message.get("WATCHDOG") == "1":
             self._watchdog[manager.spec.name] = (manager.pid, self.loop.time())
 
     def switchover(self, active: str, previous: str | None, reason: str) -> None:
