@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 import click
 
@@ -92,6 +92,8 @@ def run(config_path: Path | None, quiet: bool) -> None:
     config = load_config(config_path)
     try:
         sys.exit(run_project(config, echo=not quiet))
+    except ConfigError as exc:  # e.g. a plugin that does not load or rejects its settings
+        fail(str(exc), EXIT_CONFIG)
     except PmonError as exc:
         fail(str(exc))
 
@@ -99,9 +101,18 @@ def run(config_path: Path | None, quiet: bool) -> None:
 @main.command()
 @config_option
 def validate(config_path: Path | None) -> None:
-    """Check the project file as `run` would; start nothing."""
+    """Check the project file as `run` would, plugins included; start nothing."""
+    from . import plugins
+
     config = load_config(config_path)
-    click.echo(f"{config.path}: valid, project '{config.project.name}', {len(config.managers)} managers")
+    try:
+        loaded = plugins.load(config)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    click.echo(
+        f"{config.path}: valid, project '{config.project.name}', {len(config.managers)} managers, "
+        f"plugins: {', '.join(loaded.plugins) or 'none'}"
+    )
 
 
 def _since(started_at: float | None) -> str:
@@ -123,6 +134,14 @@ def print_table(status: dict[str, Any]) -> None:
             str(m["index"]), m["name"], state, str(m["pid"] or "-"), m["start"],
             "yes" if m["core"] else "", str(m["restarts"]), _since(m["started_at"]),
         ))
+    echo_rows(rows)
+    if status.get("verdicts"):
+        click.echo(f"monitor verdicts (error state {status.get('plugin_error_state', 0):g}):")
+        for v in status["verdicts"]:
+            click.echo(f"  {v['severity']:<8} {v['target'] or 'project'}: {v['message']} ({v['plugin']})")
+
+
+def echo_rows(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -138,7 +157,7 @@ def status(config_path: Path | None, as_json: bool) -> None:
         result = {"project": result["project"], "managers": [
             {k: m[k] for k in ("index", "name", "state", "pid", "start", "core", "restarts",
                                "exit_code", "started_at")} for m in result["managers"]
-        ], "project_state": result["project_state"]}
+        ], "project_state": result["project_state"], "verdicts": result.get("verdicts", [])}
         click.echo(json.dumps(result, indent=1))
     else:
         print_table(result)
@@ -200,6 +219,28 @@ def remove(config_path: Path | None, target: str) -> None:
     """Remove a stopped, non-core manager from the project and its TOML file (comments are not kept)."""
     result = call(config_path, "remove", target=target_arg(target))
     click.echo(f"{result['removed']}: removed")
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def plugins(config_path: Path | None, as_json: bool) -> None:
+    """The loaded plugins: where each comes from, its hooks, its failure streak."""
+    result = call(config_path, "plugins")
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    rows = [("NAME", "SOURCE", "HOOKS", "EVERY", "CALLS", "FAILED", "STREAK", "VERDICTS")]
+    for p in result["plugins"]:
+        hooks = ",".join(h.removeprefix("pmon_") for h in p["hooks"])
+        every = f"{p['interval']:g}s" if p["interval"] else "-"
+        rows.append((p["name"], p["source"], hooks, every, str(p["calls"]), str(p["failures"]),
+                     str(p["failure_streak"]), str(p["verdicts"])))
+    echo_rows(rows)
+    for p in result["plugins"]:
+        if p["failure_streak"]:
+            click.echo(f"{p['name']}: failing ({p['failure_streak']} calls): {p['last_error']}")
+    click.echo(f"plugin error state: {result['error_state']:g}")
 
 
 @main.command()

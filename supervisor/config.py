@@ -40,6 +40,8 @@ class ManagerSpec:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path = Path(".")
     num: int | None = None
+    # Per-manager settings of monitor plugins: plugin key -> its table (read by the plugin).
+    monitor: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,15 @@ def _optional_int(value: Any) -> int | None:
     return _count(value)
 
 
+def _monitor(value: Any) -> Mapping[str, Mapping[str, Any]]:
+    # Only the shape is checked here; each plugin checks its own table at start-up.
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in value.items()
+    ):
+        raise ValueError("a table of plugin tables, e.g. monitor.memory = { max_rss_mb = 200 }")
+    return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in value.items()})
+
+
 MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "command": _command,
@@ -175,9 +186,10 @@ MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "env": _env,
     "cwd": _string,
     "num": _optional_int,
+    "monitor": _monitor,
 }
 # Keys that make no sense for every manager at once.
-NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num"})
+NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num", "monitor"})
 
 PROJECT_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": _name,
@@ -229,7 +241,7 @@ PMON_TCP_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 # Top-level sections; other modules (redundancy, plugins, ...) extend this with theirs.
-SECTIONS = {"project", "defaults", "managers", "control", "pmon_tcp"}
+SECTIONS = {"project", "defaults", "managers", "control", "pmon_tcp", "plugins"}
 
 
 class _Errors:

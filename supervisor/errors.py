@@ -39,3 +39,9 @@ class NotRunning(PmonError):
     """No supervisor answers on the project's control channel."""
 
     code = "not-running"
+
+
+class SpawnRefused(PmonError):
+    """A plugin refused to let a manager start (the message is its reason)."""
+
+    code = "start-refused"

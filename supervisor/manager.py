@@ -20,6 +20,8 @@ Transitions (event: from -> to):
                                      -> BACKOFF (later restarts in the window)
                                      -> BLOCKED (restart limit reached)
                   core manager: PROJECT_RESTART, or BLOCKED + PROJECT_BLOCKED
+    hold_restart: STARTING | BACKOFF (a restart just decided) -> BLOCKED (a plugin's veto)
+                                                          -> BACKOFF (a plugin's delay)
 """
 
 from __future__ import annotations
@@ -234,6 +236,22 @@ class Manager:
             self.last_decision = "not restarted: the project is stopping"
             return []
         return self._died(exit_code, now)
+
+    def hold_restart(self, now: float, delay: float | None, reason: str) -> list[Action]:
+        """A plugin's advice on the automatic restart `exited` just decided: None vetoes it
+        (the manager waits for an operator), a number postpones it by that many seconds."""
+        if self.state not in (S.STARTING, S.BACKOFF) or self.pid is not None:
+            return []
+        why = f" ({reason})" if reason else ""
+        if delay is None:
+            self.state = S.BLOCKED  # STARTING | BACKOFF -> BLOCKED (restart vetoed)
+            self._set_deadline(None)
+            self.last_decision = f"restart vetoed by a plugin{why}"
+            return []
+        self.state = S.BACKOFF  # STARTING | BACKOFF -> BACKOFF (restart delayed)
+        self._set_deadline(Deadline.BACKOFF, now + delay)
+        self.last_decision = f"restarting in {delay:g} s, delayed by a plugin{why}"
+        return []
 
     def _died(self, exit_code: int | None, now: float) -> list[Action]:
         """An unexpected death: apply the start type and the restart limit."""

@@ -15,15 +15,16 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Protocol
+from typing import Any, Callable, Coroutine, Mapping, Protocol
 
 from . import adopt, platform, statefile
 from .config import Config, ManagerSpec
-from .errors import CommandError, PmonError, UnknownManager
+from .errors import CommandError, PmonError, SpawnRefused, UnknownManager
 from .logs import EventLog, describe_exit
 from .manager import Action, Manager
 from .notify import NotifyListener
 from .output import LogRotation, ManagerLog
+from .plugin_types import RestartAdvice
 from .process import ManagedProcess, log_path, manager_env
 from .reload import ReloadOnHangup
 from .service.sdnotify import SystemdNotifier
@@ -74,6 +75,15 @@ class Supervisor:
         # and stop with pmon; listeners hear every state change of a manager.
         self.services: list[Service] = build_services(config)
         self.listeners: list[Callable[[Manager, ManagerState | None], None]] = []
+        # More seams, used by plugin_host.py: notify datagrams, project state changes, extra
+        # environment (or SpawnRefused) before a spawn, advice on an automatic restart.
+        self.notify_listeners: list[Callable[[Manager, dict[str, str]], None]] = []
+        self.project_listeners: list[Callable[[ProjectState], None]] = []
+        self.spawn_advisors: list[Callable[[Manager], Mapping[str, str]]] = []
+        self.restart_advisors: list[
+            Callable[[Manager, int | None, float], RestartAdvice | None]
+        ] = []
+        self.plugins: Any = None  # the PluginHost once started (verdicts, error state)
 
     # --- paths -----------------------------------------------------------------------
     @property
@@ -227,7 +237,9 @@ class Supervisor:
         await self._stop_sequence(ProjectState.BLOCKED)
 
     def _set_project_state(self, state: ProjectState) -> None:
-        self.project_state = state
+        old, self.project_state = self.project_state, state
+        if old is not state:
+            self._tell(self.project_listeners, state)
         self._changed()
 
     @property
@@ -264,15 +276,30 @@ class Supervisor:
         if old is manager.state:
             return
         self._reported[manager.spec.name] = manager.state
-        for listener in self.listeners:
+        self._tell(self.listeners, manager, old)
+
+    def _tell(self, listeners: list[Callable[..., None]], *args: Any) -> None:
+        for listener in listeners:
             try:
-                listener(manager, old)
+                listener(*args)
             except Exception as exc:  # a listener's bug must not stop supervision
-                self.events.write("listener-error", f"state listener failed: {exc!r}")
+                self.events.write("listener-error", f"listener failed: {exc!r}")
 
     def _spawn(self, manager: Manager) -> None:
         spec = manager.spec
+        try:
+            wished: dict[str, str] = {}
+            for advisor in self.spawn_advisors:
+                wished.update(advisor(manager))
+        except SpawnRefused as exc:
+            self.events.write(
+                "start-refused", f"{spec.name} not started: {exc}", manager=spec.name,
+                reason=str(exc),
+            )
+            self.loop.call_soon(self._spawn_failed, manager)  # counts as a failed start
+            return
         extra = {
+            **{k: v for k, v in wished.items() if k not in spec.env},  # the TOML wins
             "NOTIFY_SOCKET": self.notify.address,
             "PMON_PROJECT": self.config.project.name,
             "PMON_MANAGER": spec.name,
@@ -347,10 +374,34 @@ class Supervisor:
         manager = self.managers.get(name)
         if manager is None:
             return
+        was = manager.state
         actions = manager.exited(code, self.now(), restart=self.restarts_allowed)
+        if was is not S.STOPPING:
+            actions = self._advise_restart(manager, code, actions)
         # the death first, then what pmon does
         self._log_decision(manager, code, pid, adopted=proc.popen is None)
         self._apply(manager, actions)
+
+    def _advise_restart(self, manager: Manager, code: int | None, actions: list[Action]) -> list[Action]:
+        """Let the restart advisors veto or delay an automatic restart just decided."""
+        if not self.restart_advisors or manager.spec.core or manager.state not in (S.STARTING, S.BACKOFF):
+            return actions
+        now = self.now()
+        delay = max(0.0, (manager.deadline or now) - now) if manager.state is S.BACKOFF else 0.0
+        veto, longest, reasons = False, delay, []
+        for advisor in self.restart_advisors:
+            try:
+                advice = advisor(manager, code, delay)
+            except Exception as exc:
+                self.events.write("listener-error", f"restart advisor failed: {exc!r}")
+                continue
+            if advice is not None:
+                veto = veto or advice.veto
+                longest = max(longest, advice.delay)
+                reasons.append(advice.reason)
+        if not veto and longest <= delay:
+            return actions
+        return manager.hold_restart(now, None if veto else longest, "; ".join(filter(None, reasons)))
 
     def _log_decision(
         self, manager: Manager, code: int | None, pid: int | None = None, adopted: bool = False
@@ -373,6 +424,7 @@ class Supervisor:
         if fields.get("READY") == "1" and manager.state is S.STARTING:
             self._apply(manager, manager.ready(self.now()))
             self.events.write("ready", f"{name} is ready", manager=name)
+        self._tell(self.notify_listeners, manager, fields)  # WATCHDOG=1 for the alive monitor
 
     def _manager_of_pid(self, pid: int) -> str | None:
         """The manager a pid belongs to: itself, or the nearest managed ancestor."""
@@ -548,7 +600,14 @@ class Supervisor:
             "config": str(self.config.path),
             "pmon_pid": os.getpid(),
             "managers": [self.row(m) for m in self.managers.values()],
+            "verdicts": self.plugins.verdict_rows() if self.plugins else [],
+            "plugin_error_state": self.plugin_error_state(),
         }
+
+    def plugin_error_state(self) -> float:
+        """What the plugins' current verdicts add to this server's error state (0: none);
+        the redundancy manager adds it to its other error sources."""
+        return float(self.plugins.error_state()) if self.plugins else 0.0
 
     @staticmethod
     def row(manager: Manager) -> dict[str, Any]:
@@ -581,7 +640,11 @@ class Supervisor:
 
 def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
-    services: list[Service] = [LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()]
+    from .plugin_host import PluginHost
+
+    services: list[Service] = [
+        PluginHost(config), LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()
+    ]
     if config.pmon_tcp is not None:
         from .pmon_tcp.server import PmonTcpService
 

@@ -102,6 +102,15 @@ class Pmon:
             timeout, f"{name} to be {state}",
         )
 
+    def wait_event(self, event: str, timeout: float = 10, **fields: Any) -> dict[str, Any]:
+        """The first event-log record of this kind whose fields match; waits for it."""
+        def match() -> dict[str, Any] | None:
+            for record in self.events():
+                if record["event"] == event and all(record.get(k) == v for k, v in fields.items()):
+                    return record
+            return None
+        return poll_for(match, timeout, f"event {event} {fields}")
+
     def events(self) -> list[dict[str, Any]]:
         import json
 

@@ -18,6 +18,13 @@ parser.add_argument("--ready-after", type=float, help="send READY=1 after this m
 parser.add_argument("--print", dest="text", help="print this line at start")
 parser.add_argument("--print-every", type=float, help="print a numbered line this often")
 parser.add_argument("--fail-once-file", help="exit 3 if this file does not exist (then create it)")
+parser.add_argument("--allocate-mb", type=int, help="hold this many MB of memory (touched)")
+parser.add_argument("--spin", action="store_true", help="burn CPU in a busy loop")
+parser.add_argument("--listen", type=int, help="accept TCP connections on this loopback port")
+parser.add_argument("--close-after", type=float, help="with --listen: stop listening after s")
+parser.add_argument("--watchdog-every", type=float, help="send WATCHDOG=1 this often")
+parser.add_argument("--watchdog-for", type=float, help="... but only for this many seconds")
+parser.add_argument("--env-to", help="append the value of $PMON_TEST_VAR to this file")
 args, _ = parser.parse_known_args()
 name = os.environ.get("PMON_MANAGER", "?")
 
@@ -37,6 +44,43 @@ if args.record:
         handle.write(f"{name} {os.getpid()} start\n")
 if args.text:
     print(args.text, flush=True)
+if args.env_to:
+    with open(args.env_to, "a") as handle:
+        handle.write(f"{os.environ.get('PMON_TEST_VAR', '')}\n")
+if args.allocate_mb:
+    ballast = bytearray(args.allocate_mb * 1024 * 1024)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1  # touch every page so that it is resident
+if args.listen:
+    import threading
+
+    server = socket.create_server(("127.0.0.1", args.listen))
+    server.settimeout(0.05)  # so that the loop below sees the end of --close-after
+    until = time.monotonic() + (args.close_after if args.close_after is not None else float("inf"))
+
+    def serve() -> None:
+        while time.monotonic() < until:
+            try:
+                conn, _addr = server.accept()
+                conn.close()
+            except socket.timeout:
+                continue
+        server.close()  # the port now refuses connections
+
+    threading.Thread(target=serve, daemon=True).start()
+if args.watchdog_every:
+    import threading
+
+    def beat() -> None:
+        end = time.monotonic() + (args.watchdog_for or float("inf"))
+        while time.monotonic() < end:
+            notify("WATCHDOG=1")
+            time.sleep(args.watchdog_every)
+
+    threading.Thread(target=beat, daemon=True).start()
+if args.spin:
+    while True:
+        pass
 if args.fail_once_file and not os.path.exists(args.fail_once_file):
     open(args.fail_once_file, "w").close()
     sys.exit(3)
