@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-VERSION = 1
+VERSION = 2  # 2: project_state and stopped_cleanly (a file without them is not trusted)
 
 
 def write_atomically(path: Path, data: bytes) -> None:
