@@ -140,11 +140,13 @@ def _manager_command(name: str, verb: str, all_command: str, all_help: str) -> N
     @config_option
     @click.argument("target", required=False)
     @click.option("--all", "all_", is_flag=True, help=all_help)
-    def handler(config_path: Path | None, target: str | None, all_: bool) -> None:
+    @click.option("--force", is_flag=True, hidden=name != "stop",
+                  help="With --all: stop even the active server of a pair whose partner is not available.")
+    def handler(config_path: Path | None, target: str | None, all_: bool, force: bool) -> None:
         if all_ == (target is not None):
             raise click.UsageError(f"give a manager NAME (or index), or --all: pmon {name} NAME")
         if all_:
-            result = call(config_path, all_command)
+            result = call(config_path, all_command, **({"force": True} if force else {}))
             click.echo(f"project {result['project']}: {result['project_state']}")
         else:
             row = call(config_path, name, target=target_arg(target or ""))
@@ -195,11 +197,16 @@ def remove(config_path: Path | None, target: str) -> None:
 
 @main.command()
 @config_option
-def shutdown(config_path: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Stop even the active server of a pair whose partner is not available.")
+def shutdown(config_path: Path | None, force: bool) -> None:
     """Stop every manager in reverse order, then pmon itself."""
-    call(config_path, "shutdown")
+    call(config_path, "shutdown", **({"force": True} if force else {}))
     click.echo("pmon is shutting down")
 
+
+from .redundancy.cli import redu  # noqa: E402  (after `call`, which it uses)
+
+main.add_command(redu)
 
 if __name__ == "__main__":
     main()

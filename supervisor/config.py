@@ -38,6 +38,9 @@ class ManagerSpec:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     cwd: Path = Path(".")
     num: int | None = None
+    run_on: str = "both"  # "active": only on the active server of a redundant pair
+    notify_switchover: bool = False  # SIGUSR1 at every switchover
+    weight: int | None = None  # error weight when not running; None: [redundancy] manager_weight
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Config:
     project: ProjectSpec
     managers: tuple[ManagerSpec, ...]
     raw: Mapping[str, Any]  # the parsed TOML, for write-back by `add` / `remove`
+    redundancy: Any = None  # redundancy.settings.RedundancySpec, or None: standalone
 
     def start_order(self) -> tuple[ManagerSpec, ...]:
         """List order, with the redundancy manager moved first (PMON's rule)."""
@@ -140,6 +144,15 @@ def _enum(enum_type: type) -> Callable[[Any], Any]:
     return convert
 
 
+def _one_of(*allowed: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError("one of " + " | ".join(repr(a) for a in allowed))
+        return value
+
+    return convert
+
+
 def _optional_int(value: Any) -> int | None:
     return _count(value)
 
@@ -159,6 +172,9 @@ MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "env": _env,
     "cwd": _string,
     "num": _optional_int,
+    "run_on": _one_of("both", "active"),
+    "notify_switchover": _boolean,
+    "weight": _count,
 }
 # Keys that make no sense for every manager at once.
 NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num"})
@@ -182,7 +198,7 @@ def _tcp_address(value: Any) -> str:
 CONTROL_KEYS: dict[str, Callable[[Any], Any]] = {"tcp": _tcp_address}
 
 # Top-level sections; other modules (redundancy, plugins, ...) extend this with theirs.
-SECTIONS = {"project", "defaults", "managers", "control"}
+SECTIONS = {"project", "defaults", "managers", "control", "redundancy"}
 
 
 class _Errors:
@@ -258,6 +274,10 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     defaults = errors.convert("[defaults]", defaults_table, defaultable)
 
     managers = _managers(data, defaults, base, errors)
+    from .redundancy import settings as redundancy_settings  # late: it imports this module
+
+    redundancy = redundancy_settings.parse(data, path, errors)
+    managers = redundancy_settings.check_managers(managers, redundancy, path, errors)
     errors.raise_if_any()
 
     state_dir = base / project.get("state_dir", "var")
@@ -268,7 +288,9 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         log_backups=project.get("log_backups", ProjectSpec.log_backups),
         control=ControlSpec(**control),
     )
-    return Config(path=path, project=project_spec, managers=managers, raw=data)
+    return Config(
+        path=path, project=project_spec, managers=managers, raw=data, redundancy=redundancy
+    )
 
 
 def _table(data: Mapping[str, Any], key: str, errors: _Errors) -> Mapping[str, Any]:

@@ -66,6 +66,8 @@ class Supervisor:
         # and stop with pmon; listeners hear every state change of a manager.
         self.services: list[Service] = build_services(config)
         self.listeners: list[Callable[[Manager, ManagerState | None], None]] = []
+        # Gates say why a manager may not start now (None: it may), e.g. run_on = "active".
+        self.start_gates: list[Callable[[ManagerSpec], str | None]] = []
 
     # --- paths -----------------------------------------------------------------------
     @property
@@ -153,8 +155,8 @@ class Supervisor:
         self._set_project_state(ProjectState.STARTING)
         for spec in self.config.start_order():
             manager = self.managers[spec.name]
-            if not manager.wanted:
-                continue  # manual: only on an operator's command
+            if not manager.wanted or self.refusal(spec):
+                continue  # manual: only on an operator's command; or a gate says not here
             self._apply(manager, manager.start(self.now()))
             settled = await self.wait_for(
                 lambda: manager.state is not S.STARTING or manager.ready_failed,
@@ -425,8 +427,19 @@ class Supervisor:
             f"managers: {names} (or their index 1..{len(self.managers)})"
         )
 
+    def refusal(self, spec: ManagerSpec) -> str | None:
+        """Why this manager may not start now, or None."""
+        for gate in self.start_gates:
+            reason = gate(spec)
+            if reason:
+                return reason
+        return None
+
     async def start_manager(self, target: str | int) -> Manager:
         manager = self.find(target)
+        reason = self.refusal(manager.spec)
+        if reason:
+            raise CommandError(reason)
         if manager.spec.core and self.project_state in (ProjectState.BLOCKED, ProjectState.STOPPED):
             manager.recent.clear()  # the operator resets the core manager's counter
             await self.restart_project(f"operator started core manager {manager.spec.name}")
@@ -503,6 +516,10 @@ class Supervisor:
 def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
     services: list[Service] = []
+    if config.redundancy is not None:
+        from .redundancy.service import RedundancyService
+
+        services.append(RedundancyService(config))
     return services
 
 
