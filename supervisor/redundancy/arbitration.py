@@ -186,6 +186,7 @@ class Arbiter:
             self.contact = True
             if self.role is not None:  # contact back after a connection error
                 self.reconnected_at = now
+        self.epoch = max(self.epoch, partner.epoch)  # one epoch for the pair
         self.forced = newest(self.forced, partner.forced)
         self.preferred = newest(self.preferred, partner.preferred) or self.preferred
         target, reason = self.target(local, partner)
