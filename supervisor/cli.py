@@ -204,9 +204,9 @@ def shutdown(config_path: Path | None, force: bool) -> None:
     click.echo("pmon is shutting down")
 
 
-from .redundancy.cli import redu  # noqa: E402  (after `call`, which it uses)
+from .redundancy.cli import register as _register_redu  # noqa: E402
 
-main.add_command(redu)
+_register_redu(main, call, config_option)  # `pmon redu ...`
 
 if __name__ == "__main__":
     main()

@@ -1,21 +1,17 @@
-"""`pmon redu ...`: thin click commands over the redu-* control commands."""
+"""`pmon redu ...`: thin click commands over the redu-* control commands.
+
+`register(main, call, config_option)` is called by supervisor/cli.py with its own helpers
+(this module does not import supervisor.cli: `python -m supervisor.cli` would import it twice).
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
-
-from ..cli import call, config_option
-
-
-@click.group()
-def redu() -> None:
-    """The redundant pair: status, set-active, prefer."""
-
 
 def _when(at: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
@@ -56,32 +52,35 @@ def print_status(s: dict[str, Any]) -> None:
         click.echo("redundancy manager: not connected")
 
 
-@redu.command()
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(config_path: Path | None, as_json: bool) -> None:
-    """This server's role, both error states, the links, the partner, the last switchover."""
-    result = call(config_path, "redu-status")
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-    else:
-        print_status(result)
+def register(main: click.Group, call: Callable[..., Any], config_option: Callable[..., Any]) -> None:
+    @main.group()
+    def redu() -> None:
+        """The redundant pair: status, set-active, prefer."""
 
+    @redu.command()
+    @config_option
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+    def status(config_path: Path | None, as_json: bool) -> None:
+        """This server's role, both error states, the links, the partner, the last switchover."""
+        result = call(config_path, "redu-status")
+        if as_json:
+            click.echo(json.dumps(result, indent=1))
+        else:
+            print_status(result)
 
-@redu.command(name="set-active")
-@config_option
-@click.argument("server", required=False, default="")
-@click.option("--force", is_flag=True, help="Switch even if the server to take over is not available.")
-def set_active(config_path: Path | None, server: str, force: bool) -> None:
-    """Make SERVER (default: this server) active now (priority 2: forced)."""
-    result = call(config_path, "redu-set-active", server=server, force=force)
-    click.echo(result["message"])
+    @redu.command(name="set-active")
+    @config_option
+    @click.argument("server", required=False, default="")
+    @click.option("--force", is_flag=True, help="Switch even if the server to take over is not available.")
+    def set_active(config_path: Path | None, server: str, force: bool) -> None:
+        """Make SERVER (default: this server) active now (priority 2: forced)."""
+        result = call(config_path, "redu-set-active", server=server, force=force)
+        click.echo(result["message"])
 
-
-@redu.command()
-@config_option
-@click.argument("server", required=False, default="")
-def prefer(config_path: Path | None, server: str) -> None:
-    """Prefer SERVER (default: this server) when both error states are equal (priority 4)."""
-    result = call(config_path, "redu-prefer", server=server)
-    click.echo(result["message"])
+    @redu.command()
+    @config_option
+    @click.argument("server", required=False, default="")
+    def prefer(config_path: Path | None, server: str) -> None:
+        """Prefer SERVER (default: this server) when both error states are equal (priority 4)."""
+        result = call(config_path, "redu-prefer", server=server)
+        click.echo(result["message"])

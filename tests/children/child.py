@@ -17,6 +17,7 @@ parser.add_argument("--grandchild", help="start a grandchild that writes its pid
 parser.add_argument("--ready-after", type=float, help="send READY=1 after this many seconds")
 parser.add_argument("--print", dest="text", help="print this line at start")
 parser.add_argument("--fail-once-file", help="exit 3 if this file does not exist (then create it)")
+parser.add_argument("--on-usr1", help="append '<name> <pid> usr1' to this file on each SIGUSR1")
 args, _ = parser.parse_known_args()
 name = os.environ.get("PMON_MANAGER", "?")
 
@@ -31,6 +32,12 @@ def notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
+if args.on_usr1:
+    def usr1(_signum, _frame):
+        with open(args.on_usr1, "a") as handle:
+            handle.write(f"{name} {os.getpid()} usr1\n")
+
+    signal.signal(signal.SIGUSR1, usr1)
 if args.record:
     with open(args.record, "a") as handle:
         handle.write(f"{name} {os.getpid()} start\n")
