@@ -145,6 +145,8 @@ def _manager_command(name: str, verb: str, all_command: str, all_help: str) -> N
     def handler(config_path: Path | None, target: str | None, all_: bool, force: bool) -> None:
         if all_ == (target is not None):
             raise click.UsageError(f"give a manager NAME (or index), or --all: pmon {name} NAME")
+        if force and not (all_ and name == "stop"):
+            raise click.UsageError("--force goes with `pmon stop --all` only")
         if all_:
             result = call(config_path, all_command, **({"force": True} if force else {}))
             click.echo(f"project {result['project']}: {result['project_state']}")

@@ -135,6 +135,7 @@ class RedundancyService:
 
     # --- the redundancy manager's sync ----------------------------------------------------
     def sync(self, report: dict[str, Any]) -> dict[str, Any]:
+        before = self._signature()
         self.report = report
         self.synced_at = time.monotonic()
         epoch = report.get("epoch")
@@ -144,10 +145,17 @@ class RedundancyService:
         role = report.get("role")
         if role in ("active", "passive") and role != self.role:
             self._role_changed(role, report)
-        self.sup._changed()  # wake waiters (set-active waits for the new role)
+        if self._signature() != before:
+            self.sup._changed()  # wake waiters (set-active waits for the new role)
         requests, self.requests = self.requests, []
         return {"breakdown": self.error_breakdown(), "available": self.available(),
                 "epoch": self.epoch, "requests": requests}
+
+    def _signature(self) -> tuple[Any, ...]:
+        """What commands wait on; a change wakes them (and rewrites the state file)."""
+        partner = self.report.get("partner") or {}
+        return (self.role, partner.get("role"), partner.get("available"),
+                json.dumps(self.report.get("preferred")), json.dumps(self.report.get("forced")))
 
     def _role_changed(self, role: str, report: dict[str, Any]) -> None:
         old, self.role = self.role, role
