@@ -40,7 +40,7 @@ class Pair:
 
     def _fresh(self, name: str, epoch: int = 0) -> Arbiter:
         return Arbiter(name, other(name), Choice(self.preferred, 0), self.change_interval,
-                       startup_wait=1.0, epoch=epoch)
+                       startup_wait=1.0, reconnect_settle=2.5 * ROUND, epoch=epoch)
 
     def set_link(self, up: bool) -> None:
         if up and not self.link:
@@ -57,7 +57,8 @@ class Pair:
         if decision.changed:
             self.changes.append((name, decision))
         self.sent[name] = Partner(name, decision.role, self.error[name], self.available[name],
-                                  decision.target, arb.epoch, arb.forced, arb.preferred)
+                                  decision.target, arb.epoch, arb.forced, arb.preferred,
+                                  boot=str(id(arb)))
         if decision.restart_project:  # the project restarts: a new redundancy manager
             self.restarts.append(name)
             self.arb[name] = self._fresh(name, arb.epoch)

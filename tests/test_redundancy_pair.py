@@ -43,7 +43,12 @@ def wait_roles(a: Pmon, b: Pmon, role_a: str, role_b: str, connected: bool = Tru
         sa, sb = redu(a), redu(b)
         return (sa["role"], sb["role"]) == (role_a, role_b) and (
             not connected or (sa["partner_available"] and sb["partner_available"]))
-    poll_for(settled, WAIT, f"a {role_a}, b {role_b}")
+    try:
+        poll_for(settled, WAIT, f"a {role_a}, b {role_b}")
+    except AssertionError as exc:
+        history = {s.config.project.name: [(e["ts"], e["message"]) for e in s.events()][-12:]
+                   for s in (a, b)}
+        raise AssertionError(f"{exc}; now: {redu(a)}, {redu(b)}; events: {history}") from None
 
 
 def start_pair(pmon, tmp_path: Path, relay: Relay, **redundancy: Any) -> tuple[Pmon, Pmon]:
@@ -102,7 +107,9 @@ def test_pair_starts_the_preferred_active_and_obeys_prefer_and_set_active(tmp_pa
 
 
 def test_split_brain_refuses_planned_stops_then_resolves_to_the_lower_error_state(tmp_path, pmon, relay):
-    a, b = start_pair(pmon, tmp_path, relay)
+    # a long first_active_change_interval: once a has lost and restarted its project, it is
+    # healthy and preferred again, but b keeps the role (a's restart was a connection error)
+    a, b = start_pair(pmon, tmp_path, relay, first_active_change_interval=60)
     wait_roles(a, b, "active", "passive")
     relay.cut()  # every link down, both servers alive
     poll_for(lambda: redu(b)["role"] == "active" and redu(a)["partner_connected"] is False,
@@ -118,6 +125,7 @@ def test_split_brain_refuses_planned_stops_then_resolves_to_the_lower_error_stat
     assert a.status()["project_state"] == "running"
 
     a.call("stop", target="w")  # a gets worse while alone: it must lose
+    poll_for(lambda: "manager w" in redu(a)["error_breakdown"], WAIT, "a's error state to count w")
     relay.restore()
     wait_roles(a, b, "passive", "active")
     restarts = [e for e in a.events() if e["event"] == "project-restart"]

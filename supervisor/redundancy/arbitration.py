@@ -93,6 +93,7 @@ class Partner:
     epoch: int = 0
     forced: Choice | None = None
     preferred: Choice | None = None
+    boot: str = ""  # one run of the partner's redundancy manager
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class Arbiter:
     preferred: Choice
     first_active_change_interval: float = 0.0
     startup_wait: float = 1.0  # how long a starting server listens before claiming failure
+    # After contact returns, views are stale for a heartbeat or two (each side counts its
+    # links as down until it hears the partner on them): decisions that compare error
+    # states wait this long (about two heartbeat intervals).
+    reconnect_settle: float = 0.0
     role: Role | None = None
     epoch: int = 0
     forced: Choice | None = None
@@ -118,6 +123,7 @@ class Arbiter:
     contact: bool = False
     reconnected_at: float | None = None  # end of the last connection error
     alone: bool = False  # active while out of contact: a split brain may have diverged
+    partner_boot: str = ""
     last_reason: Reason | None = field(default=None)
 
     # --- the target: who should be active, by priorities 2..4 ------------------------
@@ -182,9 +188,11 @@ class Arbiter:
         return Decision(Role.ACTIVE, reason=Reason.FAILURE)  # priority 1
 
     def _together(self, now: float, local: Local, partner: Partner) -> Decision:
-        if not self.contact:
+        restarted = partner.boot != self.partner_boot and self.partner_boot != ""
+        self.partner_boot = partner.boot
+        if not self.contact or restarted:
             self.contact = True
-            if self.role is not None:  # contact back after a connection error
+            if self.role is not None:  # contact back after a connection error (or a restart)
                 self.reconnected_at = now
         self.epoch = max(self.epoch, partner.epoch)  # one epoch for the pair
         self.forced = newest(self.forced, partner.forced)
@@ -194,6 +202,8 @@ class Arbiter:
 
         if self.role is Role.ACTIVE and partner.role is Role.ACTIVE:
             # Two actives: the higher error state loses; ties: the one not preferred.
+            if self.reconnected_at is not None and now - self.reconnected_at < self.reconnect_settle:
+                return Decision(Role.ACTIVE, reason=self.last_reason, target=target)
             loser = self._loser(local, partner)
             if loser == self.me:
                 diverged, self.alone = self.alone, False
@@ -228,7 +238,8 @@ class Arbiter:
         """first_active_change_interval: no switch by priority 3/4 right after a connection error."""
         if reason is Reason.FORCED or self.reconnected_at is None:
             return False
-        return now - self.reconnected_at < self.first_active_change_interval
+        delay = max(self.first_active_change_interval, self.reconnect_settle)
+        return now - self.reconnected_at < delay
 
 
 def _errors_key(errors: dict[str, int]) -> tuple[tuple[str, int], ...]:

@@ -48,7 +48,7 @@ class RedundancyManager:
         self.arbiter = Arbiter(
             me=spec.name, partner=spec.partner, preferred=Choice(spec.preferred, 0),
             first_active_change_interval=spec.first_active_change_interval,
-            startup_wait=spec.timeout,
+            startup_wait=spec.timeout, reconnect_settle=2.5 * spec.heartbeat_interval,
         )
         self.inbox = Inbox(spec.name, spec.partner)
         self.links = Links.open(spec.links)

@@ -55,6 +55,7 @@ class Heartbeat:
         return Partner(
             name=self.sender, role=self.role, error=self.error, available=self.available,
             target=self.target, epoch=self.epoch, forced=self.forced, preferred=self.preferred,
+            boot=self.boot,
         )
 
 
