@@ -165,3 +165,24 @@ def test_a_stopped_weighted_manager_hands_the_active_role_over(tmp_path, pmon, r
     a.call("start", target="w")  # repaired: equal error states, a is preferred again
     wait_roles(a, b, "active", "passive")
     assert switchovers(a)[-1]["reason"] == "preference"
+
+
+def test_an_orphaned_redundancy_manager_gives_up_the_role(tmp_path, pmon, relay):
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    a.proc.kill()  # pmon alone dies; its redundancy manager must not go on claiming "active"
+    poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over from the orphan")
+    assert switchovers(b)[-1]["reason"] == "failure"
+
+
+def test_a_standalone_project_has_no_pair_and_is_never_refused_a_stop(tmp_path, pmon):
+    from support import write_project
+
+    config = write_project(tmp_path, [{"name": "w", "command": child(), "run_on": "active"}])
+    server = pmon(config)
+    server.wait_state("w", "running")  # run_on = "active" runs on a standalone server
+    result = pmon_cli(config, "redu", "status")
+    assert result.returncode == 0 and "standalone" in result.stdout
+    result = pmon_cli(config, "redu", "set-active")
+    assert result.returncode == 1 and "add a [redundancy] section" in result.stderr
+    assert pmon_cli(config, "stop", "--all").returncode == 0

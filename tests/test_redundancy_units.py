@@ -96,3 +96,19 @@ def test_a_standalone_project_is_unchanged(tmp_path):
     path = write_project(tmp_path, [{"name": "w", "command": ["true"], "run_on": "active"}])
     config = config_module.load(path)
     assert config.redundancy is None and [m.name for m in config.managers] == ["w"]
+
+
+def test_a_heartbeat_sender_survives_send_errors():
+    import socket
+
+    from supervisor.redundancy.link import LinkState
+    from supervisor.redundancy.settings import Link
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    # broadcast without SO_BROADCAST: the kernel refuses every send (EACCES), deterministically
+    link = LinkState(Link(sock.getsockname(), ("255.255.255.255", 9)), sock)
+    with sock:
+        link.send(b"x")
+        link.send(b"x")
+    assert link.send_errors == 2 and link.sent == 0 and link.last_error
