@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from ..config import _count as _weight, _positive_number as _seconds
 from ..states import Readiness, StartType
 
 if TYPE_CHECKING:
@@ -53,18 +54,6 @@ def _address(value: Any) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError('an address "HOST:PORT", e.g. "127.0.0.1:7101"')
     return host.strip("[]"), int(port)
-
-
-def _seconds(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ValueError("a number >= 0 (seconds)")
-    return float(value)
-
-
-def _weight(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError("a whole number >= 0")
-    return value
 
 
 def _server(value: Any) -> str:
