@@ -39,7 +39,7 @@ class LinkState:
 
     def receive(self) -> list[bytes]:
         """Every datagram waiting on the socket (non-blocking)."""
-        out = []
+        out: list[bytes] = []
         while True:
             try:
                 data, _ = self.sock.recvfrom(65536)
@@ -66,7 +66,7 @@ class Links:
 
     @classmethod
     def open(cls, specs: tuple[Link, ...]) -> "Links":
-        links = []
+        links: list[LinkState] = []
         for spec in specs:
             family = socket.AF_INET6 if ":" in spec.local[0] else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
