@@ -63,6 +63,7 @@ class RedundancyManager:
         self.pmon_silent_since: float | None = None
         self.ready_sent = False
         self.last_sync: dict[str, Any] = {}
+        self.requests_applied = 0
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
@@ -90,14 +91,20 @@ class RedundancyManager:
             selector.register(link.sock, selectors.EVENT_READ, link)
         interval = self.spec.heartbeat_interval
         next_beat = self.clock()
+        self.sync(next_beat)  # the epoch and error state before the first heartbeat
         try:
             while True:
                 now = self.clock()
                 if now >= next_beat:
+                    # The heartbeat first, so a slow pmon cannot delay it; then the sync,
+                    # and a second heartbeat at once if it brought an operator's request.
                     next_beat = max(next_beat + interval, now)
-                    if not self.sync(now):
-                        return 1
                     self.evaluate(now, force_send=True)
+                    requests = self.requests_applied
+                    if not self.sync(self.clock()):
+                        return 1
+                    if self.requests_applied > requests:
+                        self.evaluate(self.clock(), force_send=True)
                     continue
                 wake = [next_beat] + [
                     t for link in self.links.links
@@ -198,6 +205,7 @@ class RedundancyManager:
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
         partner = self.partner_view(now)
         for request in reply.get("requests", []):
+            self.requests_applied += 1
             if request.get("op") == "force":
                 self.arbiter.force(request["server"], self.local_view(now),
                                    partner.partner() if partner else None)
