@@ -9,8 +9,8 @@ Its loop, single-threaded, woken only by a datagram or its next deadline:
   arbitration; on a change of role, tell pmon and the partner at once.
 
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
-of the project only then. When its pmon stops answering for longer than the timeout, it
-exits: an orphan must not keep claiming the active role.
+of the project only then. When its pmon dies (it is reparented) or stops answering for
+longer than max(timeout, 2 s), it exits: an orphan must not keep claiming the active role.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class RedundancyManager:
         self.ready_sent = False
         self.last_sync: dict[str, Any] = {}
         self.requests_applied = 0
+        self.parent = os.getppid()  # pmon; when it dies this process is handed to another
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
@@ -99,6 +100,8 @@ class RedundancyManager:
                     # The heartbeat first, so a slow pmon cannot delay it; then the sync,
                     # and a second heartbeat at once if it brought an operator's request.
                     next_beat = max(next_beat + interval, now)
+                    if os.getppid() != self.parent:
+                        return 1  # pmon is gone: an orphan must not claim the role
                     self.evaluate(now, force_send=True)
                     requests = self.requests_applied
                     if not self.sync(self.clock()):
