@@ -127,10 +127,18 @@ class Arbiter:
     last_reason: Reason | None = field(default=None)
 
     # --- the target: who should be active, by priorities 2..4 ------------------------
+    def forced_in_force(self, local: Local, partner: Partner | None) -> Choice | None:
+        """The forced choice, while both error states are what they were when it was given."""
+        if self.forced is None or partner is None:
+            return None
+        errors = {self.me: local.error, partner.name: partner.error}
+        return self.forced if self.forced.errors == _errors_key(errors) else None
+
     def target(self, local: Local, partner: Partner) -> tuple[str, Reason]:
         errors = {self.me: local.error, partner.name: partner.error}
-        if self.forced is not None and self.forced.errors == _errors_key(errors):
-            return self.forced.server, Reason.FORCED
+        forced = self.forced_in_force(local, partner)
+        if forced is not None:
+            return forced.server, Reason.FORCED
         available = [n for n in (self.me, partner.name) if {self.me: local.available,
                                                               partner.name: partner.available}[n]]
         if len(available) == 1:

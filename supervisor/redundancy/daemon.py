@@ -179,7 +179,8 @@ class RedundancyManager:
             "error": local.error,
             "breakdown": self.breakdown(now),
             "target": self.decision.target,
-            "forced": _choice(self.arbiter.forced),
+            "forced": _choice(self.arbiter.forced_in_force(
+                local, partner.partner() if partner else None)),
             "preferred": _choice(self.arbiter.preferred),
             "partner": None if partner is None else {
                 "name": partner.sender, "role": partner.role.value if partner.role else None,
