@@ -186,3 +186,28 @@ def test_a_standalone_project_has_no_pair_and_is_never_refused_a_stop(tmp_path, 
     result = pmon_cli(config, "redu", "set-active")
     assert result.returncode == 1 and "add a [redundancy] section" in result.stderr
     assert pmon_cli(config, "stop", "--all").returncode == 0
+
+
+def test_a_partner_with_a_blocked_manager_is_not_available(tmp_path, pmon, relay):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        listed = managers(tmp_path)(server)
+        if server == "b":  # dies at once and may not be restarted: blocked
+            listed.append({"name": "bad", "command": child("--exit-after", "0", "--code", "1"),
+                           "restart_count": 0})
+        return listed
+
+    config_a, config_b = write_pair(tmp_path, relay, for_server)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    poll_for(lambda: redu(a)["role"] == "active" and redu(a)["partner_connected"]
+             and redu(a)["partner_error_breakdown"] == {"manager bad": 1}, WAIT, "b's blocked manager")
+    assert redu(a)["partner_available"] is False
+    for args in (("redu", "set-active", "b"), ("stop", "--all"), ("shutdown",)):
+        result = pmon_cli(a.config_path, *args)
+        assert result.returncode == 1, args
+        assert "not available" in result.stderr and "--force" in result.stderr, result.stderr
+    # forced: b takes the role although its project has a blocked manager
+    result = pmon_cli(a.config_path, "redu", "set-active", "b", "--force")
+    assert result.returncode == 0, result.stderr
+    wait_roles(a, b, "passive", "active", connected=False)

@@ -25,14 +25,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import PmonError
 from .arbitration import Choice, Partner, Role
 
 VERSION = 1
 MAX_DATAGRAM = 8192
 
 
-class BadMessage(ValueError):
-    """The partner (or someone) sent nonsense: the datagram is dropped."""
+class BadMessage(PmonError):
+    """The partner (or someone) sent nonsense: the datagram is dropped (the remote side's
+    error, in h11's terms; never raised past the Inbox)."""
+
+    code = "peer"
 
 
 @dataclass(frozen=True)
