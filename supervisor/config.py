@@ -13,10 +13,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import ConfigError
 from .states import Readiness, StartType
+
+if TYPE_CHECKING:
+    from .redundancy.settings import RedundancySpec
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class Config:
     project: ProjectSpec
     managers: tuple[ManagerSpec, ...]
     raw: Mapping[str, Any]  # the parsed TOML, for write-back by `add` / `remove`
-    redundancy: Any = None  # redundancy.settings.RedundancySpec, or None: standalone
+    redundancy: RedundancySpec | None = None  # None: a standalone server
 
     def start_order(self) -> tuple[ManagerSpec, ...]:
         """List order, with the redundancy manager moved first (PMON's rule)."""
