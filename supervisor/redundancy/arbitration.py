@@ -59,7 +59,7 @@ class Choice:
 
     server: str
     seq: int = 0
-    errors: tuple[tuple[str, int], ...] = ()
+    errors: tuple[tuple[str, float], ...] = ()
 
     def newer_than(self, other: "Choice | None") -> bool:
         return other is None or (self.seq, self.server) > (other.seq, other.server)
@@ -77,7 +77,7 @@ def newest(*choices: "Choice | None") -> "Choice | None":
 class Local:
     """What this server knows of itself."""
 
-    error: int
+    error: float
     available: bool  # project fully started, no blocked manager
 
 
@@ -87,7 +87,7 @@ class Partner:
 
     name: str
     role: Role | None  # None: still deciding (starting)
-    error: int
+    error: float
     available: bool
     target: str | None  # whom the partner thinks should be active
     epoch: int = 0
@@ -250,7 +250,7 @@ class Arbiter:
         return now - self.reconnected_at < delay
 
 
-def _errors_key(errors: dict[str, int]) -> tuple[tuple[str, int], ...]:
+def _errors_key(errors: dict[str, float]) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(errors.items()))
 
 

@@ -17,11 +17,11 @@ def _when(at: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
 
 
-def _errors(total: Any, breakdown: dict[str, int] | None) -> str:
+def _errors(total: Any, breakdown: dict[str, float] | None) -> str:
     if total is None:
         return "-"
-    parts = ", ".join(f"{k} {v}" for k, v in (breakdown or {}).items())
-    return f"{total}" + (f" ({parts})" if parts else "")
+    parts = ", ".join(f"{k} {v:g}" for k, v in (breakdown or {}).items())
+    return f"{total:g}" + (f" ({parts})" if parts else "")
 
 
 def print_status(s: dict[str, Any]) -> None:

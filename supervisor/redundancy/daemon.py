@@ -9,8 +9,10 @@ Its loop, single-threaded, woken only by a datagram or its next deadline:
   arbitration; on a change of role, tell pmon and the partner at once.
 
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
-of the project only then. When its pmon dies (it is reparented) or stops answering for
-longer than max(timeout, 2 s), it exits: an orphan must not keep claiming the active role.
+of the project only then. While its pmon is away it goes on with the last state it knew:
+a pmon that is restarted (hot restart) adopts it and the pair never notices. When pmon has
+not answered for PMON_GRACE seconds (longer than a hot restart takes), it exits, so that an
+orphan does not claim a role it can no longer act on.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from ..errors import PmonError
 from .arbitration import Arbiter, Choice, Decision, Local, Role
 from .link import Links
 from .messages import Heartbeat, Inbox, encode
+
+PMON_GRACE = 5.0  # seconds without an answer from pmon before giving up (min: the timeout)
 
 
 def _choice(choice: Choice | None) -> dict[str, Any] | None:
@@ -56,7 +60,7 @@ class RedundancyManager:
         self.seq = 0
         self.heard: Heartbeat | None = None  # the partner's newest heartbeat
         self.local = Local(error=0, available=False)
-        self.pmon_breakdown: dict[str, int] = {}
+        self.pmon_breakdown: dict[str, float] = {}
         self.decision = Decision(None)
         self.changed_at: float | None = None
         self.restart_pending = False
@@ -64,13 +68,12 @@ class RedundancyManager:
         self.ready_sent = False
         self.last_sync: dict[str, Any] = {}
         self.requests_applied = 0
-        self.parent = os.getppid()  # pmon; when it dies this process is handed to another
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
         return [i for i, link in enumerate(self.links.links, 1) if not link.up(now, self.spec.timeout)]
 
-    def breakdown(self, now: float) -> dict[str, int]:
+    def breakdown(self, now: float) -> dict[str, float]:
         out = dict(self.pmon_breakdown)
         if self.spec.link_weight:
             for i in self.links_down(now):
@@ -100,8 +103,6 @@ class RedundancyManager:
                     # The heartbeat first, so a slow pmon cannot delay it; then the sync,
                     # and a second heartbeat at once if it brought an operator's request.
                     next_beat = max(next_beat + interval, now)
-                    if os.getppid() != self.parent:
-                        return 1  # pmon is gone: an orphan must not claim the role
                     self.evaluate(now, force_send=True)
                     requests = self.requests_applied
                     if not self.sync(self.clock()):
@@ -200,7 +201,7 @@ class RedundancyManager:
         except (PmonError, OSError, ValueError):
             if self.pmon_silent_since is None:
                 self.pmon_silent_since = now
-            return now - self.pmon_silent_since < max(self.spec.timeout, 2.0)
+            return now - self.pmon_silent_since < max(self.spec.timeout, PMON_GRACE)
         self.pmon_silent_since = None
         self.restart_pending = False
         self.last_sync = reply

@@ -47,13 +47,13 @@ class Heartbeat:
     boot: str
     seq: int
     role: Role | None
-    error: int
+    error: float  # a whole number, unless a plugin's verdict weighs a fraction
     available: bool
     target: str | None
     seen: int = 0
     forced: Choice | None = None
     preferred: Choice | None = None
-    breakdown: dict[str, int] = field(default_factory=dict)
+    breakdown: dict[str, float] = field(default_factory=dict)
 
     def partner(self) -> Partner:
         return Partner(
@@ -86,11 +86,15 @@ def _get(message: dict[str, Any], key: str, kind: type | tuple[type, ...], optio
     value = message.get(key)
     if value is None and optional:
         return None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise BadMessage(f"field {key!r} is missing or of the wrong type")
-    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise BadMessage(f"field {key!r} is negative")
     return value
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and value >= 0
 
 
 def _choice_in(value: Any) -> Choice | None:
@@ -100,7 +104,7 @@ def _choice_in(value: Any) -> Choice | None:
         raise BadMessage("a choice must be an object")
     errors = value.get("errors", [])
     if not isinstance(errors, list) or not all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and type(p[1]) is int
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _number(p[1])
         for p in errors
     ):
         raise BadMessage("choice errors must be [[name, error], ...]")
@@ -125,14 +129,14 @@ def decode(data: bytes) -> Heartbeat:
         raise BadMessage(f"unknown role {role!r}")
     breakdown = message.get("breakdown", {})
     if not isinstance(breakdown, dict) or not all(
-        isinstance(k, str) and type(v) is int for k, v in breakdown.items()
+        isinstance(k, str) and _number(v) for k, v in breakdown.items()
     ):
-        raise BadMessage("breakdown must map names to whole numbers")
+        raise BadMessage("breakdown must map names to numbers >= 0")
     return Heartbeat(
         sender=_get(message, "from", str), to=_get(message, "to", str),
         epoch=_get(message, "epoch", int), boot=_get(message, "boot", str),
         seq=_get(message, "seq", int), role=Role(role) if role else None,
-        error=_get(message, "error", int), available=_get(message, "available", bool),
+        error=_get(message, "error", (int, float)), available=_get(message, "available", bool),
         target=_get(message, "target", str, optional=True), seen=_get(message, "seen", int),
         forced=_choice_in(message.get("forced")), preferred=_choice_in(message.get("preferred")),
         breakdown=dict(breakdown),

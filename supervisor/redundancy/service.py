@@ -11,11 +11,11 @@ It knows what only pmon knows, and acts where only pmon can:
 - the operators' set-active / prefer requests, passed to the redundancy manager at its next
   sync (every heartbeat interval).
 
-Plugin seams (issue 4 fills them; both optional attributes of the supervisor):
-- `sup.plugin_error_state()` -> a whole number, or a mapping {source: number}; added to this
+Plugin seams (the plugin host fills them; both are optional, looked up at run time):
+- `sup.plugin_error_state()` -> a number, or a mapping {source: number}; added to this
   server's error state (a plugin's verdict already carries its weight);
-- `sup.plugin_switchover(event)` is called with a dict {server, role, active, reason, epoch,
-  at} at every change of role.
+- `sup.plugins.switchover(active, previous, reason)` at every switchover (the
+  `pmon_switchover` hook).
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ class RedundancyService:
         return (manager.wanted and spec.start is not StartType.ONCE and not spec.redundancy
                 and (spec.run_on != "active" or self.role == "active"))
 
-    def error_breakdown(self) -> dict[str, int]:
+    def error_breakdown(self) -> dict[str, float]:
         """This server's error sources, from pmon's view (links are added by the manager)."""
-        out: dict[str, int] = {}
+        out: dict[str, float] = {}
         for manager in self.sup.managers.values():
             weight = manager.spec.weight if manager.spec.weight is not None else self.spec.manager_weight
             if weight and self.should_run(manager) and (manager.state in DOWN or manager.ready_failed):
@@ -108,9 +108,9 @@ class RedundancyService:
             try:
                 verdict = plugin()
                 if isinstance(verdict, Mapping):
-                    out.update({f"plugin {k}": int(v) for k, v in verdict.items() if int(v) > 0})
-                elif int(verdict) > 0:
-                    out["plugins"] = int(verdict)
+                    out.update({f"plugin {k}": float(v) for k, v in verdict.items() if float(v) > 0})
+                elif float(verdict) > 0:
+                    out["plugins"] = float(verdict)
             except Exception as exc:  # a plugin's bug must not stop the pair
                 self.sup.events.write("plugin-error", f"plugin error state failed: {exc!r}")
         return out
@@ -191,11 +191,12 @@ class RedundancyService:
                 os.kill(pid, signal.SIGUSR1)
             except OSError:
                 pass
-        hook = getattr(self.sup, "plugin_switchover", None)
-        if hook is not None:
+        hook = getattr(getattr(self.sup, "plugins", None), "switchover", None)
+        if hook is not None and old is not None:
+            previous = partner if role == "active" else me
             try:
-                hook(dict(event))
-            except Exception as exc:
+                hook(active, previous, reason)
+            except Exception as exc:  # a plugin's bug must not stop the pair
                 self.sup.events.write("plugin-error", f"plugin switchover hook failed: {exc!r}")
 
     def _start_active_managers(self) -> None:
