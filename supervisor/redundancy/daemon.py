@@ -29,7 +29,7 @@ from typing import Any, Callable
 from ..config import Config
 from ..control.client import call
 from ..errors import PmonError
-from .arbitration import Arbiter, Choice, Decision, Local, Role
+from .arbitration import Arbiter, Choice, Decision, Local
 from .link import Links
 from .messages import Heartbeat, Inbox, encode
 
