@@ -17,11 +17,11 @@ orphan does not claim a role it can no longer act on.
 
 from __future__ import annotations
 
+import os
 import secrets
 import selectors
 import signal
 import socket
-import os
 import sys
 import time
 from typing import Any, Callable
