@@ -168,11 +168,15 @@ def _manager_command(name: str, verb: str, all_command: str, all_help: str) -> N
     @config_option
     @click.argument("target", required=False)
     @click.option("--all", "all_", is_flag=True, help=all_help)
-    def handler(config_path: Path | None, target: str | None, all_: bool) -> None:
+    @click.option("--force", is_flag=True, hidden=name != "stop",
+                  help="With --all: stop even the active server of a pair whose partner is not available.")
+    def handler(config_path: Path | None, target: str | None, all_: bool, force: bool) -> None:
         if all_ == (target is not None):
             raise click.UsageError(f"give a manager NAME (or index), or --all: pmon {name} NAME")
+        if force and not (all_ and name == "stop"):
+            raise click.UsageError("--force goes with `pmon stop --all` only")
         if all_:
-            result = call(config_path, all_command)
+            result = call(config_path, all_command, **({"force": True} if force else {}))
             click.echo(f"project {result['project']}: {result['project_state']}")
         else:
             row = call(config_path, name, target=target_arg(target or ""))
@@ -245,9 +249,10 @@ def plugins(config_path: Path | None, as_json: bool) -> None:
 
 @main.command()
 @config_option
-def shutdown(config_path: Path | None) -> None:
+@click.option("--force", is_flag=True, help="Stop even the active server of a pair whose partner is not available.")
+def shutdown(config_path: Path | None, force: bool) -> None:
     """Stop every manager in reverse order, then pmon itself."""
-    call(config_path, "shutdown")
+    call(config_path, "shutdown", **({"force": True} if force else {}))
     click.echo("pmon is shutting down")
 
 
@@ -285,6 +290,11 @@ def detach(config_path: Path | None) -> None:
 from .service.cli import service  # noqa: E402  (pmon service install|uninstall)
 
 main.add_command(service)
+
+
+from .redundancy.cli import register as _register_redu  # noqa: E402
+
+_register_redu(main, call, config_option)  # `pmon redu ...`
 
 if __name__ == "__main__":
     main()

@@ -115,9 +115,20 @@ async def start_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
     return sup.status()
 
 
+def refuse_unsafe_stop(sup: "Supervisor", what: str, force: bool) -> None:
+    """Refuse to stop a server whose services say it is unsafe (the active of a pair whose
+    partner is not available), unless forced."""
+    for service in [] if force else sup.services:
+        check = getattr(service, "stop_refusal", None)
+        reason = check() if check is not None else None
+        if reason:
+            raise CommandError(f"{what} refused: {reason}; add --force to {what} anyway")
+
+
 @command("stop-all")
-async def stop_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
+async def stop_all(sup: "Supervisor", wait: bool = True, force: bool = False) -> dict[str, Any]:
     """Stop every manager in reverse order; pmon keeps running."""
+    refuse_unsafe_stop(sup, "stop --all", force)
     task = sup.stop_project()
     if wait:
         await task
@@ -136,8 +147,9 @@ async def restart_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
 
 
 @command("shutdown")
-async def shutdown(sup: "Supervisor") -> dict[str, Any]:
+async def shutdown(sup: "Supervisor", force: bool = False) -> dict[str, Any]:
     """Stop every manager in reverse order, then pmon itself."""
+    refuse_unsafe_stop(sup, "shutdown", force)
     sup.request_shutdown("pmon shutdown")
     return {"shutting_down": True}
 
@@ -217,3 +229,6 @@ def _commit(sup: "Supervisor", raw: dict[str, Any]) -> None:
     except OSError as exc:
         raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
     sup.reconfigure(new)
+
+
+from .redundancy import commands as _redundancy_commands  # noqa: E402,F401  (registers redu-*)

@@ -15,10 +15,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import ConfigError
 from .states import Readiness, StartType
+
+if TYPE_CHECKING:
+    from .redundancy.settings import RedundancySpec
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class ManagerSpec:
     num: int | None = None
     # Per-manager settings of monitor plugins: plugin key -> its table (read by the plugin).
     monitor: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: MappingProxyType({}))
+    run_on: str = "both"  # "active": only on the active server of a redundant pair
+    notify_switchover: bool = False  # SIGUSR1 at every switchover
+    weight: int | None = None  # error weight when not running; None: [redundancy] manager_weight
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Config:
     managers: tuple[ManagerSpec, ...]
     raw: Mapping[str, Any]  # the parsed TOML, for write-back by `add` / `remove`
     pmon_tcp: PmonTcpSpec | None = None
+    redundancy: RedundancySpec | None = None  # None: a standalone server
 
     def start_order(self) -> tuple[ManagerSpec, ...]:
         """List order, with the redundancy manager moved first (PMON's rule)."""
@@ -158,6 +165,15 @@ def _enum(enum_type: type[enum.Enum]) -> Callable[[Any], Any]:
     return convert
 
 
+def _one_of(*allowed: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError("one of " + " | ".join(repr(a) for a in allowed))
+        return value
+
+    return convert
+
+
 def _optional_int(value: Any) -> int | None:
     return _count(value)
 
@@ -187,6 +203,9 @@ MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "cwd": _string,
     "num": _optional_int,
     "monitor": _monitor,
+    "run_on": _one_of("both", "active"),
+    "notify_switchover": _boolean,
+    "weight": _count,
 }
 # Keys that make no sense for every manager at once.
 NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num", "monitor"})
@@ -241,7 +260,7 @@ PMON_TCP_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 # Top-level sections; other modules (redundancy, plugins, ...) extend this with theirs.
-SECTIONS = {"project", "defaults", "managers", "control", "pmon_tcp", "plugins"}
+SECTIONS = {"project", "defaults", "managers", "control", "pmon_tcp", "plugins", "redundancy"}
 
 
 class _Errors:
@@ -318,6 +337,10 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
 
     managers = _managers(data, defaults, base, errors)
     pmon_tcp = _pmon_tcp(data, base, errors)
+    from .redundancy import settings as redundancy_settings  # late: it imports this module
+
+    redundancy = redundancy_settings.parse(data, path, errors)
+    managers = redundancy_settings.check_managers(managers, redundancy, path, errors)
     errors.raise_if_any()
 
     state_dir = base / project.get("state_dir", "var")
@@ -329,7 +352,10 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         control=ControlSpec(**control),
         stop_on_write_error=project.get("stop_on_write_error", False),
     )
-    return Config(path=path, project=project_spec, managers=managers, raw=data, pmon_tcp=pmon_tcp)
+    return Config(
+        path=path, project=project_spec, managers=managers, raw=data, pmon_tcp=pmon_tcp,
+        redundancy=redundancy,
+    )
 
 
 def _table(data: Mapping[str, Any], key: str, errors: _Errors) -> Mapping[str, Any]:

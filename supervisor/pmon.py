@@ -84,6 +84,8 @@ class Supervisor:
             Callable[[Manager, int | None, float], RestartAdvice | None]
         ] = []
         self.plugins: Any = None  # the PluginHost once started (verdicts, error state)
+        # Gates say why a manager may not start now (None: it may), e.g. run_on = "active".
+        self.start_gates: list[Callable[[ManagerSpec], str | None]] = []
 
     # --- paths -----------------------------------------------------------------------
     @property
@@ -189,8 +191,8 @@ class Supervisor:
         self._set_project_state(ProjectState.STARTING)
         for spec in self.config.start_order():
             manager = self.managers[spec.name]
-            if not manager.wanted or spec.name in skip:
-                continue  # manual: only on an operator's command
+            if not manager.wanted or spec.name in skip or self.refusal(spec):
+                continue  # manual: only on an operator's command; or a gate says not here
             self._apply(manager, manager.start(self.now()))
             settled = await self.wait_for(
                 lambda: manager.state is not S.STARTING or manager.ready_failed,
@@ -528,9 +530,20 @@ class Supervisor:
             f"managers: {names} (or their index 1..{len(self.managers)})"
         )
 
+    def refusal(self, spec: ManagerSpec) -> str | None:
+        """Why this manager may not start now, or None."""
+        for gate in self.start_gates:
+            reason = gate(spec)
+            if reason:
+                return reason
+        return None
+
     # `wait=False` returns once the change is under way (PMON TCP answers at once).
     async def start_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager = self.find(target)
+        reason = self.refusal(manager.spec)
+        if reason:
+            raise CommandError(reason)
         if manager.spec.core and self.project_state in (ProjectState.BLOCKED, ProjectState.STOPPED):
             manager.recent.clear()  # the operator resets the core manager's counter
             task = self.restart_project(f"operator started core manager {manager.spec.name}")
@@ -649,6 +662,10 @@ def build_services(config: Config) -> list[Service]:
         from .pmon_tcp.server import PmonTcpService
 
         services.append(PmonTcpService(config.pmon_tcp))
+    if config.redundancy is not None:
+        from .redundancy.service import RedundancyService
+
+        services.append(RedundancyService(config))
     return services
 
 

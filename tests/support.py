@@ -151,6 +151,38 @@ def project_processes(project: str, manager: str | None = None) -> list[psutil.P
     return found
 
 
+def write_pair(
+    tmp_path: Path, relay: Any, managers: Callable[[str], list[dict[str, Any]]], **redundancy: Any
+) -> tuple[Path, Path]:
+    """Write the two projects of a redundant pair ("a", "b") linked through `relay`
+    (tests/relay.py). Short heartbeats keep tests fast; any key can be overridden."""
+    paths = []
+    for server, partner in (("a", "b"), ("b", "a")):
+        directory = tmp_path / server
+        directory.mkdir()
+        section = {
+            "name": server, "partner": partner, "preferred": "a", "heartbeat_interval": 0.1,
+            "timeout": 0.6, "first_active_change_interval": 0,
+            "links": [link.config(server) for link in relay.links], **redundancy,
+        }
+        paths.append(write_project(directory, managers(server), redundancy=section))
+    return paths[0], paths[1]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and everything under it at once (a crashed server)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
 def kill_project_processes(project: str) -> list[int]:
     """Kill every process started for `project` (found by PMON_PROJECT in its environment)."""
     killed = []

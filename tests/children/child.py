@@ -25,6 +25,7 @@ parser.add_argument("--close-after", type=float, help="with --listen: stop liste
 parser.add_argument("--watchdog-every", type=float, help="send WATCHDOG=1 this often")
 parser.add_argument("--watchdog-for", type=float, help="... but only for this many seconds")
 parser.add_argument("--env-to", help="append the value of $PMON_TEST_VAR to this file")
+parser.add_argument("--on-usr1", help="append '<name> <pid> usr1' to this file on each SIGUSR1")
 args, _ = parser.parse_known_args()
 name = os.environ.get("PMON_MANAGER", "?")
 
@@ -39,6 +40,12 @@ def notify(message: str) -> None:
         sock.sendto(message.encode(), address)
 
 
+if args.on_usr1:
+    def usr1(_signum, _frame):
+        with open(args.on_usr1, "a") as handle:
+            handle.write(f"{name} {os.getpid()} usr1\n")
+
+    signal.signal(signal.SIGUSR1, usr1)
 if args.record:
     with open(args.record, "a") as handle:
         handle.write(f"{name} {os.getpid()} start\n")

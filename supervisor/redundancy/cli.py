@@ -1,0 +1,86 @@
+"""`pmon redu ...`: thin click commands over the redu-* control commands.
+
+`register(main, call, config_option)` is called by supervisor/cli.py with its own helpers
+(this module does not import supervisor.cli: `python -m supervisor.cli` would import it twice).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+def _when(at: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if at else "-"
+
+
+def _errors(total: Any, breakdown: dict[str, float] | None) -> str:
+    if total is None:
+        return "-"
+    parts = ", ".join(f"{k} {v:g}" for k, v in (breakdown or {}).items())
+    return f"{total:g}" + (f" ({parts})" if parts else "")
+
+
+def print_status(s: dict[str, Any]) -> None:
+    if s["role"] == "standalone":
+        click.echo(f"project {s['project']}: standalone (no [redundancy] section)")
+        return
+    click.echo(f"server {s['server']}: {s['role']}  (epoch {s['epoch']})")
+    click.echo(f"  error state: {_errors(s['error_state'], s['error_breakdown'])}")
+    partner = "available" if s["partner_available"] else (
+        "connected, not available" if s["partner_connected"] else "not connected")
+    click.echo(f"partner {s['partner']}: {s['partner_role'] or '-'}, {partner}")
+    click.echo(f"  error state: {_errors(s['partner_error_state'], s['partner_error_breakdown'])}")
+    for i, link in enumerate(s["links"], 1):
+        heard = "never" if link["last_heard"] is None else f"{link['last_heard']:.2f} s ago"
+        click.echo(f"link {i} {link['link']}: {'up' if link['up'] else 'DOWN'} (heard {heard}, "
+                   f"send errors {link['send_errors']})")
+    click.echo(f"preferred: {s['preferred']}" + (
+        f"; forced: {s['forced']['server']}" if s.get("forced") else ""))
+    last = s.get("last_switchover")
+    if last:
+        click.echo(f"last switchover: {_when(last['at'])}, {last['active']} active ({last['reason']})")
+    else:
+        click.echo("last switchover: none")
+    dropped = {k: v for k, v in (s.get("dropped") or {}).items() if v}
+    if dropped:
+        click.echo("dropped datagrams: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    if s["redundancy_manager"] != "connected":
+        click.echo("redundancy manager: not connected")
+
+
+def register(main: click.Group, call: Callable[..., Any], config_option: Callable[..., Any]) -> None:
+    @main.group()
+    def redu() -> None:
+        """The redundant pair: status, set-active, prefer."""
+
+    @redu.command()
+    @config_option
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+    def status(config_path: Path | None, as_json: bool) -> None:
+        """This server's role, both error states, the links, the partner, the last switchover."""
+        result = call(config_path, "redu-status")
+        if as_json:
+            click.echo(json.dumps(result, indent=1))
+        else:
+            print_status(result)
+
+    @redu.command(name="set-active")
+    @config_option
+    @click.argument("server", required=False, default="")
+    @click.option("--force", is_flag=True, help="Switch even if the server to take over is not available.")
+    def set_active(config_path: Path | None, server: str, force: bool) -> None:
+        """Make SERVER (default: this server) active now (priority 2: forced)."""
+        result = call(config_path, "redu-set-active", server=server, force=force)
+        click.echo(result["message"])
+
+    @redu.command()
+    @config_option
+    @click.argument("server", required=False, default="")
+    def prefer(config_path: Path | None, server: str) -> None:
+        """Prefer SERVER (default: this server) when both error states are equal (priority 4)."""
+        result = call(config_path, "redu-prefer", server=server)
+        click.echo(result["message"])

@@ -1,0 +1,72 @@
+"""The redundancy control commands, registered in the one registry (supervisor.commands)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..commands import command
+from ..errors import CommandError
+from .service import RedundancyService
+
+if TYPE_CHECKING:
+    from ..pmon import Supervisor
+
+
+def service_of(sup: "Supervisor") -> RedundancyService | None:
+    return next((s for s in sup.services if isinstance(s, RedundancyService)), None)
+
+
+def _required(sup: "Supervisor") -> RedundancyService:
+    service = service_of(sup)
+    if service is None:
+        raise CommandError(
+            f"project '{sup.config.project.name}' is standalone: add a [redundancy] section to "
+            f"{sup.config.path} to run it as one server of a pair"
+        )
+    return service
+
+
+@command("redu-status")
+async def redu_status(sup: "Supervisor") -> dict[str, Any]:
+    """This server's role (active, passive or standalone), both error states and their
+    breakdown, each link, the partner's availability, the preference, the last switchover."""
+    service = service_of(sup)
+    if service is None:
+        return {"server": None, "role": "standalone", "project": sup.config.project.name}
+    return service.status()
+
+
+@command("redu-set-active")
+async def redu_set_active(sup: "Supervisor", server: str = "", force: bool = False) -> dict[str, Any]:
+    """Make SERVER (default: this one) active now, whatever the error states (priority 2).
+    Refused while the server to take over is not available, unless force."""
+    service = _required(sup)
+    target = server or service.spec.name
+    if service.active_server() == target:
+        return {**service.status(), "message": f"{target} is already active"}
+    service.set_active(target, force)
+    spec = service.spec
+    done = await sup.wait_for(lambda: service.active_server() == target,
+                              timeout=5 * spec.heartbeat_interval + 2 * spec.timeout + 2)
+    if not done:
+        raise CommandError(f"{target} did not become active in time; see `pmon redu status`")
+    return {**service.status(), "message": f"{target} is active"}
+
+
+@command("redu-prefer")
+async def redu_prefer(sup: "Supervisor", server: str = "") -> dict[str, Any]:
+    """Prefer SERVER (default: this one): active when both error states are equal (priority 4)."""
+    service = _required(sup)
+    target = server or service.spec.name
+    service.prefer(target)
+    spec = service.spec
+    await sup.wait_for(lambda: service.status()["preferred"] == target,
+                       timeout=3 * spec.heartbeat_interval + 2)
+    return {**service.status(), "message": f"{target} is preferred"}
+
+
+@command("redu-sync")
+async def redu_sync(sup: "Supervisor", report: dict) -> dict[str, Any]:
+    """Internal: the redundancy manager reports its view and gets this server's error state,
+    availability and the operators' requests."""
+    return _required(sup).sync(report)

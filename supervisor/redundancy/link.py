@@ -1,0 +1,86 @@
+"""The links to the partner: one UDP socket per configured link, and what each has heard.
+
+A link is up while a valid heartbeat from the partner arrived on it within the timeout. A
+send error (network unreachable, no route, refused) is counted and forgotten: the next
+heartbeat simply tries again.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from .settings import Link
+
+
+@dataclass
+class LinkState:
+    spec: Link
+    sock: socket.socket
+    last_rx: float | None = None
+    received: int = 0
+    sent: int = 0
+    send_errors: int = 0
+    last_error: str = ""
+
+    def up(self, now: float, timeout: float) -> bool:
+        return self.last_rx is not None and now - self.last_rx < timeout
+
+    def expires(self, timeout: float) -> float | None:
+        return None if self.last_rx is None else self.last_rx + timeout
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendto(data, self.spec.partner)
+            self.sent += 1
+        except OSError as exc:  # unreachable, no route, refused: keep trying next beat
+            self.send_errors += 1
+            self.last_error = str(exc)
+
+    def receive(self) -> list[bytes]:
+        """Every datagram waiting on the socket (non-blocking)."""
+        out: list[bytes] = []
+        while True:
+            try:
+                data, _ = self.sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return out
+            except OSError as exc:  # e.g. an ICMP error reported on receive
+                self.last_error = str(exc)
+                return out
+            out.append(data)
+
+    def report(self, now: float, timeout: float) -> dict[str, object]:
+        return {
+            "link": self.spec.label(),
+            "up": self.up(now, timeout),
+            "last_heard": None if self.last_rx is None else round(now - self.last_rx, 3),
+            "received": self.received, "sent": self.sent, "send_errors": self.send_errors,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class Links:
+    links: list[LinkState] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, specs: tuple[Link, ...]) -> "Links":
+        links: list[LinkState] = []
+        for spec in specs:
+            family = socket.AF_INET6 if ":" in spec.local[0] else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.bind(spec.local)
+            except OSError as exc:
+                sock.close()
+                for link in links:
+                    link.sock.close()
+                raise OSError(f"cannot listen on {spec.local[0]}:{spec.local[1]}: {exc}") from None
+            links.append(LinkState(spec, sock))
+        return cls(links)
+
+    def close(self) -> None:
+        for link in self.links:
+            link.sock.close()

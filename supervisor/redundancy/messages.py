@@ -1,0 +1,179 @@
+"""The heartbeat datagram between the two redundancy managers, and its gatekeeper.
+
+One JSON object per UDP datagram, sent on every link every heartbeat interval and at once
+on a role change:
+
+    {"v": 1, "from": "a", "to": "b", "epoch": 3, "boot": "9f1c...", "seq": 17,
+     "role": "active" | "passive" | null, "error": 2, "available": true, "target": "a",
+     "seen": 2, "forced": {"server": "a", "seq": 4, "errors": [["a", 0], ["b", 1]]} | null,
+     "preferred": {"server": "a", "seq": 1}, "breakdown": {"manager worker": 1}}
+
+`epoch` grows on every activation (of either side: an activation takes max(both) + 1) and
+is kept by pmon across restarts of the redundancy manager. `seen` is the partner's epoch as
+this side last accepted it: a side that lost its epoch catches up from it. `boot` names one
+run of a redundancy manager, `seq` counts its datagrams (the same datagram arrives once per
+link; only a newer one changes the partner's view).
+
+The `Inbox` drops, counts and never acts on: garbage (not JSON, wrong version or types), a
+message from an unknown server or meant for another, and a stale epoch (lower than one this
+side has already accepted from the partner).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import PmonError
+from .arbitration import Choice, Partner, Role
+
+VERSION = 1
+MAX_DATAGRAM = 8192
+
+
+class BadMessage(PmonError):
+    """The partner (or someone) sent nonsense: the datagram is dropped (the remote side's
+    error, in h11's terms; never raised past the Inbox)."""
+
+    code = "peer"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    sender: str
+    to: str
+    epoch: int
+    boot: str
+    seq: int
+    role: Role | None
+    error: float  # a whole number, unless a plugin's verdict weighs a fraction
+    available: bool
+    target: str | None
+    seen: int = 0
+    forced: Choice | None = None
+    preferred: Choice | None = None
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+    def partner(self) -> Partner:
+        return Partner(
+            name=self.sender, role=self.role, error=self.error, available=self.available,
+            target=self.target, epoch=self.epoch, forced=self.forced, preferred=self.preferred,
+            boot=self.boot,
+        )
+
+
+def _choice_out(choice: Choice | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    out: dict[str, Any] = {"server": choice.server, "seq": choice.seq}
+    if choice.errors:
+        out["errors"] = [list(pair) for pair in choice.errors]
+    return out
+
+
+def encode(hb: Heartbeat) -> bytes:
+    return json.dumps({
+        "v": VERSION, "from": hb.sender, "to": hb.to, "epoch": hb.epoch, "boot": hb.boot,
+        "seq": hb.seq, "role": hb.role.value if hb.role else None, "error": hb.error,
+        "available": hb.available, "target": hb.target, "seen": hb.seen,
+        "forced": _choice_out(hb.forced), "preferred": _choice_out(hb.preferred),
+        "breakdown": hb.breakdown,
+    }, separators=(",", ":")).encode()
+
+
+def _get(message: dict[str, Any], key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
+    value = message.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise BadMessage(f"field {key!r} is missing or of the wrong type")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise BadMessage(f"field {key!r} is negative")
+    return value
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float) and value >= 0
+
+
+def _choice_in(value: Any) -> Choice | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadMessage("a choice must be an object")
+    errors = value.get("errors", [])
+    if not isinstance(errors, list) or not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and _number(p[1])
+        for p in errors
+    ):
+        raise BadMessage("choice errors must be [[name, error], ...]")
+    return Choice(_get(value, "server", str), _get(value, "seq", int),
+                  tuple(sorted((name, error) for name, error in errors)))
+
+
+def decode(data: bytes) -> Heartbeat:
+    """Bytes -> Heartbeat, or BadMessage. Checks form only, not who sent it."""
+    if len(data) > MAX_DATAGRAM:
+        raise BadMessage("datagram too long")
+    try:
+        message = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise BadMessage("not JSON") from None
+    if not isinstance(message, dict):
+        raise BadMessage("not a JSON object")
+    if message.get("v") != VERSION:
+        raise BadMessage(f"version {message.get('v')!r}, expected {VERSION}")
+    role = message.get("role")
+    if role is not None and role not in ("active", "passive"):
+        raise BadMessage(f"unknown role {role!r}")
+    breakdown = message.get("breakdown", {})
+    if not isinstance(breakdown, dict) or not all(
+        isinstance(k, str) and _number(v) for k, v in breakdown.items()
+    ):
+        raise BadMessage("breakdown must map names to numbers >= 0")
+    return Heartbeat(
+        sender=_get(message, "from", str), to=_get(message, "to", str),
+        epoch=_get(message, "epoch", int), boot=_get(message, "boot", str),
+        seq=_get(message, "seq", int), role=Role(role) if role else None,
+        error=_get(message, "error", (int, float)), available=_get(message, "available", bool),
+        target=_get(message, "target", str, optional=True), seen=_get(message, "seen", int),
+        forced=_choice_in(message.get("forced")), preferred=_choice_in(message.get("preferred")),
+        breakdown=dict(breakdown),
+    )
+
+
+@dataclass
+class Inbox:
+    """Accepts the partner's heartbeats; drops and counts everything else."""
+
+    me: str
+    partner: str
+    last_epoch: int = -1
+    last: tuple[str, int] | None = None  # (boot, seq) of the newest accepted heartbeat
+    dropped: dict[str, int] = field(
+        default_factory=lambda: {"garbage": 0, "unknown": 0, "stale": 0}
+    )
+
+    def accept(self, data: bytes) -> tuple[Heartbeat, bool] | None:
+        """(heartbeat, newer) for a valid message from the partner, else None (counted).
+
+        `newer` is False for a copy of one already seen (the same datagram on another link,
+        or an older one overtaken): it proves the link is up, but changes no view.
+        """
+        try:
+            hb = decode(data)
+        except BadMessage:
+            self.dropped["garbage"] += 1
+            return None
+        if hb.sender != self.partner or hb.to != self.me:
+            self.dropped["unknown"] += 1
+            return None
+        if hb.epoch < self.last_epoch:
+            self.dropped["stale"] += 1
+            return None
+        self.last_epoch = hb.epoch
+        newer = self.last is None or self.last[0] != hb.boot or hb.seq > self.last[1]
+        if newer:
+            self.last = (hb.boot, hb.seq)
+        return hb, newer

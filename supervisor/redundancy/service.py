@@ -1,0 +1,313 @@
+"""pmon's side of redundancy: a service beside the supervisor (see pmon.build_services).
+
+It knows what only pmon knows, and acts where only pmon can:
+- this server's error state from its managers (a manager that should run and does not, with
+  its weight) and from the monitor plugins (the seam below);
+- whether this server is available: project fully started, no blocked manager;
+- the role the redundancy manager decided: it starts the `run_on = "active"` managers when
+  this server becomes active and stops them when it becomes passive, restarts the project
+  after a lost split brain, writes the switchover event, sends SIGUSR1 to the managers with
+  `notify_switchover = true`, and hands the event to plugins;
+- the operators' set-active / prefer requests, passed to the redundancy manager at its next
+  sync (every heartbeat interval).
+
+Plugin seams (the plugin host fills them; both are optional, looked up at run time):
+- `sup.plugin_error_state()` -> a number, or a mapping {source: number}; added to this
+  server's error state (a plugin's verdict already carries its weight);
+- `sup.plugins.switchover(active, previous, reason)` at every switchover (the
+  `pmon_switchover` hook).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any, Mapping
+
+from ..config import Config, ManagerSpec
+from ..errors import CommandError
+from ..states import ManagerState, StartType
+from ..statefile import write_atomically
+
+if TYPE_CHECKING:
+    from ..manager import Manager
+    from ..pmon import Supervisor
+
+S = ManagerState
+DOWN = frozenset({S.STOPPED, S.EXITED, S.BACKOFF, S.BLOCKED})
+
+
+class RedundancyService:
+    def __init__(self, config: Config) -> None:
+        assert config.redundancy is not None
+        self.spec = config.redundancy
+        self.role: str | None = None  # "active" | "passive" | None (not decided yet)
+        self.report: dict[str, Any] = {}  # the redundancy manager's last sync
+        self.synced_at: float | None = None
+        self.requests: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.last_switchover: dict[str, Any] | None = None
+        # run_on = "active" managers the gate held back (the start sequence passed them) or
+        # that a switch to passive stopped: started again when this server becomes active.
+        self.held: set[str] = set()
+
+    # --- lifecycle ----------------------------------------------------------------
+    async def start(self, sup: "Supervisor") -> None:
+        self.sup = sup
+        self.epoch_file = sup.state_dir / "redundancy.json"
+        try:
+            saved = json.loads(self.epoch_file.read_text())
+            self.epoch = int(saved.get("epoch", 0))
+            self.last_switchover = saved.get("last_switchover")
+        except (OSError, ValueError, AttributeError):
+            pass
+        sup.start_gates.append(self.gate)
+        sup.listeners.append(self._on_manager)
+
+    async def stop(self, sup: "Supervisor") -> None:
+        self._save()
+
+    def _save(self) -> None:
+        data = {"epoch": self.epoch, "last_switchover": self.last_switchover}
+        try:
+            write_atomically(self.epoch_file, json.dumps(data).encode())
+        except OSError as exc:
+            self.sup.events.write("state-write-failed", f"cannot write {self.epoch_file}: {exc}")
+
+    def _on_manager(self, manager: "Manager", old: ManagerState | None) -> None:
+        # Without its redundancy manager this server does not know its role any more.
+        if manager.spec.redundancy and not manager.alive and self.role is not None:
+            self.role = None
+            self.report = {}
+
+    # --- what pmon knows -------------------------------------------------------------
+    def gate(self, spec: ManagerSpec) -> str | None:
+        """Why a manager may not start now (run_on = "active" on a server that is not)."""
+        if spec.run_on == "active" and self.role != "active":
+            self.held.add(spec.name)
+            return (f'{spec.name} runs only on the active server (run_on = "active"); '
+                    f"this server ({self.spec.name}) is {self.role or 'not decided yet'}")
+        return None
+
+    def should_run(self, manager: "Manager") -> bool:
+        spec = manager.spec
+        return (manager.wanted and spec.start is not StartType.ONCE and not spec.redundancy
+                and (spec.run_on != "active" or self.role == "active"))
+
+    def error_breakdown(self) -> dict[str, float]:
+        """This server's error sources, from pmon's view (links are added by the manager)."""
+        out: dict[str, float] = {}
+        for manager in self.sup.managers.values():
+            weight = manager.spec.weight if manager.spec.weight is not None else self.spec.manager_weight
+            if weight and self.should_run(manager) and (manager.state in DOWN or manager.ready_failed):
+                out[f"manager {manager.spec.name}"] = weight
+        plugin = getattr(self.sup, "plugin_error_state", None)
+        if plugin is not None:
+            try:
+                verdict = plugin()
+                if isinstance(verdict, Mapping):
+                    out.update({f"plugin {k}": float(v) for k, v in verdict.items() if float(v) > 0})
+                elif float(verdict) > 0:
+                    out["plugins"] = float(verdict)
+            except Exception as exc:  # a plugin's bug must not stop the pair
+                self.sup.events.write("plugin-error", f"plugin error state failed: {exc!r}")
+        return out
+
+    def available(self) -> bool:
+        from ..pmon import ProjectState
+
+        return self.sup.project_state is ProjectState.RUNNING and not any(
+            m.state is S.BLOCKED and m.wanted for m in self.sup.managers.values()
+        )
+
+    def partner(self) -> dict[str, Any] | None:
+        return self.report.get("partner") if self.fresh() else None
+
+    def fresh(self) -> bool:
+        return self.synced_at is not None and time.monotonic() - self.synced_at < max(
+            2.0, 3 * self.spec.timeout)
+
+    def partner_available(self) -> bool:
+        partner = self.partner()
+        return bool(partner and partner.get("available"))
+
+    # --- the redundancy manager's sync ----------------------------------------------------
+    def sync(self, report: dict[str, Any]) -> dict[str, Any]:
+        before = self._signature()
+        self.report = report
+        self.synced_at = time.monotonic()
+        epoch = report.get("epoch")
+        if isinstance(epoch, int) and epoch > self.epoch:
+            self.epoch = epoch
+            self._save()
+        role = report.get("role")
+        if role in ("active", "passive") and role != self.role:
+            self._role_changed(role, report)
+        if self._signature() != before:
+            self.sup._changed()  # wake waiters (set-active waits for the new role)
+        requests, self.requests = self.requests, []
+        return {"breakdown": self.error_breakdown(), "available": self.available(),
+                "epoch": self.epoch, "requests": requests}
+
+    def _signature(self) -> tuple[Any, ...]:
+        """What commands wait on; a change wakes them (and rewrites the state file)."""
+        partner = self.report.get("partner") or {}
+        return (self.role, partner.get("role"), partner.get("available"),
+                json.dumps(self.report.get("preferred")), json.dumps(self.report.get("forced")))
+
+    def _role_changed(self, role: str, report: dict[str, Any]) -> None:
+        old, self.role = self.role, role
+        me, partner = self.spec.name, self.spec.partner
+        active = me if role == "active" else partner
+        reason = report.get("reason") or "start"
+        event = {"server": me, "role": role, "active": active, "reason": reason,
+                 "epoch": self.epoch, "at": time.time()}
+        if old is None:
+            self.sup.events.write(
+                "redundancy-role", f"this server ({me}) is {role} ({reason})", **event)
+        else:
+            self.last_switchover = event
+            self._save()
+            self.sup.events.write(
+                "switchover", f"switchover: {active} is active now ({reason}); "
+                f"this server ({me}) is {role}", **event)
+        # Signal only managers that ran before this switchover: one started by it has no
+        # SIGUSR1 handler yet (and queries everything at start anyway).
+        to_notify = self._to_notify() if old is not None else []
+        if report.get("restart_project"):
+            self.held.clear()
+            self.sup.restart_project(f"split-brain resolution: {partner} stays active")
+        elif role == "active":
+            self._start_active_managers()
+        else:
+            self._stop_active_managers()
+        for pid in to_notify:
+            manager = self.sup.managers.get(self.sup.by_pid.get(pid, ""))
+            if manager is None or manager.state is not S.RUNNING:
+                continue  # stopped by this switchover: it gets SIGTERM, not a query
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except OSError:
+                pass
+        hook = getattr(getattr(self.sup, "plugins", None), "switchover", None)
+        if hook is not None and old is not None:
+            previous = partner if role == "active" else me
+            try:
+                hook(active, previous, reason)
+            except Exception as exc:  # a plugin's bug must not stop the pair
+                self.sup.events.write("plugin-error", f"plugin switchover hook failed: {exc!r}")
+
+    def _start_active_managers(self) -> None:
+        from ..pmon import ProjectState
+
+        if self.sup.project_state not in (ProjectState.STARTING, ProjectState.RUNNING):
+            return  # the start sequence will start them, the gate now open
+        now = self.sup.now()
+        held, self.held = self.held, set()
+        for spec in self.sup.config.start_order():
+            manager = self.sup.managers[spec.name]
+            if spec.name in held and manager.wanted and manager.state in (S.STOPPED, S.EXITED):
+                self.sup._apply(manager, manager.start(now))
+
+    def _stop_active_managers(self) -> None:
+        now = self.sup.now()
+        for spec in reversed(self.sup.config.start_order()):
+            manager = self.sup.managers[spec.name]
+            if spec.run_on == "active" and (manager.alive or manager.state is S.BACKOFF):
+                self.held.add(spec.name)
+                self.sup._apply(manager, manager.stop(now, operator=False))
+
+    def _to_notify(self) -> list[int]:
+        """Pids of running managers that asked for SIGUSR1 ("run your general query")."""
+        if not hasattr(signal, "SIGUSR1"):
+            return []  # Windows: not offered (docs/redundancy.md)
+        return [m.pid for m in self.sup.managers.values()
+                if m.spec.notify_switchover and m.state is S.RUNNING and m.pid]
+
+    # --- operators -----------------------------------------------------------------------
+    def server_available(self, server: str) -> tuple[bool, str]:
+        if server == self.spec.name:
+            if self.available():
+                return True, ""
+            return False, f"this server ({server}) is not available (project {self.sup.project_state.value}" + (
+                ", blocked managers)" if any(m.state is S.BLOCKED for m in self.sup.managers.values()) else ")")
+        partner = self.partner()
+        if partner is None:
+            return False, f"the partner ({server}) is not available: not connected"
+        if not partner.get("available"):
+            return False, (f"the partner ({server}) is not available: project not fully "
+                           "started or blocked managers")
+        return True, ""
+
+    def set_active(self, server: str, force: bool) -> None:
+        if server not in (self.spec.name, self.spec.partner):
+            raise CommandError(f"no server '{server}' in this pair; servers: "
+                               f"{self.spec.name}, {self.spec.partner}")
+        if self.role is None:
+            raise CommandError("the redundancy manager has not decided this server's role yet; "
+                               "try again in a moment")
+        if self.partner() is None and server == self.spec.partner:
+            raise CommandError(f"the partner ({server}) is not connected: it cannot be made active")
+        if not force:
+            if self.partner() is None:
+                raise CommandError(f"a planned switchover needs the partner "
+                                   f"({self.spec.partner}), which is not connected; "
+                                   "add --force to switch anyway")
+            ok, why = self.server_available(server)
+            if not ok:
+                raise CommandError(f"planned switchover refused: {why}; add --force to switch anyway")
+        self.requests.append({"op": "force", "server": server})
+
+    def prefer(self, server: str) -> None:
+        if server not in (self.spec.name, self.spec.partner):
+            raise CommandError(f"no server '{server}' in this pair; servers: "
+                               f"{self.spec.name}, {self.spec.partner}")
+        self.requests.append({"op": "prefer", "server": server})
+
+    def active_server(self) -> str | None:
+        if self.role == "active":
+            return self.spec.name
+        partner = self.partner()
+        if partner and partner.get("role") == "active":
+            return self.spec.partner
+        return None
+
+    def stop_refusal(self) -> str | None:
+        """Why stopping this server's project would be unsafe (SIMATIC's exit prevention)."""
+        if self.role != "active":
+            return None
+        partner = self.partner()
+        if partner is None:
+            return (f"this server ({self.spec.name}) is active and its partner "
+                    f"({self.spec.partner}) is not connected")
+        if not partner.get("available"):
+            return (f"this server ({self.spec.name}) is active and its partner "
+                    f"({self.spec.partner}) is not available (project not fully started or "
+                    "blocked managers)")
+        return None
+
+    def status(self) -> dict[str, Any]:
+        report = self.report if self.fresh() else {}
+        partner = report.get("partner")
+        return {
+            "server": self.spec.name,
+            "role": self.role or "starting",
+            "partner": self.spec.partner,
+            "partner_connected": partner is not None,
+            "partner_available": bool(partner and partner.get("available")),
+            "partner_role": partner.get("role") if partner else None,
+            "error_state": report.get("error", sum(self.error_breakdown().values())),
+            "error_breakdown": report.get("breakdown", self.error_breakdown()),
+            "partner_error_state": partner.get("error") if partner else None,
+            "partner_error_breakdown": partner.get("breakdown") if partner else None,
+            "available": self.available(),
+            "links": report.get("links", []),
+            "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
+            "forced": report.get("forced"),
+            "epoch": self.epoch,
+            "last_switchover": self.last_switchover,
+            "dropped": report.get("dropped", {}),
+            "redundancy_manager": "connected" if self.fresh() else "not connected",
+        }

@@ -1,0 +1,169 @@
+"""The `[redundancy]` section: validated into a frozen `RedundancySpec`.
+
+How the section relates to the redundancy manager: with a `[redundancy]` section, the
+project needs one manager with `redundancy = true` (a core manager, started first). If the
+project lists none, pmon adds it: a manager named "redundancy" running
+`python -m supervisor.redundancy -c <this file>`, appended after the listed managers so that
+their indexes do not move. List it yourself to choose its name, index or command. A
+manager with `redundancy = true` but no `[redundancy]` section is only a core manager
+started first (as before); the redundancy program itself refuses to run without the section.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from ..config import _count as _weight, _positive_number as _seconds
+from ..states import Readiness, StartType
+
+if TYPE_CHECKING:
+    from ..config import ManagerSpec, _Errors
+
+AUTO_NAME = "redundancy"
+RUN_ON = ("both", "active")
+
+
+@dataclass(frozen=True)
+class Link:
+    local: tuple[str, int]    # where this server's redundancy manager listens and sends from
+    partner: tuple[str, int]  # where the partner's listens
+
+    def label(self) -> str:
+        return f"{self.local[0]}:{self.local[1]} -> {self.partner[0]}:{self.partner[1]}"
+
+
+@dataclass(frozen=True)
+class RedundancySpec:
+    name: str                   # this server
+    partner: str                # the other one
+    links: tuple[Link, ...]
+    preferred: str
+    heartbeat_interval: float = 0.2
+    timeout: float = 0.6
+    first_active_change_interval: float = 5.0
+    manager_weight: int = 1     # error weight of a manager that should run and does not
+    link_weight: int = 1        # error weight of each link that is down
+
+
+def _address(value: Any) -> tuple[str, int]:
+    text = value if isinstance(value, str) else ""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError('an address "HOST:PORT", e.g. "127.0.0.1:7101"')
+    return host.strip("[]"), int(port)
+
+
+def _server(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError("a server name without spaces")
+    return value
+
+
+KEYS: dict[str, Callable[[Any], Any]] = {
+    "name": _server,
+    "partner": _server,
+    "links": lambda v: v,  # checked below, table by table
+    "preferred": _server,
+    "heartbeat_interval": _seconds,
+    "timeout": _seconds,
+    "first_active_change_interval": _seconds,
+    "manager_weight": _weight,
+    "link_weight": _weight,
+}
+LINK_KEYS: dict[str, Callable[[Any], Any]] = {"local": _address, "partner": _address}
+
+
+def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancySpec | None:
+    table = data.get("redundancy")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        errors.add("[redundancy]", "expected a table ([redundancy])")
+        return None
+    errors.unknown_keys("[redundancy]", table, KEYS)
+    values = errors.convert("[redundancy]", table, KEYS)
+    for key in ("name", "partner", "links"):
+        if key not in table:
+            errors.add(f"[redundancy], key '{key}'", _MISSING[key])
+    links = []
+    raw_links = table.get("links", [])
+    if not isinstance(raw_links, list) or not 1 <= len(raw_links) <= 2 or not all(
+        isinstance(t, dict) for t in raw_links
+    ):
+        if "links" in table:
+            errors.add("[redundancy], key 'links'", _MISSING["links"])
+        raw_links = []
+    for i, link in enumerate(raw_links, start=1):
+        where = f"[[redundancy.links]] #{i}"
+        errors.unknown_keys(where, link, LINK_KEYS)
+        converted = errors.convert(where, link, LINK_KEYS)
+        for key in LINK_KEYS:
+            if key not in link:
+                errors.add(f"{where}, key '{key}'", 'missing; e.g. local = "127.0.0.1:7101"')
+        if len(converted) == 2:
+            links.append(Link(converted["local"], converted["partner"]))
+    name, partner = values.get("name"), values.get("partner")
+    if name and name == partner:
+        errors.add("[redundancy], key 'partner'", "must differ from name (this server)")
+    preferred = values.get("preferred") or (min(name, partner) if name and partner else "")
+    if name and partner and preferred not in (name, partner):
+        errors.add("[redundancy], key 'preferred'", f"must be '{name}' or '{partner}'")
+    interval = values.get("heartbeat_interval", RedundancySpec.heartbeat_interval)
+    timeout = values.get("timeout", RedundancySpec.timeout)
+    if "heartbeat_interval" in values and interval <= 0:
+        errors.add("[redundancy], key 'heartbeat_interval'", "must be > 0")
+    if timeout <= interval:
+        errors.add("[redundancy], key 'timeout'",
+                   f"must be longer than heartbeat_interval ({interval:g} s), e.g. 3 intervals")
+    if len({link.local for link in links}) < len(links):
+        errors.add("[redundancy], key 'links'", "two links share a local address")
+    if not (name and partner and links) or errors.lines:
+        return None
+    return RedundancySpec(
+        name=name, partner=partner, links=tuple(links), preferred=preferred,
+        heartbeat_interval=interval, timeout=timeout,
+        first_active_change_interval=values.get(
+            "first_active_change_interval", RedundancySpec.first_active_change_interval),
+        manager_weight=values.get("manager_weight", RedundancySpec.manager_weight),
+        link_weight=values.get("link_weight", RedundancySpec.link_weight),
+    )
+
+
+_MISSING = {
+    "name": 'missing; this server\'s name, e.g. name = "a"',
+    "partner": 'missing; the partner server\'s name, e.g. partner = "b"',
+    "links": 'expected one or two [[redundancy.links]] tables with local = "HOST:PORT" '
+             'and partner = "HOST:PORT"',
+}
+
+
+def check_managers(
+    managers: tuple["ManagerSpec", ...], spec: RedundancySpec | None, path: Path,
+    errors: "_Errors",
+) -> tuple["ManagerSpec", ...]:
+    """Check the redundancy-related manager keys; add the redundancy manager if missing."""
+    from ..config import ManagerSpec
+
+    for m in managers:
+        where = f"manager '{m.name}' (managers[{m.index}])"
+        if m.run_on == "active" and m.core:
+            errors.add(f"{where}, key 'run_on'",
+                       'a core manager runs on both servers; remove run_on = "active"')
+    if spec is None or any(m.redundancy for m in managers):
+        return managers
+    if any(m.name == AUTO_NAME for m in managers):
+        errors.add(f"manager '{AUTO_NAME}'",
+                   "this name is taken by the redundancy manager pmon adds for [redundancy]; "
+                   "mark this manager redundancy = true or rename it")
+        return managers
+    auto = ManagerSpec(
+        name=AUTO_NAME,
+        command=(sys.executable, "-m", "supervisor.redundancy", "-c", str(path)),
+        index=len(managers) + 1, start=StartType.ALWAYS, core=True, redundancy=True,
+        ready=Readiness.NOTIFY, start_timeout=spec.timeout + 10, seconds_to_kill=5.0,
+        cwd=path.parent,
+    )
+    return (*managers, auto)

@@ -1,0 +1,94 @@
+"""A UDP relay between the two servers of a pair, so a test can cut and restore each link.
+
+Link i: server A sends to `a_side`, server B to `b_side`; the relay forwards each datagram
+to the other server's local address, from the socket that server knows as its partner.
+One thread serves every link; `cut(i)` drops link i's datagrams until `restore(i)`.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import threading
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _bound() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+class RelayLink:
+    def __init__(self) -> None:
+        self.a_local = ("127.0.0.1", free_udp_port())  # where server A listens
+        self.b_local = ("127.0.0.1", free_udp_port())
+        self.a_side, self.b_side = _bound(), _bound()  # A's and B's "partner" addresses
+        self.up = True
+        self.forwarded = 0
+
+    def address(self, sock: socket.socket) -> str:
+        host, port = sock.getsockname()
+        return f"{host}:{port}"
+
+    def config(self, server: str) -> dict[str, str]:
+        """The [[redundancy.links]] table of server "a" or "b"."""
+        if server == "a":
+            return {"local": "%s:%d" % self.a_local, "partner": self.address(self.a_side)}
+        return {"local": "%s:%d" % self.b_local, "partner": self.address(self.b_side)}
+
+
+class Relay:
+    def __init__(self, links: int = 2) -> None:
+        self.links = [RelayLink() for _ in range(links)]
+        self._selector = selectors.DefaultSelector()
+        for link in self.links:
+            self._selector.register(link.a_side, selectors.EVENT_READ, (link, link.b_side, link.b_local))
+            self._selector.register(link.b_side, selectors.EVENT_READ, (link, link.a_side, link.a_local))
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def cut(self, *indexes: int) -> None:
+        for i in indexes or range(len(self.links)):
+            self.links[i].up = False
+
+    def restore(self, *indexes: int) -> None:
+        for i in indexes or range(len(self.links)):
+            self.links[i].up = True
+
+    def _run(self) -> None:
+        while not self._stop:
+            for key, _ in self._selector.select():
+                if key.data is None:
+                    continue
+                link, out, to = key.data
+                try:
+                    data = key.fileobj.recv(65536)
+                except OSError:
+                    continue
+                if link.up:
+                    try:
+                        out.sendto(data, to)
+                        link.forwarded += 1
+                    except OSError:
+                        pass  # the server on the other side is down: like a real network
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake_w.send(b"x")
+        self._thread.join(5)
+        for link in self.links:
+            link.a_side.close()
+            link.b_side.close()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()

@@ -1,0 +1,231 @@
+"""The arbitration, pure: two Arbiters exchange heartbeats in simulated rounds.
+
+hypothesis drives operators and faults (error states, availability, links, set-active,
+prefer); after every step the pair is run until it settles and checked against the rules:
+at most one active while a link is up, the lower error state active, a forced choice wins
+over error states, split brain resolves to the lower error state, no flapping.
+"""
+
+from __future__ import annotations
+
+from hypothesis import settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from supervisor.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Reason, Role
+
+SERVERS = ("a", "b")
+ROUND = 0.1  # one heartbeat interval
+SETTLE = 25  # rounds (2.5 s): longer than startup_wait and first_active_change_interval
+
+
+def other(name: str) -> str:
+    return "b" if name == "a" else "a"
+
+
+class Pair:
+    """Two arbiters; each round both step on the heartbeat the other sent last round."""
+
+    def __init__(self, preferred: str = "a", change_interval: float = 0.0) -> None:
+        self.preferred = preferred
+        self.change_interval = change_interval
+        self.now = 0.0
+        self.arb = {n: self._fresh(n) for n in SERVERS}
+        self.error = {"a": 0, "b": 0}
+        self.available = {"a": True, "b": True}
+        self.link = True
+        self.sent: dict[str, Partner | None] = {"a": None, "b": None}
+        self.last: dict[str, Decision] = {}
+        self.changes: list[tuple[str, Decision]] = []
+        self.restarts: list[str] = []
+
+    def _fresh(self, name: str, epoch: int = 0) -> Arbiter:
+        return Arbiter(name, other(name), Choice(self.preferred, 0), self.change_interval,
+                       startup_wait=1.0, reconnect_settle=2.5 * ROUND, epoch=epoch)
+
+    def set_link(self, up: bool) -> None:
+        if up and not self.link:
+            self.sent = {"a": None, "b": None}  # heartbeats sent while cut were lost
+        self.link = up
+
+    def view(self, name: str) -> Partner | None:
+        return self.sent[other(name)] if self.link else None
+
+    def step(self, name: str) -> None:
+        arb = self.arb[name]
+        decision = arb.step(self.now, Local(self.error[name], self.available[name]), self.view(name))
+        self.last[name] = decision
+        if decision.changed:
+            self.changes.append((name, decision))
+        self.sent[name] = Partner(name, decision.role, self.error[name], self.available[name],
+                                  decision.target, arb.epoch, arb.forced, arb.preferred,
+                                  boot=str(id(arb)))
+        if decision.restart_project:  # the project restarts: a new redundancy manager
+            self.restarts.append(name)
+            self.arb[name] = self._fresh(name, arb.epoch)
+            self.sent[name] = None
+
+    def round(self, order: tuple[str, str] = SERVERS) -> None:
+        self.now += ROUND
+        for name in order:
+            self.step(name)
+
+    def settle(self, rounds: int = SETTLE) -> None:
+        for i in range(rounds):
+            self.round(SERVERS if i % 2 else SERVERS[::-1])
+
+    def active(self) -> set[str]:
+        return {n for n in SERVERS if self.arb[n].role is Role.ACTIVE}
+
+    def expected(self) -> str | None:
+        """Who the rules say should be active (both sides agree on forced / preferred).
+
+        None when neither server is available: the active one then stays (no handover to a
+        server that is not available), whichever it is.
+        """
+        forced = self.arb["a"].forced
+        errors = tuple(sorted(self.error.items()))
+        if forced is not None and forced.errors == errors:
+            return forced.server
+        available = [n for n in SERVERS if self.available[n]]
+        if not available:
+            return None
+        if len(available) == 1:
+            return available[0]
+        if self.error["a"] != self.error["b"]:
+            return min(SERVERS, key=lambda n: self.error[n])
+        return self.arb["a"].preferred.server
+
+
+def test_start_up_the_preferred_server_becomes_active_once():
+    pair = Pair(preferred="b")
+    pair.settle()
+    assert pair.active() == {"b"}
+    assert [(n, d.role) for n, d in pair.changes] in (
+        [("a", Role.PASSIVE), ("b", Role.ACTIVE)], [("b", Role.ACTIVE), ("a", Role.PASSIVE)])
+
+
+def test_a_lone_server_waits_then_becomes_active_by_failure():
+    pair = Pair()
+    pair.set_link(False)
+    pair.round()
+    assert pair.last["a"].role is None  # still listening for the partner
+    pair.settle()
+    assert pair.active() == {"a", "b"}
+    assert all(d.reason is Reason.FAILURE for _, d in pair.changes)
+
+
+def test_failure_of_the_active_makes_the_passive_active_and_raises_the_epoch():
+    pair = Pair()
+    pair.settle()
+    assert pair.active() == {"a"}
+    epoch = pair.arb["a"].epoch
+    pair.sent["a"] = None  # a dies: b hears nothing any more
+    pair.now += ROUND
+    pair.step("b")
+    assert pair.last["b"].role is Role.ACTIVE and pair.last["b"].reason is Reason.FAILURE
+    assert pair.arb["b"].epoch == epoch + 1
+
+
+def test_split_brain_resolves_to_the_lower_error_state_and_restarts_the_loser():
+    pair = Pair()
+    pair.settle()
+    pair.set_link(False)
+    pair.settle()
+    assert pair.active() == {"a", "b"}
+    pair.error["a"] = 2  # a got worse while alone
+    pair.set_link(True)
+    pair.settle()
+    assert pair.active() == {"b"}
+    assert pair.restarts == ["a"]
+    assert any(d.reason is Reason.SPLIT_BRAIN for _, d in pair.changes)
+
+
+def test_first_active_change_interval_delays_a_switch_after_a_connection_error():
+    pair = Pair(change_interval=2.0)
+    pair.settle()
+    for _ in range(5):  # b's server is down: a hears nothing
+        pair.sent["b"] = None
+        pair.now += ROUND
+        pair.step("a")
+    pair.arb["b"] = pair._fresh("b")  # b is back, healthier than a
+    pair.error["a"] = 1
+    pair.settle(10)  # 1 s after the connection came back: still a
+    assert pair.active() == {"a"}
+    pair.settle(15)
+    assert pair.active() == {"b"}
+    assert pair.changes[-1][1].reason is Reason.ERROR_STATE
+
+
+def test_forced_choice_wins_until_an_error_state_changes():
+    pair = Pair()
+    pair.error["b"] = 1
+    pair.settle()
+    assert pair.active() == {"a"}
+    pair.arb["a"].force("b", Local(0, True), pair.sent["b"])
+    pair.settle()
+    assert pair.active() == {"b"}
+    pair.error["a"] = 1  # a new fault: priorities 3 and 4 decide again
+    pair.error["a"] = 0
+    pair.settle()
+    assert pair.active() == {"b"}  # errors are back to what they were: the force still holds
+    pair.error["b"] = 2
+    pair.settle()
+    assert pair.active() == {"a"}
+
+
+class PairMachine(RuleBasedStateMachine):
+    @initialize(preferred=st.sampled_from(SERVERS), change=st.sampled_from([0.0, 0.5, 1.5]))
+    def start(self, preferred: str, change: float) -> None:
+        self.pair = Pair(preferred, change)
+        self.pair.settle()
+
+    @rule(side=st.sampled_from(SERVERS), error=st.integers(0, 3))
+    def set_error(self, side: str, error: int) -> None:
+        self.pair.error[side] = error
+
+    @rule(side=st.sampled_from(SERVERS), available=st.booleans())
+    def set_available(self, side: str, available: bool) -> None:
+        self.pair.available[side] = available
+
+    @rule()
+    def cut_links(self) -> None:
+        self.pair.set_link(False)
+
+    @rule()
+    def restore_links(self) -> None:
+        self.pair.set_link(True)
+
+    @precondition(lambda self: self.pair.link)
+    @rule(side=st.sampled_from(SERVERS), server=st.sampled_from(SERVERS))
+    def set_active(self, side: str, server: str) -> None:
+        pair = self.pair
+        pair.arb[side].force(server, Local(pair.error[side], pair.available[side]), pair.sent[other(side)])
+
+    @rule(side=st.sampled_from(SERVERS), server=st.sampled_from(SERVERS))
+    def prefer(self, side: str, server: str) -> None:
+        self.pair.arb[side].prefer(server, self.pair.view(side))
+
+    @rule(rounds=st.integers(1, 4), flip=st.booleans())
+    def some_rounds(self, rounds: int, flip: bool) -> None:
+        for _ in range(rounds):
+            self.pair.round(SERVERS[::-1] if flip else SERVERS)
+
+    @invariant()
+    def settles_by_the_rules(self) -> None:
+        pair = self.pair
+        pair.settle()
+        before = len(pair.changes)
+        if pair.link:
+            assert len(pair.active()) == 1, "exactly one active while a link is up"
+            assert pair.arb["a"].forced == pair.arb["b"].forced
+            assert pair.arb["a"].preferred == pair.arb["b"].preferred
+            expected = pair.expected()
+            assert expected is None or pair.active() == {expected}
+        else:
+            assert pair.active() == {"a", "b"}, "split brain: both active"
+        pair.settle(10)
+        assert len(pair.changes) == before, "no flapping once settled"
+
+
+TestPair = PairMachine.TestCase
+TestPair.settings = settings(max_examples=80, stateful_step_count=10, deadline=None)

@@ -1,0 +1,213 @@
+"""Two real pmon instances on loopback, each with its redundancy manager, linked through a
+UDP relay the test controls (tests/relay.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from relay import Relay
+from support import Pmon, child, kill_tree, pmon_cli, poll_for, write_pair
+
+WAIT = 15  # generous deadlines: the machine is shared and may be slow
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    instance = Relay(links=2)
+    yield instance
+    instance.close()
+
+
+def managers(tmp_path: Path):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        usr1 = str(tmp_path / f"usr1-{server}")
+        return [
+            {"name": "w", "command": child("--on-usr1", usr1), "notify_switchover": True},
+            {"name": "drv", "command": child("--record", str(tmp_path / f"drv-{server}")),
+             "run_on": "active", "weight": 2},
+        ]
+    return for_server
+
+
+def redu(server: Pmon) -> dict[str, Any]:
+    return server.call("redu-status")
+
+
+def wait_roles(a: Pmon, b: Pmon, role_a: str, role_b: str, connected: bool = True) -> None:
+    def settled() -> bool:
+        sa, sb = redu(a), redu(b)
+        return (sa["role"], sb["role"]) == (role_a, role_b) and (
+            not connected or (sa["partner_available"] and sb["partner_available"]))
+    try:
+        poll_for(settled, WAIT, f"a {role_a}, b {role_b}")
+    except AssertionError as exc:
+        history = {s.config.project.name: [(e["ts"], e["message"]) for e in s.events()][-12:]
+                   for s in (a, b)}
+        raise AssertionError(f"{exc}; now: {redu(a)}, {redu(b)}; events: {history}") from None
+
+
+def start_pair(pmon, tmp_path: Path, relay: Relay, **redundancy: Any) -> tuple[Pmon, Pmon]:
+    config_a, config_b = write_pair(tmp_path, relay, managers(tmp_path), **redundancy)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    return a, b
+
+
+def switchovers(server: Pmon) -> list[dict[str, Any]]:
+    return [e for e in server.events() if e["event"] == "switchover"]
+
+
+def test_pair_starts_the_preferred_active_and_obeys_prefer_and_set_active(tmp_path, pmon, relay):
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    a.wait_state("drv", "running")
+    assert b.manager("drv")["state"] == "stopped"  # run_on = "active"
+    refused = b.call  # an operator cannot start an active-only manager on the passive
+    with pytest.raises(Exception, match='runs only on the active server'):
+        refused("start", target="drv")
+
+    status = pmon_cli(a.config_path, "redu", "status")
+    assert status.returncode == 0
+    assert "server a: active" in status.stdout and "partner b: passive, available" in status.stdout
+    assert status.stdout.count(": up (") == 2
+
+    # priority 4: prefer b -> b takes over (equal error states)
+    result = pmon_cli(a.config_path, "redu", "prefer", "b")
+    assert result.returncode == 0, result.stderr
+    wait_roles(a, b, "passive", "active")
+    b.wait_state("drv", "running")
+    a.wait_state("drv", "stopped")
+    last = switchovers(b)[-1]
+    assert (last["active"], last["reason"]) == ("b", "preference")
+    # the managers that asked for it heard of the switchover (SIGUSR1), on both servers
+    poll_for(lambda: (tmp_path / "usr1-a").exists() and (tmp_path / "usr1-b").exists(), WAIT,
+             "SIGUSR1 to notify_switchover managers")
+
+    # priority 2: set-active a (from b), whatever the preference
+    result = pmon_cli(b.config_path, "redu", "set-active", "a")
+    assert result.returncode == 0, result.stderr
+    assert "a is active" in result.stdout
+    wait_roles(a, b, "active", "passive")
+    assert (switchovers(a)[-1]["active"], switchovers(a)[-1]["reason"]) == ("a", "forced")
+    as_json = json.loads(pmon_cli(b.config_path, "redu", "status", "--json").stdout)
+    assert as_json["last_switchover"]["reason"] == "forced" and as_json["preferred"] == "b"
+
+    # garbage on a link is dropped and counted, never acted on
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"\x00garbage", relay.links[0].b_local)
+        sock.sendto(b'{"v": 1, "from": "mallory"}', relay.links[0].b_local)
+    poll_for(lambda: redu(b)["dropped"].get("garbage", 0) >= 2, WAIT, "garbage counted")
+    assert redu(b)["role"] == "passive"
+
+
+def test_split_brain_refuses_planned_stops_then_resolves_to_the_lower_error_state(tmp_path, pmon, relay):
+    # a long first_active_change_interval: once a has lost and restarted its project, it is
+    # healthy and preferred again, but b keeps the role (a's restart was a connection error)
+    a, b = start_pair(pmon, tmp_path, relay, first_active_change_interval=60)
+    wait_roles(a, b, "active", "passive")
+    relay.cut()  # every link down, both servers alive
+    poll_for(lambda: redu(b)["role"] == "active" and redu(a)["partner_connected"] is False,
+             WAIT, "split brain")
+    b.wait_state("drv", "running")
+    a.wait_state("drv", "running")
+    assert redu(a)["error_breakdown"] == {"link 1": 1, "link 2": 1}
+
+    for args in (("stop", "--all"), ("shutdown",), ("redu", "set-active", "b")):
+        result = pmon_cli(a.config_path, *args)
+        assert result.returncode == 1, args
+        assert "not connected" in result.stderr, result.stderr
+    assert a.status()["project_state"] == "running"
+
+    a.call("stop", target="w")  # a gets worse while alone: it must lose
+    poll_for(lambda: "manager w" in redu(a)["error_breakdown"], WAIT, "a's error state to count w")
+    relay.restore()
+    wait_roles(a, b, "passive", "active")
+    restarts = [e for e in a.events() if e["event"] == "project-restart"]
+    assert restarts and "split-brain" in restarts[-1]["reason"]
+    assert any(e["reason"] == "split-brain resolution" for e in switchovers(a))
+    a.wait_state("drv", "stopped")
+    a.wait_state("w", "running")  # the restarted project runs every manager again
+    assert not [e for e in b.events() if e["event"] == "project-restart"]
+
+    # stopping the passive's project needs no partner: it is never refused
+    assert pmon_cli(a.config_path, "stop", "--all").returncode == 0
+
+
+def test_killing_the_active_server_makes_the_passive_take_over_once(tmp_path, pmon, relay):
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    kill_tree(a.proc.pid)
+    poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over")
+    b.wait_state("drv", "running")
+    events = switchovers(b)
+    assert [(e["active"], e["reason"]) for e in events] == [("b", "failure")]
+    # alone now: b's project may not be stopped without --force
+    result = pmon_cli(b.config_path, "stop", "--all")
+    assert result.returncode == 1 and "--force" in result.stderr
+    assert pmon_cli(b.config_path, "stop", "--all", "--force").returncode == 0
+
+
+def test_a_stopped_weighted_manager_hands_the_active_role_over(tmp_path, pmon, relay):
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    a.call("stop", target="w")
+    wait_roles(a, b, "passive", "active")
+    status = redu(b)
+    assert status["partner_error_breakdown"] == {"manager w": 1}
+    assert status["error_state"] == 0
+    assert switchovers(b)[-1]["reason"] == "error state"
+    a.call("start", target="w")  # repaired: equal error states, a is preferred again
+    wait_roles(a, b, "active", "passive")
+    assert switchovers(a)[-1]["reason"] == "preference"
+
+
+def test_an_orphaned_redundancy_manager_gives_up_the_role(tmp_path, pmon, relay):
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    a.proc.kill()  # pmon alone dies; its redundancy manager must not go on claiming "active"
+    poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over from the orphan")
+    assert switchovers(b)[-1]["reason"] == "failure"
+
+
+def test_a_standalone_project_has_no_pair_and_is_never_refused_a_stop(tmp_path, pmon):
+    from support import write_project
+
+    config = write_project(tmp_path, [{"name": "w", "command": child(), "run_on": "active"}])
+    server = pmon(config)
+    server.wait_state("w", "running")  # run_on = "active" runs on a standalone server
+    result = pmon_cli(config, "redu", "status")
+    assert result.returncode == 0 and "standalone" in result.stdout
+    result = pmon_cli(config, "redu", "set-active")
+    assert result.returncode == 1 and "add a [redundancy] section" in result.stderr
+    assert pmon_cli(config, "stop", "--all").returncode == 0
+
+
+def test_a_partner_with_a_blocked_manager_is_not_available(tmp_path, pmon, relay):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        listed = managers(tmp_path)(server)
+        if server == "b":  # dies at once and may not be restarted: blocked
+            listed.append({"name": "bad", "command": child("--exit-after", "0", "--code", "1"),
+                           "restart_count": 0})
+        return listed
+
+    config_a, config_b = write_pair(tmp_path, relay, for_server)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    poll_for(lambda: redu(a)["role"] == "active" and redu(a)["partner_connected"]
+             and redu(a)["partner_error_breakdown"] == {"manager bad": 1}, WAIT, "b's blocked manager")
+    assert redu(a)["partner_available"] is False
+    for args in (("redu", "set-active", "b"), ("stop", "--all"), ("shutdown",)):
+        result = pmon_cli(a.config_path, *args)
+        assert result.returncode == 1, args
+        assert "not available" in result.stderr and "--force" in result.stderr, result.stderr
+    # forced: b takes the role although its project has a blocked manager
+    result = pmon_cli(a.config_path, "redu", "set-active", "b", "--force")
+    assert result.returncode == 0, result.stderr
+    wait_roles(a, b, "passive", "active", connected=False)

@@ -1,0 +1,114 @@
+"""Heartbeat messages and the [redundancy] section: pure checks, no processes."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from hypothesis import given, strategies as st
+
+from supervisor import config as config_module
+from supervisor.errors import ConfigError
+from supervisor.redundancy.arbitration import Choice, Role
+from supervisor.redundancy.messages import Heartbeat, Inbox, decode, encode
+
+from support import write_project
+
+
+def beat(**changes) -> Heartbeat:
+    fields = dict(sender="b", to="a", epoch=3, boot="x1", seq=1, role=Role.ACTIVE, error=0,
+                  available=True, target="b", seen=2, forced=Choice("b", 4, (("a", 0), ("b", 1))),
+                  preferred=Choice("a", 1), breakdown={"manager w": 1})
+    fields.update(changes)
+    return Heartbeat(**fields)
+
+
+def test_a_heartbeat_survives_the_round_trip():
+    assert decode(encode(beat())) == beat()
+
+
+@given(st.binary(max_size=300))
+def test_garbage_is_dropped_and_counted_never_raised(data):
+    inbox = Inbox("a", "b")
+    assert inbox.accept(data) is None
+    assert inbox.dropped["garbage"] == 1
+
+
+def test_the_inbox_drops_unknown_senders_stale_epochs_and_garbage():
+    inbox = Inbox("a", "b")
+    assert inbox.accept(encode(beat(epoch=5)))[1] is True
+    assert inbox.accept(encode(beat(epoch=5)))[1] is False  # the same datagram on link 2
+    assert inbox.accept(encode(beat(epoch=4, seq=9))) is None
+    assert inbox.accept(encode(beat(sender="c"))) is None
+    assert inbox.accept(encode(beat(to="c"))) is None
+    assert inbox.accept(b"\xff\x00 not json") is None
+    assert inbox.accept(encode(beat()).replace(b'"v":1', b'"v":2')) is None
+    assert inbox.accept(encode(beat()).replace(b'"error":0', b'"error":"0"')) is None
+    assert inbox.dropped == {"garbage": 3, "unknown": 2, "stale": 1}
+    # a new run of the partner's redundancy manager (new boot) starts its seq again
+    assert inbox.accept(encode(beat(epoch=5, boot="x2", seq=1)))[1] is True
+
+
+LINK = {"local": "127.0.0.1:7101", "partner": "127.0.0.1:7201"}
+
+
+def load(tmp_path, managers=None, **redundancy):
+    section = {"name": "a", "partner": "b", "links": [LINK], **redundancy}
+    path = write_project(tmp_path, managers or [{"name": "w", "command": ["true"]}],
+                         redundancy=section)
+    return config_module.load(path)
+
+
+def test_pmon_adds_the_redundancy_manager_first_in_start_order_keeping_indexes(tmp_path):
+    config = load(tmp_path)
+    auto = config.manager("redundancy")
+    assert auto.redundancy and auto.core and auto.index == 2
+    assert auto.command[:3] == (sys.executable, "-m", "supervisor.redundancy")
+    assert config.start_order()[0].name == "redundancy"
+    assert config.manager("w").index == 1
+    assert config.redundancy.preferred == "a" and config.redundancy.links[0].partner == ("127.0.0.1", 7201)
+
+
+def test_a_listed_redundancy_manager_is_used_as_is(tmp_path):
+    config = load(tmp_path, [{"name": "redu", "command": ["x"], "redundancy": True}])
+    assert [m.name for m in config.managers] == ["redu"]
+
+
+@pytest.mark.parametrize("redundancy, managers, message", [
+    ({"timeout": 0.1, "heartbeat_interval": 0.2}, None, "must be longer than heartbeat_interval"),
+    ({"preferred": "c"}, None, "must be 'a' or 'b'"),
+    ({"partner": "a"}, None, "must differ from name"),
+    ({"links": []}, None, "one or two [[redundancy.links]]"),
+    ({"links": [{"local": "nowhere", "partner": "127.0.0.1:1"}]}, None, 'expected an address "HOST:PORT"'),
+    ({"heartbeat": 1}, None, "did you mean 'heartbeat_interval'"),
+    ({}, [{"name": "d", "command": ["x"], "core": True, "run_on": "active"}], "a core manager runs on both"),
+    ({}, [{"name": "d", "command": ["x"], "run_on": "passive"}], "expected one of 'both' | 'active'"),
+    ({}, [{"name": "redundancy", "command": ["x"]}], "this name is taken"),
+])
+def test_bad_redundancy_settings_name_the_key(tmp_path, redundancy, managers, message):
+    with pytest.raises(ConfigError) as error:
+        load(tmp_path, managers, **redundancy)
+    assert message in str(error.value)
+    assert str(tmp_path / "pmon.toml") in str(error.value)
+
+
+def test_a_standalone_project_is_unchanged(tmp_path):
+    path = write_project(tmp_path, [{"name": "w", "command": ["true"], "run_on": "active"}])
+    config = config_module.load(path)
+    assert config.redundancy is None and [m.name for m in config.managers] == ["w"]
+
+
+def test_a_heartbeat_sender_survives_send_errors():
+    import socket
+
+    from supervisor.redundancy.link import LinkState
+    from supervisor.redundancy.settings import Link
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    # broadcast without SO_BROADCAST: the kernel refuses every send (EACCES), deterministically
+    link = LinkState(Link(sock.getsockname(), ("255.255.255.255", 9)), sock)
+    with sock:
+        link.send(b"x")
+        link.send(b"x")
+    assert link.send_errors == 2 and link.sent == 0 and link.last_error
