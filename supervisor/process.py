@@ -63,9 +63,14 @@ class ManagedProcess:
         platform.kill_group(self.pid)
 
 
+# What systemd hands to pmon's own service: meant for pmon, never for its managers.
+SYSTEMD_OWN = frozenset({"WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
+
+
 def manager_env(spec: ManagerSpec, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The environment of a manager: pmon's own, the spec's, then pmon's variables."""
-    env = {**base, **spec.env, **extra}
+    env = {k: v for k, v in base.items() if k not in SYSTEMD_OWN}
+    env.update({**spec.env, **extra})
     env.setdefault("PYTHONUNBUFFERED", "1")  # Python managers' lines reach the log at once
     return env
 

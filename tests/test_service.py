@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 
+import psutil
 import pytest
 
 from supervisor import config as config_module
@@ -81,6 +82,9 @@ def test_pmon_tells_systemd_ready_after_the_start_sequence_and_keeps_the_watchdo
         assert status["project_state"] == "running"
         assert all(m["state"] == "running" for m in status["managers"])
         assert any(e["event"] == "ready" for e in instance.events())
+        # systemd's watchdog is pmon's business: its managers do not inherit it
+        env = psutil.Process(instance.manager("b")["pid"]).environ()
+        assert "WATCHDOG_USEC" not in env and env["NOTIFY_SOCKET"] != str(address)
         watchdogs = 0
         while watchdogs < 2:
             watchdogs += sock.recv(4096) == b"WATCHDOG=1"
