@@ -14,7 +14,7 @@ import tomli_w
 
 from . import config as config_module
 from .errors import CommandError, ConfigError, ProtocolError
-from .states import StartType
+from .states import ManagerState, StartType
 from .statefile import write_atomically
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ async def start_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
     """Start the project (the normal start sequence)."""
     task = sup.start_project()
     if wait:
-        await task
+        await sup.finish(task)
     return sup.status()
 
 
@@ -131,7 +131,7 @@ async def stop_all(sup: "Supervisor", wait: bool = True, force: bool = False) ->
     refuse_unsafe_stop(sup, "stop --all", force)
     task = sup.stop_project()
     if wait:
-        await task
+        await sup.finish(task)
     return sup.status()
 
 
@@ -142,7 +142,7 @@ async def restart_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
         manager.recent.clear()  # an operator's project restart is a fresh start
     task = sup.restart_project("operator request")
     if wait:
-        await task
+        await sup.finish(task)
     return sup.status()
 
 
@@ -185,7 +185,7 @@ async def remove(sup: "Supervisor", target: str | int) -> dict[str, Any]:
     name = manager.spec.name
     if manager.spec.core:
         raise CommandError(f"{name} is a core manager; the project cannot run without it")
-    if manager.alive or manager.state.value == "backoff":
+    if manager.alive or manager.state is ManagerState.BACKOFF:
         raise CommandError(f"{name} is {manager.state.value}; stop it first: pmon stop {name}")
     raw = copy.deepcopy(dict(sup.config.raw))
     raw["managers"] = [m for m in raw.get("managers", []) if m.get("name") != name]
@@ -205,7 +205,12 @@ async def edit(sup: "Supervisor", target: str | int, changes: dict) -> dict[str,
     if "name" in changes:
         raise CommandError(f"{name} cannot be renamed; remove it and add it again")
     raw = copy.deepcopy(dict(sup.config.raw))
-    table = next(t for t in raw.get("managers", []) if t.get("name") == name)
+    table = next((t for t in raw.get("managers", []) if t.get("name") == name), None)
+    if table is None:
+        raise CommandError(
+            f"{name} is not in {sup.config.path}: pmon adds it for [redundancy]; change it "
+            "there, or list it under [[managers]] with redundancy = true to set its keys"
+        )
     for key, value in changes.items():
         if value is None:
             table.pop(key, None)
@@ -224,6 +229,13 @@ def _commit(sup: "Supervisor", raw: dict[str, Any]) -> None:
         new = config_module.parse(raw, sup.config.path)
     except ConfigError as exc:
         raise CommandError(f"the change would make the project invalid:\n{exc}") from None
+    kept = {spec.name for spec in new.managers}
+    for name, manager in sup.managers.items():
+        if name not in kept and (manager.alive or manager.state is ManagerState.BACKOFF):
+            raise CommandError(
+                f"{name} is {manager.state.value} and would drop out of the project unsupervised; "
+                f"stop it first: pmon stop {name}"
+            )
     try:
         write_atomically(sup.config.path, tomli_w.dumps(raw).encode())
     except OSError as exc:

@@ -11,7 +11,8 @@ Transitions (event: from -> to):
     spawned:      STARTING -> RUNNING (ready = spawn) | STARTING (notify, delay)
     adopted:      STOPPED | EXITED | BACKOFF | BLOCKED -> RUNNING (hot restart of pmon)
     ready:        STARTING -> RUNNING
-    stop:         STARTING | RUNNING -> STOPPING (TERMINATE, kill deadline)
+    stop:         STARTING (no process yet: spawn failed) -> STOPPED
+                  STARTING | RUNNING -> STOPPING (TERMINATE, kill deadline)
                   BACKOFF | BLOCKED -> STOPPED
     kill deadline: STOPPING -> STOPPING (KILL)
     exited:       STOPPING -> STOPPED (or STARTING again for a restart)
@@ -178,6 +179,10 @@ class Manager:
         if operator and self.spec.start is StartType.MANUAL:
             self.wanted = False
         self._restart_after_stop = False
+        if self.state is S.STARTING and self.pid is None:
+            self.state = S.STOPPED  # the spawn failed or was refused: nothing to signal
+            self._set_deadline(None)
+            return []
         if self.state in (S.STARTING, S.RUNNING):
             self.state = S.STOPPING  # -> STOPPING, kill at the deadline
             self._set_deadline(Deadline.KILL, now + self.spec.seconds_to_kill)

@@ -12,7 +12,6 @@ import asyncio
 import enum
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Mapping, Protocol
@@ -28,7 +27,7 @@ from .plugin_types import RestartAdvice
 from .process import ManagedProcess, log_path, manager_env
 from .reload import ReloadOnHangup
 from .service.sdnotify import SystemdNotifier
-from .states import ManagerState, StartType
+from .states import ManagerState
 from .watchdog import WriteProbe
 
 S = ManagerState
@@ -70,6 +69,7 @@ class Supervisor:
         self.leave_running = False  # exit without stopping the managers (for an upgrade)
         self._stopped_cleanly = False
         self._write_failing = False
+        self._closing = False  # shutdown requested: no new project sequence may begin
         self.project_ready = asyncio.Event()  # the first start sequence is done (or skipped)
         # Seams for the parts built on top (redundancy, plugins, PMON TCP): services start
         # and stop with pmon; listeners hear every state change of a manager.
@@ -137,7 +137,7 @@ class Supervisor:
             if self._project_task is not None:
                 self._project_task.cancel()
         else:
-            await self._replace_project_task(self._stop_sequence(ProjectState.STOPPED))
+            await self.finish(self._begin(self._stop_sequence(ProjectState.STOPPED), final=True))
             self._stopped_cleanly = True
         for service in reversed(self.services):
             await service.stop(self)
@@ -155,6 +155,7 @@ class Supervisor:
         return 0
 
     def request_shutdown(self, reason: str = "request") -> None:
+        self._closing = True
         if not self._shutdown.is_set():
             self._shutdown.set()
             self.events.write("shutdown", f"stopping the project and pmon ({reason})", reason=reason)
@@ -169,8 +170,15 @@ class Supervisor:
     def restart_project(self, reason: str) -> asyncio.Task[None]:
         return self._begin(self._restart_sequence(reason))
 
-    def _begin(self, sequence: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run a project sequence, cancelling the one under way (a restart replaces a start)."""
+    def _begin(self, sequence: Coroutine[Any, Any, None], final: bool = False) -> asyncio.Task[None]:
+        """Run a project sequence, cancelling the one under way (a restart replaces a start).
+
+        Once shutdown is requested only the final stop may begin: anything else would cancel
+        it and leave managers half-stopped behind an exiting pmon.
+        """
+        if self._closing and not final:
+            sequence.close()
+            raise CommandError("pmon is shutting down; the project is being stopped")
         previous = self._project_task
         if previous is not None and not previous.done():
             previous.cancel()
@@ -178,9 +186,11 @@ class Supervisor:
         self._project_task = task
         return task
 
-    async def _replace_project_task(self, sequence: Coroutine[Any, Any, None]) -> None:
-        task = self._begin(sequence)
-        await task
+    @staticmethod
+    async def finish(task: asyncio.Task[None]) -> None:
+        """Wait for a project sequence to end, also when a newer one replaced (cancelled) it:
+        the caller then reports the state reached, instead of dying of the cancellation."""
+        await asyncio.wait({task})
 
     async def _start_sequence(self, skip: frozenset[str] = frozenset()) -> None:
         """Start the managers in order; each must be ready before the next one starts.
@@ -190,8 +200,8 @@ class Supervisor:
         """
         self._set_project_state(ProjectState.STARTING)
         for spec in self.config.start_order():
-            manager = self.managers[spec.name]
-            if not manager.wanted or spec.name in skip or self.refusal(spec):
+            manager = self.managers.get(spec.name)  # a reload may have removed it meanwhile
+            if manager is None or not manager.wanted or spec.name in skip or self.refusal(spec):
                 continue  # manual: only on an operator's command; or a gate says not here
             self._apply(manager, manager.start(self.now()))
             settled = await self.wait_for(
@@ -242,6 +252,8 @@ class Supervisor:
         old, self.project_state = self.project_state, state
         if old is not state:
             self._tell(self.project_listeners, state)
+        if state in (ProjectState.RUNNING, ProjectState.STOPPED, ProjectState.BLOCKED):
+            self.project_ready.set()  # settled, however the first sequence ended (systemd READY=1)
         self._changed()
 
     @property
@@ -324,8 +336,9 @@ class Supervisor:
             return
         self.procs[spec.name] = proc
         self.by_pid[proc.pid] = spec.name
-        self.watcher.watch(proc.pid, proc.popen)
+        # spawned first: on the SIGCHLD path watch() may report a quick death at once
         manager.spawned(proc.pid, self.now(), time.time())
+        self.watcher.watch(proc.pid, proc.popen)
         self.events.write(
             "started", f"{spec.name} started (pid {proc.pid})", manager=spec.name, pid=proc.pid
         )
@@ -541,6 +554,8 @@ class Supervisor:
     # `wait=False` returns once the change is under way (PMON TCP answers at once).
     async def start_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager = self.find(target)
+        if self._closing:
+            raise CommandError("pmon is shutting down; nothing new is started")
         reason = self.refusal(manager.spec)
         if reason:
             raise CommandError(reason)
@@ -548,7 +563,7 @@ class Supervisor:
             manager.recent.clear()  # the operator resets the core manager's counter
             task = self.restart_project(f"operator started core manager {manager.spec.name}")
             if wait:
-                await task
+                await self.finish(task)
             return manager
         self._apply(manager, manager.start(self.now(), operator=True))
         if wait:
@@ -592,7 +607,7 @@ class Supervisor:
         if manager.spec.core:
             task = self.restart_project(f"operator restarted core manager {manager.spec.name}")
             if wait:
-                await task
+                await self.finish(task)
             return manager
         self._apply(manager, manager.restart(self.now()))
         if wait:
@@ -655,17 +670,16 @@ def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
     from .plugin_host import PluginHost
 
-    services: list[Service] = [
-        PluginHost(config), LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()
-    ]
+    services: list[Service] = []
+    if config.redundancy is not None:  # first: its daemon may sync as soon as pmon answers
+        from .redundancy.service import RedundancyService
+
+        services.append(RedundancyService(config))
+    services += [PluginHost(config), LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()]
     if config.pmon_tcp is not None:
         from .pmon_tcp.server import PmonTcpService
 
         services.append(PmonTcpService(config.pmon_tcp))
-    if config.redundancy is not None:
-        from .redundancy.service import RedundancyService
-
-        services.append(RedundancyService(config))
     return services
 
 

@@ -189,3 +189,47 @@ def test_tcp_control_needs_the_token(tmp_path, pmon):
     assert instance.manager("a")["state"] == "running"
     import stat
     assert stat.S_IMODE((tmp_path / "var" / "control.token").stat().st_mode) == 0o600
+
+
+def test_commands_during_shutdown_are_refused_and_the_stop_completes(tmp_path, pmon):
+    config = write_project(tmp_path, [
+        {"name": "fast", "command": child()},
+        {"name": "slow", "command": child("--ignore-term"), "seconds_to_kill": 1.5},
+    ])
+    instance = pmon(config)
+    pids = [m["pid"] for m in instance.status()["managers"]]
+    assert pmon_cli(config, "shutdown").returncode == 0
+    # while `slow` holds the stop sequence, a restart of the project must not cancel it
+    for args in (("restart", "--all"), ("start", "--all"), ("start", "fast")):
+        result = pmon_cli(config, *args)
+        if result.returncode == 3:
+            break  # pmon already gone: nothing left to refuse
+        assert result.returncode == 1 and "shutting down" in result.stderr, result.stderr
+    poll_for(lambda: instance.proc.poll() is not None, 20, "pmon to exit")
+    assert instance.proc.returncode == 0
+    assert not any(psutil.pid_exists(p) for p in pids)
+    assert instance.events()[-1]["event"] == "pmon-stopped"
+
+
+def test_editing_the_redundancy_manager_pmon_added_is_refused_clearly(tmp_path, pmon):
+    from supervisor.control.client import RemoteError
+
+    ports = []
+    for _ in range(2):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    redundancy = {"name": "a", "partner": "b", "links": [
+        {"local": f"127.0.0.1:{ports[0]}", "partner": f"127.0.0.1:{ports[1]}"}]}
+    config = write_project(tmp_path, [{"name": "data", "command": child(), "core": True}],
+                           redundancy=redundancy)
+    instance = pmon(config)
+    before = config.read_text()
+    try:
+        instance.call("edit", target="redundancy", changes={"seconds_to_kill": 3})
+    except RemoteError as exc:
+        assert "pmon adds it for [redundancy]" in str(exc)
+    else:
+        raise AssertionError("the edit was accepted")
+    assert config.read_text() == before
+    assert instance.manager("redundancy")["state"] == "running"

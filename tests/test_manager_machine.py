@@ -167,3 +167,9 @@ class RestartModel(RuleBasedStateMachine):
 
 TestRestartModel = RestartModel.TestCase
 TestRestartModel.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+def test_stop_before_a_failed_spawn_is_reported_goes_straight_to_stopped():
+    m = Manager(spec())
+    assert m.start(0.0) == [Action.SPAWN]  # the spawn then fails: no pid yet
+    assert m.stop(0.1) == [] and m.state is S.STOPPED and m.deadline is None
