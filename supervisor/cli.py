@@ -168,18 +168,19 @@ def _manager_command(name: str, verb: str, all_command: str, all_help: str) -> N
     @config_option
     @click.argument("target", required=False)
     @click.option("--all", "all_", is_flag=True, help=all_help)
-    @click.option("--force", is_flag=True, hidden=name != "stop",
-                  help="With --all: stop even the active server of a pair whose partner is not available.")
+    @click.option("--force", is_flag=True, hidden=name == "start",
+                  help="Stop or restart even the active server of a pair whose partner is not available.")
     def handler(config_path: Path | None, target: str | None, all_: bool, force: bool) -> None:
         if all_ == (target is not None):
             raise click.UsageError(f"give a manager NAME (or index), or --all: pmon {name} NAME")
-        if force and not (all_ and name == "stop"):
-            raise click.UsageError("--force goes with `pmon stop --all` only")
+        forced = {"force": True} if force else {}
+        if force and not (name == "restart" or (all_ and name == "stop")):
+            raise click.UsageError("--force goes with `pmon stop --all` and `pmon restart` only")
         if all_:
-            result = call(config_path, all_command, **({"force": True} if force else {}))
+            result = call(config_path, all_command, **forced)
             click.echo(f"project {result['project']}: {result['project_state']}")
         else:
-            row = call(config_path, name, target=target_arg(target or ""))
+            row = call(config_path, name, target=target_arg(target or ""), **forced)
             click.echo(f"{row['name']}: {row['state']}" + (f" (pid {row['pid']})" if row["pid"] else ""))
 
 

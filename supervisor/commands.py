@@ -101,8 +101,12 @@ async def kill(sup: "Supervisor", target: str | int, wait: bool = True) -> dict[
 
 
 @command("restart")
-async def restart(sup: "Supervisor", target: str | int, wait: bool = True) -> dict[str, Any]:
+async def restart(
+    sup: "Supervisor", target: str | int, wait: bool = True, force: bool = False
+) -> dict[str, Any]:
     """Restart a manager; a core manager restarts the whole project."""
+    if sup.find(target).spec.core:
+        refuse_unsafe_stop(sup, f"restart {target} (a core manager: the whole project)", force)
     return sup.row(await sup.restart_manager(target, wait=wait))
 
 
@@ -136,8 +140,9 @@ async def stop_all(sup: "Supervisor", wait: bool = True, force: bool = False) ->
 
 
 @command("restart-all")
-async def restart_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
+async def restart_all(sup: "Supervisor", wait: bool = True, force: bool = False) -> dict[str, Any]:
     """Restart the project: stop everything in reverse order, then start in order."""
+    refuse_unsafe_stop(sup, "restart --all", force)
     for manager in sup.managers.values():
         manager.recent.clear()  # an operator's project restart is a fresh start
     task = sup.restart_project("operator request")

@@ -150,6 +150,9 @@ def test_killing_the_active_server_makes_the_passive_take_over_once(tmp_path, pm
     # alone now: b's project may not be stopped without --force
     result = pmon_cli(b.config_path, "stop", "--all")
     assert result.returncode == 1 and "--force" in result.stderr
+    for restart in (("restart", "--all"), ("restart", "redundancy")):  # nor restarted
+        result = pmon_cli(b.config_path, *restart)
+        assert result.returncode == 1 and "--force" in result.stderr, result.stderr
     assert pmon_cli(b.config_path, "stop", "--all", "--force").returncode == 0
 
 
