@@ -92,12 +92,6 @@ class Config:
         """List order, with the redundancy manager moved first (PMON's rule)."""
         return tuple(sorted(self.managers, key=lambda m: not m.redundancy))
 
-    def manager(self, name: str) -> ManagerSpec:
-        for spec in self.managers:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
 
 # --- the schema -----------------------------------------------------------------------
 # A key: (what the user must write, check-and-convert). The converter raises ValueError
@@ -174,10 +168,6 @@ def _one_of(*allowed: str) -> Callable[[Any], str]:
     return convert
 
 
-def _optional_int(value: Any) -> int | None:
-    return _count(value)
-
-
 def _monitor(value: Any) -> Mapping[str, Mapping[str, Any]]:
     # Only the shape is checked here; each plugin checks its own table at start-up.
     if not isinstance(value, dict) or not all(
@@ -201,7 +191,7 @@ MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "reset_after": _positive_number,
     "env": _env,
     "cwd": _string,
-    "num": _optional_int,
+    "num": _count,
     "monitor": _monitor,
     "run_on": _one_of("both", "active"),
     "notify_switchover": _boolean,
