@@ -211,3 +211,28 @@ def test_a_partner_with_a_blocked_manager_is_not_available(tmp_path, pmon, relay
     result = pmon_cli(a.config_path, "redu", "set-active", "b", "--force")
     assert result.returncode == 0, result.stderr
     wait_roles(a, b, "passive", "active", connected=False)
+
+
+def test_a_lost_split_brain_does_not_undo_an_operators_forced_stop(tmp_path, pmon, relay):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        listed = managers(tmp_path)(server)
+        if server == "a":  # a slow stop keeps a's stop sequence (and redundancy manager) going
+            listed[0] = {**listed[0], "command": child("--ignore-term"), "seconds_to_kill": 30}
+        return listed
+
+    config_a, config_b = write_pair(tmp_path, relay, for_server)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    wait_roles(a, b, "active", "passive")
+    relay.cut()
+    poll_for(lambda: redu(b)["role"] == "active" and redu(a)["partner_connected"] is False,
+             WAIT, "split brain")
+    a.call("stop-all", force=True, wait=False)
+    poll_for(lambda: a.status()["project_state"] == "stopping", WAIT, "a's project to stop")
+    relay.restore()  # a lost the split brain while its operator stops it
+    poll_for(lambda: redu(a)["role"] == "passive", WAIT, "a to lose the split brain")
+    kill_tree(a.manager("w")["pid"])  # do not wait for seconds_to_kill
+    poll_for(lambda: a.status()["project_state"] == "stopped", WAIT, "a's project stopped")
+    assert not [e for e in a.events() if e["event"] == "project-restart"]
+    assert all(m["state"] != "running" for m in a.status()["managers"])

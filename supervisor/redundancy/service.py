@@ -158,6 +158,8 @@ class RedundancyService:
                 json.dumps(self.report.get("preferred")), json.dumps(self.report.get("forced")))
 
     def _role_changed(self, role: str, report: dict[str, Any]) -> None:
+        from ..pmon import ProjectState
+
         old, self.role = self.role, role
         me, partner = self.spec.name, self.spec.partner
         active = me if role == "active" else partner
@@ -178,7 +180,10 @@ class RedundancyService:
         to_notify = self._to_notify() if old is not None else []
         if report.get("restart_project"):
             self.held.clear()
-            self.sup.restart_project(f"split-brain resolution: {partner} stays active")
+            # Only a project that runs diverged; a stopped, blocked or stopping one (an
+            # operator's `stop --all --force`, a block, a shutdown) stays as it is.
+            if self.sup.project_state in (ProjectState.STARTING, ProjectState.RUNNING):
+                self.sup.restart_project(f"split-brain resolution: {partner} stays active")
         elif role == "active":
             self._start_active_managers()
         else:
