@@ -236,3 +236,26 @@ def test_a_lost_split_brain_does_not_undo_an_operators_forced_stop(tmp_path, pmo
     poll_for(lambda: a.status()["project_state"] == "stopped", WAIT, "a's project stopped")
     assert not [e for e in a.events() if e["event"] == "project-restart"]
     assert all(m["state"] != "running" for m in a.status()["managers"])
+
+
+def test_back_to_active_while_an_active_only_manager_still_stops_starts_it_again(tmp_path, pmon, relay):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        listed = managers(tmp_path)(server)
+        if server == "a":  # drv outlives the switch to passive and back
+            listed[1] = {**listed[1], "command": child("--ignore-term"), "seconds_to_kill": 30}
+        return listed
+
+    config_a, config_b = write_pair(tmp_path, relay, for_server)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    wait_roles(a, b, "active", "passive")
+    old = a.wait_state("drv", "running")["pid"]
+    assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0
+    wait_roles(a, b, "passive", "active")
+    a.wait_state("drv", "stopping")
+    assert pmon_cli(a.config_path, "redu", "prefer", "a").returncode == 0
+    wait_roles(a, b, "active", "passive")
+    kill_tree(old)  # do not wait for seconds_to_kill
+    poll_for(lambda: a.manager("drv")["state"] == "running" and a.manager("drv")["pid"] != old,
+             WAIT, "drv to start again on the active a")

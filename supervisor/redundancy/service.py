@@ -213,7 +213,9 @@ class RedundancyService:
         held, self.held = self.held, set()
         for spec in self.sup.config.start_order():
             manager = self.sup.managers[spec.name]
-            if spec.name in held and manager.wanted and manager.state in (S.STOPPED, S.EXITED):
+            # start() restarts a STOPPING one after its exit (back to active within its
+            # seconds_to_kill) and leaves a live one alone; a blocked one waits for an operator.
+            if spec.name in held and manager.wanted and manager.state is not S.BLOCKED:
                 self.sup._apply(manager, manager.start(now))
 
     def _stop_active_managers(self) -> None:
