@@ -214,8 +214,11 @@ def decide(
         state = record.get("state")
         if state == S.BLOCKED.value:
             decision.down[name] = S.BLOCKED
-        elif state == S.STOPPED.value and project_state == "running":
+        elif state == S.STOPPED.value and project_state == "running" and spec.run_on != "active":
             decision.down[name] = S.STOPPED  # stopped on purpose (mid-sequence: not yet)
+        # A stopped run_on = "active" manager is left to the start sequence's gate: most often
+        # the passive server stopped it, and only a gated one is started on becoming active.
+        # The price: an operator's stop of one on the active server is forgotten here.
         elif state in ALIVE or state == S.BACKOFF.value or (
             state == S.EXITED.value and spec.start is not StartType.ONCE
         ):

@@ -68,3 +68,13 @@ def test_without_a_state_file_marked_processes_are_adopted_and_unknown_ones_stop
     decision = decide(CONFIG, None, [Found("a", 10, 1.0), gone])
     assert set(decision.adopt) == {"a"} and decision.strays == [gone]
     assert not decision.restore
+
+
+def test_a_stopped_active_only_manager_is_left_to_the_gate_not_kept_down():
+    # stopped on the passive server: kept down, it would never start on becoming active
+    config = config_module.parse({"project": {"name": "p"}, "managers": [
+        {"name": "drv", "command": ["d"], "run_on": "active"},
+        {"name": "b", "command": ["b"]},
+    ]}, Path("/p/pmon.toml"))
+    decision = decide(config, saved(drv=record("stopped"), b=record("stopped")), [])
+    assert decision.down == {"b": S.STOPPED}
