@@ -296,7 +296,9 @@ def _restore_counters(manager: Any, record: Mapping[str, Any], now: float) -> No
         # another boot and mean nothing here.
         manager.recent.clear()
         manager.recent.extend(t for t in recent if isinstance(t, (int, float)) and t <= now)
-    if isinstance(record.get("wanted"), bool):
+    # Only a manual manager's wish is the operator's; another start type (maybe changed in
+    # the file while pmon was away) is wanted by its type.
+    if isinstance(record.get("wanted"), bool) and manager.spec.start is StartType.MANUAL:
         manager.wanted = record["wanted"]
 
 
