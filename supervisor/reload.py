@@ -78,6 +78,15 @@ def plan(old: Config, new: Config) -> Plan:
                 f"{getattr(new.project, key)}): that is another project; nothing changed. "
                 "Stop this one and run the new file"
             )
+    if (old.redundancy is None) != (new.redundancy is None):
+        # It brings or takes the redundancy manager and the service that works with it:
+        # half of that live would start or stop the manager without the service.
+        word = "added" if new.redundancy is not None else "removed"
+        raise CommandError(
+            f"{new.path}: the [redundancy] section was {word}; nothing changed. "
+            "Restart pmon to add or remove [redundancy] (`pmon detach` then `pmon run` "
+            "keeps the managers running)"
+        )
     before = {s.name: s for s in old.managers}
     after = {s.name: s for s in new.managers}
     changed: dict[str, tuple[str, ...]] = {}

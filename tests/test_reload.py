@@ -57,6 +57,17 @@ def test_plan_refuses_another_project_and_reports_what_needs_a_pmon_restart():
     assert later.not_applied == ("[control]",) and later.empty
 
 
+def test_plan_refuses_to_add_or_remove_the_redundancy_section():
+    section = {"name": "a", "partner": "b",
+               "links": [{"local": "127.0.0.1:7101", "partner": "127.0.0.1:7201"}]}
+    alone, paired = cfg([A]), cfg([A], redundancy=section)
+    for old, new, word in ((alone, paired, "added"), (paired, alone, "removed")):
+        with pytest.raises(CommandError, match=rf"\[redundancy\] section was {word}.*Restart pmon"):
+            plan(old, new)
+    assert plan(paired, cfg([A], redundancy={**section, "timeout": 2})).not_applied == (
+        "[redundancy]",)
+
+
 def write(path: Path, managers: list[dict], name: str) -> None:
     path.write_text(tomli_w.dumps({"project": {"name": name, "state_dir": "var"},
                                    "managers": managers}))
