@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 S = ManagerState
 # Keys a running process cannot pick up: a manager whose one of these changed restarts.
 RESTART_KEYS = frozenset(
-    {"command", "env", "cwd", "start", "core", "redundancy", "ready", "ready_seconds", "num"}
+    {"command", "env", "cwd", "start", "core", "redundancy", "ready", "ready_seconds", "num",
+     "run_on"}  # run_on: the start gate may now refuse (or allow) it
 )
 # Position is not a property of the manager: reordering the file restarts nothing.
 IGNORED_KEYS = frozenset({"index"})
@@ -164,17 +165,24 @@ async def apply(sup: "Supervisor", new: Config, todo: Plan) -> None:
         manager.wanted = spec.start is not StartType.MANUAL or (
             old_start[name] is StartType.MANUAL and was_wanted[name]
         )
-        if manager.alive:
+        if sup.refusal(spec):  # a gate (run_on = "active" on the passive) refuses it now
+            if manager.alive or manager.state is S.BACKOFF:
+                sup._apply(manager, manager.stop(now(), operator=False))
+        elif manager.alive:
             if manager.wanted:
                 sup._apply(manager, manager.restart(now()))
             else:
                 sup._apply(manager, manager.stop(now(), operator=False))
         elif manager.state in (S.BACKOFF, S.BLOCKED) and manager.wanted and running:
             sup._apply(manager, manager.start(now(), operator=True))  # a fixed command
+        elif manager.state is S.STOPPED and "run_on" in todo.changed[name] and (
+            manager.wanted and running
+        ):
+            sup._apply(manager, manager.start(now()))  # the gate held it back, no longer
         touched.append(manager)
     for name in todo.added:
         manager = sup.managers[name]
-        if manager.wanted and running:
+        if manager.wanted and running and not sup.refusal(manager.spec):
             sup._apply(manager, manager.start(now()))
         touched.append(manager)
     await sup.wait_for(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import tomli_w
 
 from relay import Relay
 from support import Pmon, child, kill_tree, pmon_cli, poll_for, write_pair
@@ -259,3 +261,35 @@ def test_back_to_active_while_an_active_only_manager_still_stops_starts_it_again
     kill_tree(old)  # do not wait for seconds_to_kill
     poll_for(lambda: a.manager("drv")["state"] == "running" and a.manager("drv")["pid"] != old,
              WAIT, "drv to start again on the active a")
+
+
+def test_reload_on_the_passive_server_obeys_run_on(tmp_path, pmon, relay):
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    b.wait_state("w", "running")
+    data = tomllib.loads(b.config_path.read_text())
+    w, drv = data["managers"]
+    data["managers"] = [
+        {**w, "run_on": "active"},                              # both -> active: stopped
+        {**drv, "command": child("--print", "v2")},             # changed, stays held
+        {"name": "new", "command": child(), "run_on": "active"},  # added, held
+        {"name": "was", "command": child(), "run_on": "active"},
+    ]
+    b.config_path.write_text(tomli_w.dumps(data))
+    result = pmon_cli(b.config_path, "reload")
+    assert result.returncode == 0, result.stderr
+    b.wait_state("w", "stopped")
+    assert {m["name"]: m["state"] for m in b.status()["managers"]} == {
+        "redundancy": "running", "w": "stopped", "drv": "stopped", "new": "stopped",
+        "was": "stopped"}
+
+    data["managers"][3] = {**data["managers"][3], "run_on": "both"}  # active -> both: runs
+    b.config_path.write_text(tomli_w.dumps(data))
+    assert pmon_cli(b.config_path, "reload").returncode == 0
+    b.wait_state("was", "running")
+
+    # the managers held back start when b becomes active
+    assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0
+    wait_roles(a, b, "passive", "active")
+    for name in ("w", "drv", "new"):
+        b.wait_state(name, "running")
