@@ -140,7 +140,8 @@ def describe(result: Mapping[str, Any]) -> list[str]:
 
 async def apply(sup: "Supervisor", new: Config, todo: Plan) -> None:
     """Stop the removed managers, take the new configuration, restart the changed ones,
-    start the added ones. Unchanged and updated managers keep their process."""
+    start the added ones. Unchanged and updated managers keep their process, unless a
+    changed manager is core: then the whole project restarts."""
     now = sup.now
     running = sup.project_state.value in ("starting", "running")
     removed = [sup.managers[name] for name in todo.removed]
@@ -158,13 +159,22 @@ async def apply(sup: "Supervisor", new: Config, todo: Plan) -> None:
     was_wanted = {name: sup.managers[name].wanted for name in todo.changed}
     old_start = {name: sup.managers[name].spec.start for name in todo.changed}
     sup.reconfigure(new)
+    for name in todo.changed:
+        manager = sup.managers[name]
+        manager.wanted = manager.spec.start is not StartType.MANUAL or (
+            old_start[name] is StartType.MANUAL and was_wanted[name]
+        )
+    core = [name for name in todo.changed if sup.managers[name].spec.core]
+    if core and running:
+        # pmon's rule: a core manager restarts with the whole project, never alone. The
+        # project restart also restarts the other changed ones and starts the added ones.
+        task = sup.restart_project(f"reload changed core manager {', '.join(core)}")
+        await asyncio.wait({task})  # another project command may cancel it: not an error
+        return
     touched = []
     for name in todo.changed:
         manager = sup.managers[name]
         spec = manager.spec
-        manager.wanted = spec.start is not StartType.MANUAL or (
-            old_start[name] is StartType.MANUAL and was_wanted[name]
-        )
         if sup.refusal(spec):  # a gate (run_on = "active" on the passive) refuses it now
             if manager.alive or manager.state is S.BACKOFF:
                 sup._apply(manager, manager.stop(now(), operator=False))

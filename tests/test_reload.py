@@ -130,6 +130,22 @@ def test_sighup_reloads_and_reports_a_bad_file_in_the_event_log(tmp_path, pmon):
     assert instance.manager("b")["state"] == "running"
 
 
+def test_a_changed_core_manager_restarts_the_whole_project(tmp_path, pmon):
+    config = write_project(tmp_path, [{"name": "c", "command": child(), "core": True},
+                                      {"name": "x", "command": child()}])
+    instance = pmon(config)
+    before = {m["name"]: m["pid"] for m in instance.status()["managers"]}
+    write(config, [{"name": "c", "command": child("--print", "v2"), "core": True},
+                   {"name": "x", "command": child()}], instance.config.project.name)
+    done = pmon_cli(config, "reload")
+    assert done.returncode == 0, done.stderr
+    restart = instance.wait_event("project-restart")
+    assert restart["reason"] == "reload changed core manager c"
+    after = poll_for(lambda: (s := instance.status())["project_state"] == "running" and s)
+    assert all(m["state"] == "running" and m["pid"] != before[m["name"]]
+               for m in after["managers"])
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
