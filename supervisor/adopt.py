@@ -214,8 +214,11 @@ def decide(
         state = record.get("state")
         if state == S.BLOCKED.value:
             decision.down[name] = S.BLOCKED
-        elif state == S.STOPPED.value and project_state == "running":
+        elif state == S.STOPPED.value and project_state == "running" and spec.run_on != "active":
             decision.down[name] = S.STOPPED  # stopped on purpose (mid-sequence: not yet)
+        # A stopped run_on = "active" manager is left to the start sequence's gate: most often
+        # the passive server stopped it, and only a gated one is started on becoming active.
+        # The price: an operator's stop of one on the active server is forgotten here.
         elif state in ALIVE or state == S.BACKOFF.value or (
             state == S.EXITED.value and spec.start is not StartType.ONCE
         ):
@@ -293,7 +296,9 @@ def _restore_counters(manager: Any, record: Mapping[str, Any], now: float) -> No
         # another boot and mean nothing here.
         manager.recent.clear()
         manager.recent.extend(t for t in recent if isinstance(t, (int, float)) and t <= now)
-    if isinstance(record.get("wanted"), bool):
+    # Only a manual manager's wish is the operator's; another start type (maybe changed in
+    # the file while pmon was away) is wanted by its type.
+    if isinstance(record.get("wanted"), bool) and manager.spec.start is StartType.MANUAL:
         manager.wanted = record["wanted"]
 
 

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 S = ManagerState
 # Keys a running process cannot pick up: a manager whose one of these changed restarts.
 RESTART_KEYS = frozenset(
-    {"command", "env", "cwd", "start", "core", "redundancy", "ready", "ready_seconds", "num"}
+    {"command", "env", "cwd", "start", "core", "redundancy", "ready", "ready_seconds", "num",
+     "run_on"}  # run_on: the start gate may now refuse (or allow) it
 )
 # Position is not a property of the manager: reordering the file restarts nothing.
 IGNORED_KEYS = frozenset({"index"})
@@ -78,6 +79,15 @@ def plan(old: Config, new: Config) -> Plan:
                 f"{getattr(new.project, key)}): that is another project; nothing changed. "
                 "Stop this one and run the new file"
             )
+    if (old.redundancy is None) != (new.redundancy is None):
+        # It brings or takes the redundancy manager and the service that works with it:
+        # half of that live would start or stop the manager without the service.
+        word = "added" if new.redundancy is not None else "removed"
+        raise CommandError(
+            f"{new.path}: the [redundancy] section was {word}; nothing changed. "
+            "Restart pmon to add or remove [redundancy] (`pmon detach` then `pmon run` "
+            "keeps the managers running)"
+        )
     before = {s.name: s for s in old.managers}
     after = {s.name: s for s in new.managers}
     changed: dict[str, tuple[str, ...]] = {}
@@ -130,7 +140,8 @@ def describe(result: Mapping[str, Any]) -> list[str]:
 
 async def apply(sup: "Supervisor", new: Config, todo: Plan) -> None:
     """Stop the removed managers, take the new configuration, restart the changed ones,
-    start the added ones. Unchanged and updated managers keep their process."""
+    start the added ones. Unchanged and updated managers keep their process, unless a
+    changed manager is core: then the whole project restarts."""
     now = sup.now
     running = sup.project_state.value in ("starting", "running")
     removed = [sup.managers[name] for name in todo.removed]
@@ -148,24 +159,40 @@ async def apply(sup: "Supervisor", new: Config, todo: Plan) -> None:
     was_wanted = {name: sup.managers[name].wanted for name in todo.changed}
     old_start = {name: sup.managers[name].spec.start for name in todo.changed}
     sup.reconfigure(new)
+    for name in todo.changed:
+        manager = sup.managers[name]
+        manager.wanted = manager.spec.start is not StartType.MANUAL or (
+            old_start[name] is StartType.MANUAL and was_wanted[name]
+        )
+    core = [name for name in todo.changed if sup.managers[name].spec.core]
+    if core and running:
+        # pmon's rule: a core manager restarts with the whole project, never alone. The
+        # project restart also restarts the other changed ones and starts the added ones.
+        task = sup.restart_project(f"reload changed core manager {', '.join(core)}")
+        await asyncio.wait({task})  # another project command may cancel it: not an error
+        return
     touched = []
     for name in todo.changed:
         manager = sup.managers[name]
         spec = manager.spec
-        manager.wanted = spec.start is not StartType.MANUAL or (
-            old_start[name] is StartType.MANUAL and was_wanted[name]
-        )
-        if manager.alive:
+        if sup.refusal(spec):  # a gate (run_on = "active" on the passive) refuses it now
+            if manager.alive or manager.state is S.BACKOFF:
+                sup._apply(manager, manager.stop(now(), operator=False))
+        elif manager.alive:
             if manager.wanted:
                 sup._apply(manager, manager.restart(now()))
             else:
                 sup._apply(manager, manager.stop(now(), operator=False))
         elif manager.state in (S.BACKOFF, S.BLOCKED) and manager.wanted and running:
             sup._apply(manager, manager.start(now(), operator=True))  # a fixed command
+        elif manager.state is S.STOPPED and "run_on" in todo.changed[name] and (
+            manager.wanted and running
+        ):
+            sup._apply(manager, manager.start(now()))  # the gate held it back, no longer
         touched.append(manager)
     for name in todo.added:
         manager = sup.managers[name]
-        if manager.wanted and running:
+        if manager.wanted and running and not sup.refusal(manager.spec):
             sup._apply(manager, manager.start(now()))
         touched.append(manager)
     await sup.wait_for(

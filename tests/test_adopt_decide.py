@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from supervisor import config as config_module
-from supervisor.adopt import Found, decide
-from supervisor.states import ManagerState as S
+from supervisor.adopt import Found, _restore_counters, decide
+from supervisor.manager import Manager
+from supervisor.states import ManagerState as S, StartType
 
 CONFIG = config_module.parse({"project": {"name": "p"}, "managers": [
     {"name": "a", "command": ["a"]},
@@ -68,3 +70,24 @@ def test_without_a_state_file_marked_processes_are_adopted_and_unknown_ones_stop
     decision = decide(CONFIG, None, [Found("a", 10, 1.0), gone])
     assert set(decision.adopt) == {"a"} and decision.strays == [gone]
     assert not decision.restore
+
+
+def test_a_stopped_active_only_manager_is_left_to_the_gate_not_kept_down():
+    # stopped on the passive server: kept down, it would never start on becoming active
+    config = config_module.parse({"project": {"name": "p"}, "managers": [
+        {"name": "drv", "command": ["d"], "run_on": "active"},
+        {"name": "b", "command": ["b"]},
+    ]}, Path("/p/pmon.toml"))
+    decision = decide(config, saved(drv=record("stopped"), b=record("stopped")), [])
+    assert decision.down == {"b": S.STOPPED}
+
+
+def test_only_a_manual_manager_gets_its_saved_wish_back():
+    # `wanted: false` saved while `a` was manual; the file now says always: it must start
+    always = CONFIG.managers[0]
+    manual = dataclasses.replace(always, start=StartType.MANUAL)
+    kept, restored = Manager(always), Manager(manual)
+    for manager in (kept, restored):
+        _restore_counters(manager, {**record("stopped"), "wanted": False, "restarts": 2}, 0.0)
+    assert kept.wanted and kept.restarts == 2
+    assert not restored.wanted

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import tomli_w
 
 from relay import Relay
 from support import Pmon, child, kill_tree, pmon_cli, poll_for, write_pair
@@ -214,3 +216,83 @@ def test_a_partner_with_a_blocked_manager_is_not_available(tmp_path, pmon, relay
     result = pmon_cli(a.config_path, "redu", "set-active", "b", "--force")
     assert result.returncode == 0, result.stderr
     wait_roles(a, b, "passive", "active", connected=False)
+
+
+def test_a_lost_split_brain_does_not_undo_an_operators_forced_stop(tmp_path, pmon, relay):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        listed = managers(tmp_path)(server)
+        if server == "a":  # a slow stop keeps a's stop sequence (and redundancy manager) going
+            listed[0] = {**listed[0], "command": child("--ignore-term"), "seconds_to_kill": 30}
+        return listed
+
+    config_a, config_b = write_pair(tmp_path, relay, for_server)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    wait_roles(a, b, "active", "passive")
+    relay.cut()
+    poll_for(lambda: redu(b)["role"] == "active" and redu(a)["partner_connected"] is False,
+             WAIT, "split brain")
+    a.call("stop-all", force=True, wait=False)
+    poll_for(lambda: a.status()["project_state"] == "stopping", WAIT, "a's project to stop")
+    relay.restore()  # a lost the split brain while its operator stops it
+    poll_for(lambda: redu(a)["role"] == "passive", WAIT, "a to lose the split brain")
+    kill_tree(a.manager("w")["pid"])  # do not wait for seconds_to_kill
+    poll_for(lambda: a.status()["project_state"] == "stopped", WAIT, "a's project stopped")
+    assert not [e for e in a.events() if e["event"] == "project-restart"]
+    assert all(m["state"] != "running" for m in a.status()["managers"])
+
+
+def test_back_to_active_while_an_active_only_manager_still_stops_starts_it_again(tmp_path, pmon, relay):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        listed = managers(tmp_path)(server)
+        if server == "a":  # drv outlives the switch to passive and back
+            listed[1] = {**listed[1], "command": child("--ignore-term"), "seconds_to_kill": 30}
+        return listed
+
+    config_a, config_b = write_pair(tmp_path, relay, for_server)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    wait_roles(a, b, "active", "passive")
+    old = a.wait_state("drv", "running")["pid"]
+    assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0
+    wait_roles(a, b, "passive", "active")
+    a.wait_state("drv", "stopping")
+    assert pmon_cli(a.config_path, "redu", "prefer", "a").returncode == 0
+    wait_roles(a, b, "active", "passive")
+    kill_tree(old)  # do not wait for seconds_to_kill
+    poll_for(lambda: a.manager("drv")["state"] == "running" and a.manager("drv")["pid"] != old,
+             WAIT, "drv to start again on the active a")
+
+
+def test_reload_on_the_passive_server_obeys_run_on(tmp_path, pmon, relay):
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    b.wait_state("w", "running")
+    data = tomllib.loads(b.config_path.read_text())
+    w, drv = data["managers"]
+    data["managers"] = [
+        {**w, "run_on": "active"},                              # both -> active: stopped
+        {**drv, "command": child("--print", "v2")},             # changed, stays held
+        {"name": "new", "command": child(), "run_on": "active"},  # added, held
+        {"name": "was", "command": child(), "run_on": "active"},
+    ]
+    b.config_path.write_text(tomli_w.dumps(data))
+    result = pmon_cli(b.config_path, "reload")
+    assert result.returncode == 0, result.stderr
+    b.wait_state("w", "stopped")
+    assert {m["name"]: m["state"] for m in b.status()["managers"]} == {
+        "redundancy": "running", "w": "stopped", "drv": "stopped", "new": "stopped",
+        "was": "stopped"}
+
+    data["managers"][3] = {**data["managers"][3], "run_on": "both"}  # active -> both: runs
+    b.config_path.write_text(tomli_w.dumps(data))
+    assert pmon_cli(b.config_path, "reload").returncode == 0
+    b.wait_state("was", "running")
+
+    # the managers held back start when b becomes active
+    assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0
+    wait_roles(a, b, "passive", "active")
+    for name in ("w", "drv", "new"):
+        b.wait_state(name, "running")

@@ -57,6 +57,17 @@ def test_plan_refuses_another_project_and_reports_what_needs_a_pmon_restart():
     assert later.not_applied == ("[control]",) and later.empty
 
 
+def test_plan_refuses_to_add_or_remove_the_redundancy_section():
+    section = {"name": "a", "partner": "b",
+               "links": [{"local": "127.0.0.1:7101", "partner": "127.0.0.1:7201"}]}
+    alone, paired = cfg([A]), cfg([A], redundancy=section)
+    for old, new, word in ((alone, paired, "added"), (paired, alone, "removed")):
+        with pytest.raises(CommandError, match=rf"\[redundancy\] section was {word}.*Restart pmon"):
+            plan(old, new)
+    assert plan(paired, cfg([A], redundancy={**section, "timeout": 2})).not_applied == (
+        "[redundancy]",)
+
+
 def write(path: Path, managers: list[dict], name: str) -> None:
     path.write_text(tomli_w.dumps({"project": {"name": name, "state_dir": "var"},
                                    "managers": managers}))
@@ -117,6 +128,22 @@ def test_sighup_reloads_and_reports_a_bad_file_in_the_event_log(tmp_path, pmon):
     failed = poll_for(lambda: [e for e in instance.events() if e["event"] == "reload-failed"])
     assert "start" in failed[0]["message"] and "nothing changed" in failed[0]["message"]
     assert instance.manager("b")["state"] == "running"
+
+
+def test_a_changed_core_manager_restarts_the_whole_project(tmp_path, pmon):
+    config = write_project(tmp_path, [{"name": "c", "command": child(), "core": True},
+                                      {"name": "x", "command": child()}])
+    instance = pmon(config)
+    before = {m["name"]: m["pid"] for m in instance.status()["managers"]}
+    write(config, [{"name": "c", "command": child("--print", "v2"), "core": True},
+                   {"name": "x", "command": child()}], instance.config.project.name)
+    done = pmon_cli(config, "reload")
+    assert done.returncode == 0, done.stderr
+    restart = instance.wait_event("project-restart")
+    assert restart["reason"] == "reload changed core manager c"
+    after = poll_for(lambda: (s := instance.status())["project_state"] == "running" and s)
+    assert all(m["state"] == "running" and m["pid"] != before[m["name"]]
+               for m in after["managers"])
 
 
 def _alive(pid: int) -> bool:

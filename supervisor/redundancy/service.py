@@ -158,6 +158,8 @@ class RedundancyService:
                 json.dumps(self.report.get("preferred")), json.dumps(self.report.get("forced")))
 
     def _role_changed(self, role: str, report: dict[str, Any]) -> None:
+        from ..pmon import ProjectState
+
         old, self.role = self.role, role
         me, partner = self.spec.name, self.spec.partner
         active = me if role == "active" else partner
@@ -178,7 +180,10 @@ class RedundancyService:
         to_notify = self._to_notify() if old is not None else []
         if report.get("restart_project"):
             self.held.clear()
-            self.sup.restart_project(f"split-brain resolution: {partner} stays active")
+            # Only a project that runs diverged; a stopped, blocked or stopping one (an
+            # operator's `stop --all --force`, a block, a shutdown) stays as it is.
+            if self.sup.project_state in (ProjectState.STARTING, ProjectState.RUNNING):
+                self.sup.restart_project(f"split-brain resolution: {partner} stays active")
         elif role == "active":
             self._start_active_managers()
         else:
@@ -208,7 +213,9 @@ class RedundancyService:
         held, self.held = self.held, set()
         for spec in self.sup.config.start_order():
             manager = self.sup.managers[spec.name]
-            if spec.name in held and manager.wanted and manager.state in (S.STOPPED, S.EXITED):
+            # start() restarts a STOPPING one after its exit (back to active within its
+            # seconds_to_kill) and leaves a live one alone; a blocked one waits for an operator.
+            if spec.name in held and manager.wanted and manager.state is not S.BLOCKED:
                 self.sup._apply(manager, manager.start(now))
 
     def _stop_active_managers(self) -> None:
