@@ -92,6 +92,12 @@ class Config:
         """List order, with the redundancy manager moved first (PMON's rule)."""
         return tuple(sorted(self.managers, key=lambda m: not m.redundancy))
 
+    def manager(self, name: str) -> ManagerSpec:
+        for spec in self.managers:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
 
 # --- the schema -----------------------------------------------------------------------
 # A key: (what the user must write, check-and-convert). The converter raises ValueError
