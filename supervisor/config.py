@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from . import platform
 from .errors import ConfigError
 from .states import Readiness, StartType
 
@@ -439,6 +440,12 @@ def _managers(
                     "the redundancy manager is always a core manager; remove core = false",
                 )
             values["core"] = True
+        if values.get("ready") is Readiness.NOTIFY and not platform.HAS_NOTIFY_SOCKET:
+            errors.add(
+                f"{where}, key 'ready'",
+                'ready = "notify" needs the systemd notify socket, which this platform lacks; '
+                'use ready = "delay" with ready_seconds',
+            )
         if values.get("core") and values.get("start", StartType.ALWAYS) is not StartType.ALWAYS:
             errors.add(
                 f"{where}, key 'start'",

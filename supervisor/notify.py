@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 from typing import Callable
 
+from . import platform
+
 MAX_DATAGRAM = 4096
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
@@ -41,6 +43,8 @@ class NotifyListener:
         return str(self.path)
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not platform.HAS_NOTIFY_SOCKET:  # config refuses ready = "notify" there
+            return
         self.path.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(str(self.path))

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # asyncio costs ~50 ms to import; `pmon status` needs none of
     import asyncio
 
 IS_WINDOWS = os.name == "nt"
+# The systemd notify protocol needs AF_UNIX datagrams, which Windows' Python lacks.
+HAS_NOTIFY_SOCKET = not IS_WINDOWS
 # PMON_NO_PIDFD=1 forces the SIGCHLD path (for old kernels, and to test that path on new ones).
 HAS_PIDFD = hasattr(os, "pidfd_open") and not os.environ.get("PMON_NO_PIDFD")
 
@@ -65,6 +67,26 @@ def add_signal_handler(
     try:
         loop.add_signal_handler(sig, callback, *args)
     except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+def lock_exclusively(handle: Any) -> bool:
+    """Take a lock on an open file without waiting; False when another process holds it.
+    The lock lasts as long as the file stays open (it dies with the process)."""
+    if IS_WINDOWS:
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
         return False
     return True
 

@@ -685,27 +685,14 @@ def build_services(config: Config) -> list[Service]:
 
 def _lock_project(state_dir: Path) -> Any:
     """Hold a lock for as long as pmon runs: a second pmon on the same project is refused."""
-    path = state_dir / "pmon.lock"
-    handle = open(path, "a+")
-    if platform.IS_WINDOWS:
-        import msvcrt
-
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-        except OSError:
-            raise PmonError(f"another pmon already runs this project ({state_dir})") from None
-        return handle
-    import fcntl
-
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    handle = open(state_dir / "pmon.lock", "a+")
+    if not platform.lock_exclusively(handle):
         handle.seek(0)
         other = handle.read().strip() or "?"
         raise PmonError(
             f"another pmon (pid {other}) already runs the project in {state_dir}; "
             "talk to it with `pmon status`, or stop it first"
-        ) from None
+        )
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))

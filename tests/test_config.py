@@ -115,3 +115,13 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_validate_says_valid(tmp_path):
     result = pmon_cli(write(tmp_path, GOOD), "validate")
     assert result.returncode == 0 and "valid" in result.stdout and "3 managers" in result.stdout
+
+
+def test_notify_readiness_is_refused_where_there_is_no_notify_socket(tmp_path, monkeypatch):
+    from supervisor import platform
+
+    monkeypatch.setattr(platform, "HAS_NOTIFY_SOCKET", False)  # as on Windows
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, GOOD))
+    assert "manager 'data' (managers[1]), key 'ready'" in str(info.value)
+    assert 'ready = "delay"' in str(info.value)
