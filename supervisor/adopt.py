@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from . import platform, statefile
 from .commands import command
 from .process import ManagedProcess
-from .states import ManagerState, StartType
+from .states import ALIVE_STATES, ManagerState, StartType
 
 if TYPE_CHECKING:
     from .config import Config
@@ -40,7 +40,7 @@ S = ManagerState
 # the wall clock was stepped in between (boot time is derived from it): allow for that.
 START_TIME_TOLERANCE = 2.0
 STRAY_KILL_SECONDS = 10.0
-ALIVE = {S.STARTING.value, S.RUNNING.value, S.STOPPING.value}
+ALIVE = {state.value for state in ALIVE_STATES}  # as the state file spells them
 
 
 @dataclass(frozen=True)

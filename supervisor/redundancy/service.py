@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from ..pmon import Supervisor
 
 S = ManagerState
-DOWN = frozenset({S.STOPPED, S.EXITED, S.BACKOFF, S.BLOCKED})
 
 
 class RedundancyService:
@@ -101,7 +100,7 @@ class RedundancyService:
         out: dict[str, float] = {}
         for manager in self.sup.managers.values():
             weight = manager.spec.weight if manager.spec.weight is not None else self.spec.manager_weight
-            if weight and self.should_run(manager) and (manager.state in DOWN or manager.ready_failed):
+            if weight and self.should_run(manager) and (not manager.alive or manager.ready_failed):
                 out[f"manager {manager.spec.name}"] = weight
         plugin = getattr(self.sup, "plugin_error_state", None)
         if plugin is not None:
