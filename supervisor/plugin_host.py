@@ -158,7 +158,7 @@ class PluginHost:
         if self.implementers("pmon_before_start"):
             sup.spawn_advisors.append(self._before_start)
         if self.implementers("pmon_restart_decision"):
-            sup.restart_advisors.append(self._restart_decision)
+            sup.restart_advisor = self._restart_decision
         for record in self.implementers("pmon_monitor_check"):
             if record.info.setup.interval is not None:
                 self._tasks.append(self.loop.create_task(self._monitor(record)))

@@ -80,9 +80,8 @@ class Supervisor:
         self.notify_listeners: list[Callable[[Manager, dict[str, str]], None]] = []
         self.project_listeners: list[Callable[[ProjectState], None]] = []
         self.spawn_advisors: list[Callable[[Manager], Mapping[str, str]]] = []
-        self.restart_advisors: list[
-            Callable[[Manager, int | None, float], RestartAdvice | None]
-        ] = []
+        # One advisor (the plugin host, which merges its plugins' advice) or None.
+        self.restart_advisor: Callable[[Manager, int | None, float], RestartAdvice | None] | None = None
         self.plugins: Any = None  # the PluginHost once started (verdicts, error state)
         # Gates say why a manager may not start now (None: it may), e.g. run_on = "active".
         self.start_gates: list[Callable[[ManagerSpec], str | None]] = []
@@ -398,25 +397,20 @@ class Supervisor:
         self._apply(manager, actions)
 
     def _advise_restart(self, manager: Manager, code: int | None, actions: list[Action]) -> list[Action]:
-        """Let the restart advisors veto or delay an automatic restart just decided."""
-        if not self.restart_advisors or manager.spec.core or manager.state not in (S.STARTING, S.BACKOFF):
+        """Let the restart advisor veto or delay an automatic restart just decided."""
+        advisor = self.restart_advisor
+        if advisor is None or manager.spec.core or manager.state not in (S.STARTING, S.BACKOFF):
             return actions
         now = self.now()
         delay = max(0.0, (manager.deadline or now) - now) if manager.state is S.BACKOFF else 0.0
-        veto, longest, reasons = False, delay, []
-        for advisor in self.restart_advisors:
-            try:
-                advice = advisor(manager, code, delay)
-            except Exception as exc:
-                self.events.write("listener-error", f"restart advisor failed: {exc!r}")
-                continue
-            if advice is not None:
-                veto = veto or advice.veto
-                longest = max(longest, advice.delay)
-                reasons.append(advice.reason)
-        if not veto and longest <= delay:
+        try:
+            advice = advisor(manager, code, delay)
+        except Exception as exc:
+            self.events.write("listener-error", f"restart advisor failed: {exc!r}")
             return actions
-        return manager.hold_restart(now, None if veto else longest, "; ".join(filter(None, reasons)))
+        if advice is None or (not advice.veto and advice.delay <= delay):
+            return actions
+        return manager.hold_restart(now, None if advice.veto else advice.delay, advice.reason)
 
     def _log_decision(
         self, manager: Manager, code: int | None, pid: int | None = None, adopted: bool = False
