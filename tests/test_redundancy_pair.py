@@ -53,8 +53,12 @@ def wait_roles(a: Pmon, b: Pmon, role_a: str, role_b: str, connected: bool = Tru
         raise AssertionError(f"{exc}; now: {redu(a)}, {redu(b)}; events: {history}") from None
 
 
-def start_pair(pmon, tmp_path: Path, relay: Relay, **redundancy: Any) -> tuple[Pmon, Pmon]:
-    config_a, config_b = write_pair(tmp_path, relay, managers(tmp_path), **redundancy)
+def start_pair(
+    pmon, tmp_path: Path, relay: Relay, managers_of: Any = None, **redundancy: Any
+) -> tuple[Pmon, Pmon]:
+    """Start both servers; `managers_of(server)` lists each one's managers (default: the
+    standard set of `managers`)."""
+    config_a, config_b = write_pair(tmp_path, relay, managers_of or managers(tmp_path), **redundancy)
     a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
     a.wait_ready(WAIT)
     b.wait_ready(WAIT)
@@ -201,10 +205,7 @@ def test_a_partner_with_a_blocked_manager_is_not_available(tmp_path, pmon, relay
                            "restart_count": 0})
         return listed
 
-    config_a, config_b = write_pair(tmp_path, relay, for_server)
-    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
-    a.wait_ready(WAIT)
-    b.wait_ready(WAIT)
+    a, b = start_pair(pmon, tmp_path, relay, for_server)
     poll_for(lambda: redu(a)["role"] == "active" and redu(a)["partner_connected"]
              and redu(a)["partner_error_breakdown"] == {"manager bad": 1}, WAIT, "b's blocked manager")
     assert redu(a)["partner_available"] is False
@@ -225,10 +226,7 @@ def test_a_lost_split_brain_does_not_undo_an_operators_forced_stop(tmp_path, pmo
             listed[0] = {**listed[0], "command": child("--ignore-term"), "seconds_to_kill": 30}
         return listed
 
-    config_a, config_b = write_pair(tmp_path, relay, for_server)
-    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
-    a.wait_ready(WAIT)
-    b.wait_ready(WAIT)
+    a, b = start_pair(pmon, tmp_path, relay, for_server)
     wait_roles(a, b, "active", "passive")
     relay.cut()
     poll_for(lambda: redu(b)["role"] == "active" and redu(a)["partner_connected"] is False,
@@ -250,10 +248,7 @@ def test_back_to_active_while_an_active_only_manager_still_stops_starts_it_again
             listed[1] = {**listed[1], "command": child("--ignore-term"), "seconds_to_kill": 30}
         return listed
 
-    config_a, config_b = write_pair(tmp_path, relay, for_server)
-    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
-    a.wait_ready(WAIT)
-    b.wait_ready(WAIT)
+    a, b = start_pair(pmon, tmp_path, relay, for_server)
     wait_roles(a, b, "active", "passive")
     old = a.wait_state("drv", "running")["pid"]
     assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0
