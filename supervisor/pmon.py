@@ -453,8 +453,7 @@ class Supervisor:
     def _changed(self) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+            _wake(waiter)
         if not self._state_write_pending:
             self._state_write_pending = True
             self.loop.call_later(0.05, self._write_state)  # coalesce a burst of changes
@@ -466,12 +465,17 @@ class Supervisor:
             remaining = None if deadline is None else deadline - self.now()
             if remaining is not None and remaining <= 0:
                 return False
+            # A plain await on a future woken by a timer, not asyncio.wait_for: on Python 3.11
+            # wait_for swallows a cancellation that arrives together with the wake-up, and a
+            # project sequence replaced by a restart then went on running beside it.
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
+            timer = None if deadline is None else self.loop.call_at(deadline, _wake, waiter)
             try:
-                await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
-                return predicate()
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
         return True
 
     def _write_state(self) -> None:
@@ -658,6 +662,11 @@ class Supervisor:
         self.managers = {name: merged[name] for name in order}
         self.config = config
         self._changed()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def build_services(config: Config) -> list[Service]:

@@ -220,3 +220,18 @@ def test_state_file_names_every_running_manager(tmp_path, pmon):
     assert {n: m["pid"] for n, m in saved["managers"].items()} == pids
     for name, pid in pids.items():
         assert saved["managers"][name]["create_time"] == psutil.Process(pid).create_time()
+
+
+def test_a_core_death_during_the_start_sequence_replaces_it(tmp_path, pmon):
+    # data dies before it is ready: the project restart must cancel the start sequence that
+    # waits for it, so `late` is never started by a sequence that no longer counts
+    config = write_project(tmp_path, [
+        {"name": "data", "command": child("--exit-after", "0.2", "--code", "1"), "core": True,
+         "ready": "notify", "restart_count": 1},
+        {"name": "late", "command": child()},
+    ])
+    instance = pmon(config, wait=False)
+    poll_for(lambda: instance.status()["project_state"] == "blocked", 20, "project blocked")
+    kinds = [(e["event"], e.get("manager")) for e in instance.events()]
+    assert ("started", "late") not in kinds and ("project-started", None) not in kinds
+    assert kinds.count(("started", "data")) == 2
