@@ -12,12 +12,6 @@ import socket
 import threading
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _bound() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -26,9 +20,9 @@ def _bound() -> socket.socket:
 
 
 class RelayLink:
-    def __init__(self) -> None:
-        self.a_local = ("127.0.0.1", free_udp_port())  # where server A listens
-        self.b_local = ("127.0.0.1", free_udp_port())
+    def __init__(self, a_local: tuple[str, int], b_local: tuple[str, int]) -> None:
+        self.a_local = a_local  # where server A listens
+        self.b_local = b_local
         self.a_side, self.b_side = _bound(), _bound()  # A's and B's "partner" addresses
         self.up = True
         self.forwarded = 0
@@ -46,7 +40,13 @@ class RelayLink:
 
 class Relay:
     def __init__(self, links: int = 2) -> None:
-        self.links = [RelayLink() for _ in range(links)]
+        # The servers' listening ports stay reserved (probes held open) until every relay
+        # socket is bound: otherwise one of those could take a port a server needs.
+        probes = [_bound() for _ in range(2 * links)]
+        ports = [probe.getsockname() for probe in probes]
+        self.links = [RelayLink(ports[2 * i], ports[2 * i + 1]) for i in range(links)]
+        for probe in probes:
+            probe.close()
         self._selector = selectors.DefaultSelector()
         for link in self.links:
             self._selector.register(link.a_side, selectors.EVENT_READ, (link, link.b_side, link.b_local))
