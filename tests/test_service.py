@@ -83,7 +83,8 @@ def test_pmon_tells_systemd_ready_after_the_start_sequence_and_keeps_the_watchdo
         assert all(m["state"] == "running" for m in status["managers"])
         assert any(e["event"] == "ready" for e in instance.events())
         # systemd's watchdog is pmon's business: its managers do not inherit it
-        env = psutil.Process(instance.manager("b")["pid"]).environ()
+        pid = instance.manager("b")["pid"]  # /proc/PID/environ can read empty just after exec
+        env = poll_for(lambda: psutil.Process(pid).environ(), what="b's environment")
         assert "WATCHDOG_USEC" not in env and env["NOTIFY_SOCKET"] != str(address)
         watchdogs = 0
         while watchdogs < 2:
