@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Mapping
 
-from supervisor.config import _boolean, _count, _positive_number, _string  # the same checks
-from supervisor.plugin_types import Severity
+from pmon.config import _boolean, _count, _positive_number, _string  # the same checks
+from pmon.plugin_types import Severity
 
 Schema = Mapping[str, Callable[[Any], Any]]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from supervisor.hookspecs import PluginSetup, Severity, Verdict, hookimpl
+from pmon.hookspecs import PluginSetup, Severity, Verdict, hookimpl
 
 from ._settings import COMMON, ManagerSettings, _boolean, positive
 

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from supervisor.hookspecs import PluginSetup, Severity, Verdict, hookimpl
+from pmon.hookspecs import PluginSetup, Severity, Verdict, hookimpl
 
 from ._settings import COMMON, ManagerSettings, _boolean, _string, positive, read
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from supervisor.hookspecs import PluginSetup, Severity, Verdict, hookimpl
+from pmon.hookspecs import PluginSetup, Severity, Verdict, hookimpl
 
 from ._settings import COMMON, ManagerSettings, _boolean, _count, _string, positive, read
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from supervisor.hookspecs import PluginSetup, Severity, Verdict, hookimpl
+from pmon.hookspecs import PluginSetup, Severity, Verdict, hookimpl
 
 from ._settings import COMMON, _positive_number, read, string_list
 

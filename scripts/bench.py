@@ -138,12 +138,12 @@ class Pmon:
         # benchmark this checkout; its dependencies come from the current venv
         self.env = {"PYTHONPATH": os.pathsep.join(
             [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-        self.cli = [sys.executable, "-m", "supervisor.cli"]
+        self.cli = [sys.executable, "-m", "pmon.cli"]
         r = subprocess.run(self.cli + ["--help"], capture_output=True, text=True,
                            env={**os.environ, **self.env})
         if r.returncode != 0:
             lines = (r.stderr or r.stdout).strip().splitlines() or ["no output"]
-            raise Skip(f"`python -m supervisor.cli --help` failed: {lines[-1]}")
+            raise Skip(f"`python -m pmon.cli --help` failed: {lines[-1]}")
         self.label = "pmon"
 
     def write_config(self, d: Path, names: list[str], port: int) -> Path:

@@ -34,8 +34,8 @@ import tomli_w
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from supervisor import config as config_module  # noqa: E402
-from supervisor.control.client import call  # noqa: E402
+from pmon import config as config_module  # noqa: E402
+from pmon.control.client import call  # noqa: E402
 
 
 def wait(predicate, timeout: float, what: str):
@@ -51,7 +51,7 @@ def wait(predicate, timeout: float, what: str):
 
 def start_pmon(path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(path)],
+        [sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(path)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 

@@ -40,8 +40,8 @@ import tomli_w
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from supervisor import config as config_module  # noqa: E402
-from supervisor.control.client import call  # noqa: E402
+from pmon import config as config_module  # noqa: E402
+from pmon.control.client import call  # noqa: E402
 
 DRIVER = ("import os, socket, sys, time\n"
           "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
@@ -93,7 +93,7 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(self.path)],
+            [sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(self.path)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
         )
 

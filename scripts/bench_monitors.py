@@ -27,8 +27,8 @@ import tomli_w
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from supervisor import config as config_module  # noqa: E402
-from supervisor.control.client import call  # noqa: E402
+from pmon import config as config_module  # noqa: E402
+from pmon.control.client import call  # noqa: E402
 
 
 def write_project(folder: Path, managers: int, interval: float, monitor: bool) -> Path:
@@ -52,7 +52,7 @@ def measure(managers: int, seconds: float, interval: float, monitor: bool) -> di
         path = write_project(Path(tmp), managers, interval, monitor)
         config = config_module.load(path)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(path)],
+            [sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(path)],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         try:

@@ -58,7 +58,7 @@ def main() -> int:
             "pmon_tcp": {"port": 0, "max_clients": args.clients + 1},
             "managers": [{"name": f"m{i}", "command": [SLEEP, "3600"]} for i in range(args.managers)],
         }))
-        proc = subprocess.Popen([sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(project)])
+        proc = subprocess.Popen([sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(project)])
         try:
             address = Path(tmp) / "var" / "pmon_tcp.addr"
             deadline = time.monotonic() + 30

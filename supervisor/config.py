@@ -17,12 +17,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from . import platform
-from .errors import ConfigError
-from .states import Readiness, StartType
+from pmon.runtime import platform
+from pmon.errors import ConfigError
+from pmon.core.states import Readiness, StartType
 
 if TYPE_CHECKING:
-    from .redundancy.settings import RedundancySpec
+    from pmon.redundancy.settings import RedundancySpec
 
 
 @dataclass(frozen=True)
@@ -334,7 +334,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
 
     managers = _managers(data, defaults, base, errors)
     pmon_tcp = _pmon_tcp(data, base, errors)
-    from .redundancy import settings as redundancy_settings  # late: it imports this module
+    from pmon.redundancy import settings as redundancy_settings  # late: it imports this module
 
     redundancy = redundancy_settings.parse(data, path, errors)
     managers = redundancy_settings.check_managers(managers, redundancy, path, errors)

@@ -23,7 +23,7 @@ from typing import Iterable
 
 import pluggy
 
-from .plugin_types import (  # re-exported: a plugin imports everything from here
+from pmon.plugin_types import (
     ManagerView,
     PluginSettings,
     PluginSetup,

@@ -25,10 +25,10 @@ from typing import Any, Callable, Mapping
 
 import pluggy
 
-from . import hookspecs
-from .config import Config
-from .errors import ConfigError
-from .plugin_types import PluginSettings, PluginSetup, check_setup
+from pmon import hookspecs
+from pmon.config import Config
+from pmon.errors import ConfigError
+from pmon.plugin_types import PluginSettings, PluginSetup, check_setup
 
 ENTRY_POINT_GROUP = "pmon.plugins"
 FOLDER_PACKAGE = "pmon_project_plugins"  # import prefix of plugins loaded from a folder

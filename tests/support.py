@@ -13,8 +13,8 @@ from typing import Any, Callable, TypeVar
 import psutil
 import tomli_w
 
-from supervisor import config as config_module
-from supervisor.control.client import call as control_call
+from pmon import config as config_module
+from pmon.control.client import call as control_call
 
 CHILD = str(Path(__file__).parent / "children" / "child.py")
 T = TypeVar("T")
@@ -58,7 +58,7 @@ def _with_config(args: tuple[str, ...], config: Path) -> list[str]:
 def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the `pmon` command as a user would, and capture what it prints."""
     return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", *_with_config(args, config)],
+        [sys.executable, "-m", "pmon.cli", *_with_config(args, config)],
         capture_output=True, text=True, timeout=timeout,
     )
 
@@ -70,7 +70,7 @@ class Pmon:
         self.config_path = config
         self.config = config_module.load(config)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "run", "-q", "-c", str(config)],
+            [sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=None if env is None else {**os.environ, **env},
         )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from supervisor import config as config_module
-from supervisor.adopt import Found, _restore_counters, decide
-from supervisor.manager import Manager
-from supervisor.states import ManagerState as S, StartType
+from pmon import config as config_module
+from pmon.runtime.adopt import Found, _restore_counters, decide
+from pmon.core.manager import Manager
+from pmon.core.states import ManagerState as S, StartType
 
 CONFIG = config_module.parse({"project": {"name": "p"}, "managers": [
     {"name": "a", "command": ["a"]},

@@ -135,7 +135,7 @@ def test_config_from_environment(tmp_path, pmon):
 
     config = project(tmp_path)
     pmon(config)
-    result = subprocess.run([sys.executable, "-m", "supervisor.cli", "status"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pmon.cli", "status"], capture_output=True,
                             text=True, env={**os.environ, "PMON_CONFIG": str(config)}, timeout=30)
     assert result.returncode == 0 and "driver" in result.stdout
 
@@ -212,7 +212,7 @@ def test_commands_during_shutdown_are_refused_and_the_stop_completes(tmp_path, p
 
 
 def test_editing_the_redundancy_manager_pmon_added_is_refused_clearly(tmp_path, pmon):
-    from supervisor.control.client import RemoteError
+    from pmon.control.client import RemoteError
 
     ports = []
     for _ in range(2):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config
-from supervisor.errors import ConfigError
-from supervisor.states import Readiness, StartType
+from pmon import config
+from pmon.errors import ConfigError
+from pmon.core.states import Readiness, StartType
 from support import child, pmon_cli, write_project
 
 GOOD = """
@@ -118,7 +118,7 @@ def test_validate_says_valid(tmp_path):
 
 
 def test_notify_readiness_is_refused_where_there_is_no_notify_socket(tmp_path, monkeypatch):
-    from supervisor import platform
+    from pmon.runtime import platform
 
     monkeypatch.setattr(platform, "HAS_NOTIFY_SOCKET", False)  # as on Windows
     with pytest.raises(ConfigError) as info:

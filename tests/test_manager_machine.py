@@ -6,10 +6,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from supervisor.config import ManagerSpec
-from supervisor.manager import BACKOFF_BASE, Action, Manager
-from supervisor.states import ManagerState as S
-from supervisor.states import Readiness, StartType
+from pmon.config import ManagerSpec
+from pmon.core.manager import BACKOFF_BASE, Action, Manager
+from pmon.core.states import ManagerState as S
+from pmon.core.states import Readiness, StartType
 
 
 def spec(**kw) -> ManagerSpec:

@@ -20,7 +20,7 @@ def write_plugin(folder: Path, name: str, code: str) -> Path:
 
 
 RECORDER = """
-    from supervisor.hookspecs import PluginSetup, StartAdvice, Verdict, hookimpl
+    from pmon.hookspecs import PluginSetup, StartAdvice, Verdict, hookimpl
 
     log = None
 
@@ -92,7 +92,7 @@ def test_folder_plugin_hears_every_hook_and_its_verdict_shows(tmp_path, pmon):
 def test_installed_package_plugin_found_by_its_entry_point(tmp_path, pmon):
     site = tmp_path / "site"
     write_plugin(site, "pmon_probe_plugin", """
-        from supervisor.hookspecs import Verdict, hookimpl
+        from pmon.hookspecs import Verdict, hookimpl
 
         @hookimpl
         def pmon_monitor_check(project):
@@ -133,7 +133,7 @@ def test_enable_and_disable_choose_the_plugins(tmp_path):
 def test_bad_plugins_and_settings_fail_at_start_naming_the_plugin(tmp_path):
     folder = tmp_path / "pd"
     write_plugin(folder, "typo", """
-        from supervisor.hookspecs import hookimpl
+        from pmon.hookspecs import hookimpl
 
         @hookimpl
         def pmon_monitor_chek(project):
@@ -173,7 +173,7 @@ def test_bad_plugins_and_settings_fail_at_start_naming_the_plugin(tmp_path):
 
 
 ADVISOR = """
-    from supervisor.hookspecs import RestartAdvice, StartAdvice, hookimpl
+    from pmon.hookspecs import RestartAdvice, StartAdvice, hookimpl
 
     @hookimpl
     def pmon_restart_decision(manager, exit_code, delay):
@@ -212,7 +212,7 @@ def test_plugins_veto_delay_and_refuse(tmp_path, pmon):
 
 BAD_PLUGINS = {
     "raiser": """
-        from supervisor.hookspecs import PluginSetup, hookimpl
+        from pmon.hookspecs import PluginSetup, hookimpl
 
         @hookimpl
         def pmon_configure(settings):
@@ -228,7 +228,7 @@ BAD_PLUGINS = {
     """,
     "sleeper": """
         import time
-        from supervisor.hookspecs import PluginSetup, hookimpl
+        from pmon.hookspecs import PluginSetup, hookimpl
 
         @hookimpl
         def pmon_configure(settings):
@@ -243,7 +243,7 @@ BAD_PLUGINS = {
             time.sleep(3600)
     """,
     "garbage": """
-        from supervisor.hookspecs import PluginSetup, Verdict, hookimpl
+        from pmon.hookspecs import PluginSetup, Verdict, hookimpl
 
         calls = 0
 
@@ -258,7 +258,7 @@ BAD_PLUGINS = {
             return ["nonsense", {"x": 1}, Verdict("nobody", "bad", "?"), 42][calls % 4]
     """,
     "good": """
-        from supervisor.hookspecs import PluginSetup, Verdict, hookimpl
+        from pmon.hookspecs import PluginSetup, Verdict, hookimpl
 
         @hookimpl
         def pmon_configure(settings):
@@ -315,13 +315,13 @@ def test_switchover_reaches_the_plugins(tmp_path):
     """The seam the redundancy manager calls: sup.plugins.switchover(active, previous, why)."""
     import asyncio
 
-    from supervisor import config as config_module
-    from supervisor.logs import EventLog
-    from supervisor.pmon import Supervisor
+    from pmon import config as config_module
+    from pmon.runtime.logs import EventLog
+    from pmon.runtime.supervisor import Supervisor
 
     log = tmp_path / "switch.log"
     write_plugin(tmp_path / "pd", "listener", f"""
-        from supervisor.hookspecs import hookimpl
+        from pmon.hookspecs import hookimpl
 
         @hookimpl
         def pmon_switchover(active, previous, reason):

@@ -296,7 +296,7 @@ def test_a_taken_port_is_reported_and_the_project_runs_without_the_listener(tmp_
 
 
 def test_the_registry_commands_it_added_serve_the_control_channel_too(tmp_path, pmon):
-    from supervisor.control.client import RemoteError
+    from pmon.control.client import RemoteError
 
     instance = start(tmp_path, pmon)
     row = instance.call("edit", target="m", changes={"seconds_to_kill": 1, "start": None})

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import config as config_module
-from supervisor.errors import ConfigError
-from supervisor.pmon_tcp import protocol as p
+from pmon import config as config_module
+from pmon.errors import ConfigError
+from pmon.extensions.pmon_tcp import protocol as p
 
 
 @pytest.mark.parametrize("line", [

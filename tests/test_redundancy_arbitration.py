@@ -11,7 +11,7 @@ from __future__ import annotations
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from supervisor.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Reason, Role
+from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Reason, Role
 
 SERVERS = ("a", "b")
 ROUND = 0.1  # one heartbeat interval

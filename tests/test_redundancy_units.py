@@ -7,10 +7,10 @@ import sys
 import pytest
 from hypothesis import given, strategies as st
 
-from supervisor import config as config_module
-from supervisor.errors import ConfigError
-from supervisor.redundancy.arbitration import Choice, Role
-from supervisor.redundancy.messages import Heartbeat, Inbox, decode, encode
+from pmon import config as config_module
+from pmon.errors import ConfigError
+from pmon.redundancy.arbitration import Choice, Role
+from pmon.redundancy.messages import Heartbeat, Inbox, decode, encode
 
 from support import write_project
 
@@ -63,7 +63,7 @@ def test_pmon_adds_the_redundancy_manager_first_in_start_order_keeping_indexes(t
     config = load(tmp_path)
     auto = config.manager("redundancy")
     assert auto.redundancy and auto.core and auto.index == 2
-    assert auto.command[:3] == (sys.executable, "-m", "supervisor.redundancy")
+    assert auto.command[:3] == (sys.executable, "-m", "pmon.redundancy")
     assert config.start_order()[0].name == "redundancy"
     assert config.manager("w").index == 1
     assert config.redundancy.preferred == "a" and config.redundancy.links[0].partner == ("127.0.0.1", 7201)
@@ -101,8 +101,8 @@ def test_a_standalone_project_is_unchanged(tmp_path):
 def test_a_heartbeat_sender_survives_send_errors():
     import socket
 
-    from supervisor.redundancy.link import LinkState
-    from supervisor.redundancy.settings import Link
+    from pmon.redundancy.link import LinkState
+    from pmon.redundancy.settings import Link
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))

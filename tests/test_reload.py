@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from supervisor import config as config_module
-from supervisor.errors import CommandError
-from supervisor.reload import plan
+from pmon import config as config_module
+from pmon.errors import CommandError
+from pmon.commands.reload import plan
 from support import child, pmon_cli, poll_for, write_project
 
 

@@ -12,9 +12,9 @@ import threading
 import psutil
 import pytest
 
-from supervisor import config as config_module
-from supervisor.control.client import call as control_call
-from supervisor.service import service_name, stop_timeout, systemd, windows
+from pmon import config as config_module
+from pmon.control.client import call as control_call
+from pmon.service import service_name, stop_timeout, systemd, windows
 from support import child, kill_project_processes, pmon_cli, poll_for, write_project
 
 

@@ -8,8 +8,8 @@ import signal
 import shutil
 from pathlib import Path
 
-from supervisor.logs import EventLog
-from supervisor.output import ManagerLog
+from pmon.runtime.logs import EventLog
+from pmon.runtime.output import ManagerLog
 from support import child, poll_for, write_project
 
 

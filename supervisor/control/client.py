@@ -9,11 +9,11 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import ConfigError, NotRunning, PmonError, ProtocolError
-from . import protocol
+from pmon.errors import ConfigError, NotRunning, PmonError, ProtocolError
+from pmon.control import protocol
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from pmon.config import Config
 
 
 class Endpoint(NamedTuple):

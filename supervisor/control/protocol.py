@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ProtocolError
+from pmon.errors import ProtocolError
 
 MAX_LINE = 1024 * 1024
 

@@ -13,13 +13,14 @@ import os
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from .. import commands, platform
-from ..errors import PmonError
-from ..statefile import write_atomically
-from . import protocol
+from pmon import commands
+from pmon.runtime import platform
+from pmon.errors import PmonError
+from pmon.runtime.statefile import write_atomically
+from pmon.control import protocol
 
 if TYPE_CHECKING:
-    from ..pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 
 class ControlServer:

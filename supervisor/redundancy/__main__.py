@@ -1,4 +1,4 @@
-"""`python -m supervisor.redundancy -c FILE`: the redundancy manager (pmon starts it)."""
+"""`python -m pmon.redundancy -c FILE`: the redundancy manager (pmon starts it)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 import os
 import sys
 
-from .. import config as config_module
-from ..errors import ConfigError
-from .daemon import main
+from pmon import config as config_module
+from pmon.errors import ConfigError
+from pmon.redundancy.daemon import main
 
 
 def run() -> int:
-    parser = argparse.ArgumentParser(prog="python -m supervisor.redundancy",
+    parser = argparse.ArgumentParser(prog="python -m pmon.redundancy",
                                      description="The redundancy manager of a pmon project.")
     parser.add_argument("-c", "--config", default=os.environ.get("PMON_CONFIG"),
                         help="the project's TOML file (default: $PMON_CONFIG)")

@@ -26,12 +26,12 @@ import sys
 import time
 from typing import Any, Callable
 
-from ..config import Config
-from ..control.client import call
-from ..errors import PmonError
-from .arbitration import Arbiter, Choice, Decision, Local
-from .link import Links
-from .messages import Heartbeat, Inbox, encode
+from pmon.config import Config
+from pmon.control.client import call
+from pmon.errors import PmonError
+from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local
+from pmon.redundancy.link import Links
+from pmon.redundancy.messages import Heartbeat, Inbox, encode
 
 PMON_GRACE = 5.0  # seconds without an answer from pmon before giving up (min: the timeout)
 

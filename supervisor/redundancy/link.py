@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from .settings import Link
+from pmon.redundancy.settings import Link
 
 
 @dataclass

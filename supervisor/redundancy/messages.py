@@ -25,8 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PmonError
-from .arbitration import Choice, Partner, Role
+from pmon.errors import PmonError
+from pmon.redundancy.arbitration import Choice, Partner, Role
 
 VERSION = 1
 MAX_DATAGRAM = 8192

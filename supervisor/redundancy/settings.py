@@ -3,7 +3,7 @@
 How the section relates to the redundancy manager: with a `[redundancy]` section, the
 project needs one manager with `redundancy = true` (a core manager, started first). If the
 project lists none, pmon adds it: a manager named "redundancy" running
-`python -m supervisor.redundancy -c <this file>`, appended after the listed managers so that
+`python -m pmon.redundancy -c <this file>`, appended after the listed managers so that
 their indexes do not move. List it yourself to choose its name, index or command. A
 manager with `redundancy = true` but no `[redundancy]` section is only a core manager
 started first (as before); the redundancy program itself refuses to run without the section.
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from ..config import _count as _weight, _positive_number as _seconds
-from ..states import Readiness, StartType
+from pmon.config import _count as _weight, _positive_number as _seconds
+from pmon.core.states import Readiness, StartType
 
 if TYPE_CHECKING:
-    from ..config import ManagerSpec, _Errors
+    from pmon.config import ManagerSpec, _Errors
 
 AUTO_NAME = "redundancy"
 RUN_ON = ("both", "active")
@@ -145,7 +145,7 @@ def check_managers(
     errors: "_Errors",
 ) -> tuple["ManagerSpec", ...]:
     """Check the redundancy-related manager keys; add the redundancy manager if missing."""
-    from ..config import ManagerSpec
+    from pmon.config import ManagerSpec
 
     for m in managers:
         where = f"manager '{m.name}' (managers[{m.index}])"
@@ -161,7 +161,7 @@ def check_managers(
         return managers
     auto = ManagerSpec(
         name=AUTO_NAME,
-        command=(sys.executable, "-m", "supervisor.redundancy", "-c", str(path)),
+        command=(sys.executable, "-m", "pmon.redundancy", "-c", str(path)),
         index=len(managers) + 1, start=StartType.ALWAYS, core=True, redundancy=True,
         ready=Readiness.NOTIFY, start_timeout=spec.timeout + 10, seconds_to_kill=5.0,
         cwd=path.parent,

@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from pmon.config import Config
 
 # Beyond the managers' own seconds_to_kill: pmon's start-up, the pidfd wake-ups, slack.
 STOP_MARGIN_SECONDS = 10.0
@@ -22,7 +22,7 @@ def service_name(config: "Config") -> str:
 
 def pmon_command(config: "Config", python: str | None = None) -> list[str]:
     """The command the service runs: this Python, pmon in the foreground, the project file."""
-    return [python or sys.executable, "-m", "supervisor.cli", "run", "-c", str(config.path)]
+    return [python or sys.executable, "-m", "pmon.cli", "run", "-c", str(config.path)]
 
 
 def stop_timeout(config: "Config") -> float:

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..statefile import write_atomically
-from . import pmon_command, service_name, start_timeout, stop_timeout
+from pmon.runtime.statefile import write_atomically
+from pmon.service import pmon_command, service_name, start_timeout, stop_timeout
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from pmon.config import Config
 
 KILL_MODES = ("process", "mixed")
 

@@ -17,13 +17,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import service_name, stop_timeout
+from pmon.service import service_name, stop_timeout
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from ..pmon import Supervisor
+    from pmon.config import Config
+    from pmon.runtime.supervisor import Supervisor
 
-SERVICE_CLASS = "supervisor.service.windows.PmonService"
+SERVICE_CLASS = "pmon.service.windows.PmonService"
 CONFIG_OPTION = "config"  # the service's custom option (registry) holding the project file
 SC_ACTION_RESTART = 1  # winsvc.h: restart the service
 RESTART_DELAY_MS = 1000
@@ -85,7 +85,7 @@ class ServiceRunner:
             loop.close()
 
     async def _main(self) -> int:
-        from ..pmon import Supervisor
+        from pmon.runtime.supervisor import Supervisor
 
         self.sup = Supervisor(self.config, echo=self.echo)
         task = asyncio.ensure_future(self.sup.run())
@@ -151,7 +151,7 @@ if win32serviceutil is not None:  # pragma: no cover (Windows only)
 
         def __init__(self, args: list[str]) -> None:
             super().__init__(args)
-            from .. import config as config_module
+            from pmon import config as config_module
 
             path = win32serviceutil.GetServiceCustomOption(args[0], CONFIG_OPTION)
             self.runner = ServiceRunner(config_module.load(path))

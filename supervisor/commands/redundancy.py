@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..commands import command
-from ..errors import CommandError
-from .service import RedundancyService
+from pmon.commands import command
+from pmon.errors import CommandError
+from pmon.extensions.redundancy import RedundancyService
 
 if TYPE_CHECKING:
-    from ..pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 
 def service_of(sup: "Supervisor") -> RedundancyService | None:

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 from typing import Mapping
 
-from . import platform
-from .config import ManagerSpec
-from .output import ManagerLog
+from pmon.runtime import platform
+from pmon.config import ManagerSpec
+from pmon.runtime.output import ManagerLog
 
 
 class ManagedProcess:

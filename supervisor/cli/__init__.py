@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
 
 import click
 
-from .errors import ConfigError, NotRunning, PmonError
+from pmon.errors import ConfigError, NotRunning, PmonError
 
 if TYPE_CHECKING:
-    from . import config as config_module
+    from pmon import config as config_module
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_NOT_RUNNING = 1, 2, 3
 
@@ -43,7 +43,7 @@ def default_config(path: Path | None) -> Path:
 
 
 def load_config(path: Path | None) -> "config_module.Config":
-    from . import config as config_module
+    from pmon import config as config_module
 
     try:
         return config_module.load(default_config(path))
@@ -57,7 +57,7 @@ def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
 
 
 def call(config_path: Path | None, command: str, **args: Any) -> Any:
-    from .control.client import Endpoint, call as remote_call
+    from pmon.control.client import Endpoint, call as remote_call
 
     try:
         return remote_call(Endpoint.read(default_config(config_path)), command, **args)
@@ -87,7 +87,7 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Do not echo events on stderr.")
 def run(config_path: Path | None, quiet: bool) -> None:
     """Run the project in the foreground until SIGTERM / SIGINT."""
-    from .pmon import run as run_project
+    from pmon.runtime.supervisor import run as run_project
 
     config = load_config(config_path)
     try:
@@ -102,7 +102,7 @@ def run(config_path: Path | None, quiet: bool) -> None:
 @config_option
 def validate(config_path: Path | None) -> None:
     """Check the project file as `run` would, plugins included; start nothing."""
-    from . import plugins
+    from pmon import plugins
 
     config = load_config(config_path)
     try:
@@ -266,9 +266,9 @@ def reload(config_path: Path | None, dry_run: bool) -> None:
     Added managers start, removed ones stop, changed ones restart, the others keep running
     with the same pid. An invalid file changes nothing.
     """
-    from .reload import describe
+    from pmon.commands.reload import describe
 
-    from . import config as config_module
+    from pmon import config as config_module
 
     try:  # the file pmon would read; checked here too, for a clear message
         config_module.load(default_config(config_path))
@@ -288,14 +288,12 @@ def detach(config_path: Path | None) -> None:
     click.echo(f"pmon is exiting; {result['managers']} managers run on until pmon runs again")
 
 
-from .service.cli import service  # noqa: E402  (pmon service install|uninstall)
+from pmon.cli.service import service  # noqa: E402  (pmon service install|uninstall)
 
 main.add_command(service)
 
 
-from .redundancy.cli import register as _register_redu  # noqa: E402
+from pmon.cli.redundancy import register as _register_redu  # noqa: E402
 
 _register_redu(main, call, config_option)  # `pmon redu ...`
 
-if __name__ == "__main__":
-    main()

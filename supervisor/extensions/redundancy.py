@@ -26,14 +26,14 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any, Mapping
 
-from ..config import Config, ManagerSpec
-from ..errors import CommandError
-from ..states import ManagerState, StartType
-from ..statefile import write_atomically
+from pmon.config import Config, ManagerSpec
+from pmon.errors import CommandError
+from pmon.core.states import ManagerState, StartType
+from pmon.runtime.statefile import write_atomically
 
 if TYPE_CHECKING:
-    from ..manager import Manager
-    from ..pmon import Supervisor
+    from pmon.core.manager import Manager
+    from pmon.runtime.supervisor import Supervisor
 
 S = ManagerState
 
@@ -115,7 +115,7 @@ class RedundancyService:
         return out
 
     def available(self) -> bool:
-        from ..pmon import ProjectState
+        from pmon.runtime.supervisor import ProjectState
 
         return self.sup.project_state is ProjectState.RUNNING and not any(
             m.state is S.BLOCKED and m.wanted for m in self.sup.managers.values()
@@ -157,7 +157,7 @@ class RedundancyService:
                 json.dumps(self.report.get("preferred")), json.dumps(self.report.get("forced")))
 
     def _role_changed(self, role: str, report: dict[str, Any]) -> None:
-        from ..pmon import ProjectState
+        from pmon.runtime.supervisor import ProjectState
 
         old, self.role = self.role, role
         me, partner = self.spec.name, self.spec.partner
@@ -204,7 +204,7 @@ class RedundancyService:
                 self.sup.events.write("plugin-error", f"plugin switchover hook failed: {exc!r}")
 
     def _start_active_managers(self) -> None:
-        from ..pmon import ProjectState
+        from pmon.runtime.supervisor import ProjectState
 
         if self.sup.project_state not in (ProjectState.STARTING, ProjectState.RUNNING):
             return  # the start sequence will start them, the gate now open

@@ -15,14 +15,15 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
-from . import config as config_module, platform
-from .commands import command
-from .config import Config, ManagerSpec
-from .errors import CommandError, ConfigError, PmonError
-from .states import ManagerState, StartType
+from pmon import config as config_module
+from pmon.runtime import platform
+from pmon.commands import command
+from pmon.config import Config, ManagerSpec
+from pmon.errors import CommandError, ConfigError, PmonError
+from pmon.core.states import ManagerState, StartType
 
 if TYPE_CHECKING:
-    from .pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 S = ManagerState
 # Keys a running process cannot pick up: a manager whose one of these changed restarts.

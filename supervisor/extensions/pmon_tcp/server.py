@@ -15,14 +15,14 @@ import hmac
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..config import PmonTcpSpec
-from ..errors import PmonError
-from ..statefile import write_atomically
-from . import face
-from . import protocol as p
+from pmon.config import PmonTcpSpec
+from pmon.errors import PmonError
+from pmon.runtime.statefile import write_atomically
+from pmon.extensions.pmon_tcp import face
+from pmon.extensions.pmon_tcp import protocol as p
 
 if TYPE_CHECKING:
-    from ..pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 DISCARD_SECONDS = 2.0  # how long the rest of an overlong line is read before closing
 NOTE_EVERY = 10.0  # seconds between two notes of the same kind in the event log

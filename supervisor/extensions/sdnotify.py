@@ -14,7 +14,7 @@ import socket
 from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
-    from ..pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 
 def notify_address(env: Mapping[str, str]) -> str | None:

@@ -27,12 +27,12 @@ from types import MappingProxyType
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from . import plugins
-from .commands import command
-from .config import Config
-from .errors import SpawnRefused
-from .manager import Manager, Snapshot
-from .plugin_types import (
+from pmon import plugins
+from pmon.commands import command
+from pmon.config import Config
+from pmon.errors import SpawnRefused
+from pmon.core.manager import Manager, Snapshot
+from pmon.plugin_types import (
     ManagerView,
     ProjectView,
     RestartAdvice,
@@ -41,11 +41,11 @@ from .plugin_types import (
     check_verdicts,
     kind_of,
 )
-from .states import ManagerState
+from pmon.core.states import ManagerState
 
 if TYPE_CHECKING:
-    from .pmon import ProjectState, Supervisor
-    from .process import ManagedProcess
+    from pmon.runtime.supervisor import ProjectState, Supervisor
+    from pmon.runtime.process import ManagedProcess
 
 MAX_QUEUED = 1000  # calls waiting for one plugin's thread; past that they are dropped
 SNAPSHOT_FIELDS = [f.name for f in fields(Snapshot)]  # copied into each ManagerView

@@ -24,10 +24,10 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .logs import backup_path, shift_backups
+from pmon.runtime.logs import backup_path, shift_backups
 
 if TYPE_CHECKING:
-    from .pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 CHECK_SECONDS = 5.0
 COPY_CHUNK = 1 << 20

@@ -11,7 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 PROBE_SECONDS = 5.0
 

@@ -26,14 +26,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from . import platform, statefile
-from .commands import command
-from .process import ManagedProcess
-from .states import ALIVE_STATES, ManagerState, StartType
+from pmon.runtime import platform, statefile
+from pmon.commands import command
+from pmon.runtime.process import ManagedProcess
+from pmon.core.states import ALIVE_STATES, ManagerState, StartType
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .pmon import Supervisor
+    from pmon.config import Config
+    from pmon.runtime.supervisor import Supervisor
 
 S = ManagerState
 # Start times of one process read by two pmon processes agree to psutil's rounding, unless

@@ -16,19 +16,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Mapping, Protocol
 
-from . import adopt, platform, statefile
-from .config import Config, ManagerSpec
-from .errors import CommandError, PmonError, SpawnRefused, UnknownManager
-from .logs import EventLog, describe_exit
-from .manager import Action, Manager
-from .notify import NotifyListener
-from .output import LogRotation, ManagerLog
-from .plugin_types import RestartAdvice
-from .process import ManagedProcess, log_path, manager_env
-from .reload import ReloadOnHangup
-from .service.sdnotify import SystemdNotifier
-from .states import ManagerState
-from .watchdog import WriteProbe
+from pmon.runtime import adopt, platform, statefile
+from pmon.config import Config, ManagerSpec
+from pmon.errors import CommandError, PmonError, SpawnRefused, UnknownManager
+from pmon.runtime.logs import EventLog, describe_exit
+from pmon.core.manager import Action, Manager
+from pmon.runtime.notify import NotifyListener
+from pmon.runtime.output import LogRotation, ManagerLog
+from pmon.plugin_types import RestartAdvice
+from pmon.runtime.process import ManagedProcess, log_path, manager_env
+from pmon.commands.reload import ReloadOnHangup
+from pmon.extensions.sdnotify import SystemdNotifier
+from pmon.core.states import ManagerState
+from pmon.extensions.write_probe import WriteProbe
 
 S = ManagerState
 
@@ -98,7 +98,7 @@ class Supervisor:
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> int:
         """Run the project until SIGTERM / SIGINT / `pmon shutdown`; stop it; return 0."""
-        from .control.server import ControlServer
+        from pmon.control.server import ControlServer
 
         self.loop = asyncio.get_running_loop()
         self.now = self.loop.time
@@ -671,16 +671,16 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 def build_services(config: Config) -> list[Service]:
     """The services this project's configuration asks for (one line per kind)."""
-    from .plugin_host import PluginHost
+    from pmon.extensions.plugin_host import PluginHost
 
     services: list[Service] = []
     if config.redundancy is not None:  # first: its daemon may sync as soon as pmon answers
-        from .redundancy.service import RedundancyService
+        from pmon.extensions.redundancy import RedundancyService
 
         services.append(RedundancyService(config))
     services += [PluginHost(config), LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()]
     if config.pmon_tcp is not None:
-        from .pmon_tcp.server import PmonTcpService
+        from pmon.extensions.pmon_tcp.server import PmonTcpService
 
         services.append(PmonTcpService(config.pmon_tcp))
     return services

@@ -12,13 +12,14 @@ import functools
 import re
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from .. import commands, statefile
-from ..config import ManagerSpec
-from ..errors import CommandError, PmonError, UnknownManager
-from . import protocol as p
+from pmon import commands
+from pmon.runtime import statefile
+from pmon.config import ManagerSpec
+from pmon.errors import CommandError, PmonError, UnknownManager
+from pmon.extensions.pmon_tcp import protocol as p
 
 if TYPE_CHECKING:
-    from ..pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 Handler = Callable[["Supervisor", str], Awaitable[bytes]]
 

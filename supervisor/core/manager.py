@@ -31,8 +31,8 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from .config import ManagerSpec
-from .states import ALIVE_STATES, ManagerState, Readiness, StartType
+from pmon.config import ManagerSpec
+from pmon.core.states import ALIVE_STATES, ManagerState, Readiness, StartType
 
 S = ManagerState
 

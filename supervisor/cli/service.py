@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import platform
+from pmon.runtime import platform
 
 
 @click.group()
@@ -42,11 +42,11 @@ def _is_user(user: bool | None) -> bool:
 def install(config_path: Path | None, user: bool | None, watchdog_sec: float | None,
             kill_mode: str, unit_dir: Path | None, print_only: bool) -> None:
     """Install pmon for this project as a systemd unit (Linux) or a Windows service."""
-    from ..cli import fail, load_config
+    from pmon.cli import fail, load_config
 
     config = load_config(config_path)
     if platform.IS_WINDOWS:  # pragma: no cover (Windows only)
-        from . import windows
+        from pmon.service import windows
 
         try:
             reg = windows.install(config)
@@ -56,7 +56,7 @@ def install(config_path: Path | None, user: bool | None, watchdog_sec: float | N
             fail(f"cannot install the service: {exc}")
         click.echo(f"installed Windows service {reg.name}; start it with: sc start {reg.name}")
         return
-    from . import systemd
+    from pmon.service import systemd
 
     scope = _is_user(user)
     options = systemd.UnitOptions(user=scope, watchdog_sec=watchdog_sec, kill_mode=kill_mode)
@@ -81,18 +81,18 @@ def install(config_path: Path | None, user: bool | None, watchdog_sec: float | N
               help="Remove the unit from here instead of the systemd directory.")
 def uninstall(config_path: Path | None, user: bool | None, unit_dir: Path | None) -> None:
     """Remove the project's systemd unit (Linux) or Windows service."""
-    from ..cli import fail, load_config
+    from pmon.cli import fail, load_config
 
     config = load_config(config_path)
     if platform.IS_WINDOWS:  # pragma: no cover (Windows only)
-        from . import windows
+        from pmon.service import windows
 
         try:
             click.echo(f"removed Windows service {windows.uninstall(config)}")
         except Exception as exc:
             fail(f"cannot remove the service: {exc}")
         return
-    from . import systemd
+    from pmon.service import systemd
 
     scope = _is_user(user)
     try:

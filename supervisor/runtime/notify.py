@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 from typing import Callable
 
-from . import platform
+from pmon.runtime import platform
 
 MAX_DATAGRAM = 4096
 _UCRED = struct.Struct("3i")  # pid, uid, gid

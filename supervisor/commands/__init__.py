@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import tomli_w
 
-from . import config as config_module
-from .errors import CommandError, ConfigError, ProtocolError
-from .states import ManagerState, StartType
-from .statefile import write_atomically
+from pmon import config as config_module
+from pmon.errors import CommandError, ConfigError, ProtocolError
+from pmon.core.states import ManagerState, StartType
+from pmon.runtime.statefile import write_atomically
 
 if TYPE_CHECKING:
-    from .pmon import Supervisor
+    from pmon.runtime.supervisor import Supervisor
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -248,4 +248,4 @@ def _commit(sup: "Supervisor", raw: dict[str, Any]) -> None:
     sup.reconfigure(new)
 
 
-from .redundancy import commands as _redundancy_commands  # noqa: E402,F401  (registers redu-*)
+from pmon.commands import redundancy as _redundancy_commands  # noqa: E402,F401  (registers redu-*)

@@ -1,0 +1,5 @@
+"""`python -m pmon`: the `pmon` command."""
+
+from pmon.cli import main
+
+main()

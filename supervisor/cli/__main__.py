@@ -1,0 +1,5 @@
+"""`python -m pmon.cli`: the `pmon` command."""
+
+from pmon.cli import main
+
+main()
