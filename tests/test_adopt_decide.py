@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from pmon import config as config_module
-from pmon.runtime.adopt import Found, _restore_counters, decide
+from pmon.core.adoption import Found, decide, restore
 from pmon.core.manager import Manager
 from pmon.core.states import ManagerState as S, StartType
 
@@ -88,6 +88,6 @@ def test_only_a_manual_manager_gets_its_saved_wish_back():
     manual = dataclasses.replace(always, start=StartType.MANUAL)
     kept, restored = Manager(always), Manager(manual)
     for manager in (kept, restored):
-        _restore_counters(manager, {**record("stopped"), "wanted": False, "restarts": 2}, 0.0)
+        restore(manager, {**record("stopped"), "wanted": False, "restarts": 2}, 0.0)
     assert kept.wanted and kept.restarts == 2
     assert not restored.wanted

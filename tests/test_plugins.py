@@ -312,12 +312,13 @@ def test_plugins_that_raise_hang_or_return_garbage_do_not_stop_pmon(tmp_path, pm
 
 
 def test_switchover_reaches_the_plugins(tmp_path):
-    """The seam the redundancy manager calls: sup.plugins.switchover(active, previous, why)."""
+    """The extension seam sup.switchover(active, previous, why) calls on every extension."""
     import asyncio
 
     from pmon import config as config_module
+    from pmon.app import build
+    from pmon.extensions.plugin_host import PluginHost
     from pmon.runtime.logs import EventLog
-    from pmon.runtime.supervisor import Supervisor
 
     log = tmp_path / "switch.log"
     write_plugin(tmp_path / "pd", "listener", f"""
@@ -331,14 +332,14 @@ def test_switchover_reaches_the_plugins(tmp_path):
     config = config_module.load(write_project(tmp_path, [], plugins={"paths": ["pd"]}))
 
     async def switch() -> None:
-        sup = Supervisor(config, echo=False)
+        sup = build(config, echo=False)
         sup.loop = asyncio.get_running_loop()
         sup.events = EventLog(tmp_path / "events.jsonl", 0, 0, echo=False)
-        for service in sup.services:
-            await service.start(sup)
-        sup.plugins.switchover("serverB", "serverA", "error state")
-        for service in sup.services:
-            await service.stop(sup)  # lets the last notifications finish
+        host = sup.extension(PluginHost)
+        assert host is not None
+        await host.start(sup)
+        host.on_switchover("serverB", "serverA", "error state")  # what sup.switchover calls
+        await host.stop()  # lets the last notifications finish
         assert sup.plugin_error_state() == 0.0
 
     asyncio.run(switch())

@@ -11,7 +11,7 @@ import tomli_w
 
 from pmon import config as config_module
 from pmon.errors import CommandError
-from pmon.commands.reload import plan
+from pmon.core.change import plan
 from support import child, pmon_cli, poll_for, write_project
 
 

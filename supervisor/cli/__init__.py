@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 
 import click
 
@@ -87,7 +87,7 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Do not echo events on stderr.")
 def run(config_path: Path | None, quiet: bool) -> None:
     """Run the project in the foreground until SIGTERM / SIGINT."""
-    from pmon.runtime.supervisor import run as run_project
+    from pmon.app import run as run_project
 
     config = load_config(config_path)
     try:
@@ -266,7 +266,6 @@ def reload(config_path: Path | None, dry_run: bool) -> None:
     Added managers start, removed ones stop, changed ones restart, the others keep running
     with the same pid. An invalid file changes nothing.
     """
-    from pmon.commands.reload import describe
 
     from pmon import config as config_module
 
@@ -286,6 +285,25 @@ def detach(config_path: Path | None) -> None:
     """Stop pmon but leave its managers running (to upgrade pmon); `pmon run` adopts them."""
     result = call(config_path, "detach")
     click.echo(f"pmon is exiting; {result['managers']} managers run on until pmon runs again")
+
+
+def describe(result: Mapping[str, Any]) -> list[str]:
+    """A plan (as the reload command returns it) in lines for people."""
+    lines = []
+    for word, key in (("add", "added"), ("remove", "removed")):
+        lines += [f"  {word:8} {name}" for name in result[key]]
+    for name, keys in result["changed"].items():
+        lines.append(f"  restart  {name} ({', '.join(keys)} changed)")
+    for name, keys in result["updated"].items():
+        lines.append(f"  update   {name} ({', '.join(keys)}; keeps running)")
+    if result["unchanged"]:
+        lines.append(f"  keep     {', '.join(result['unchanged'])}")
+    for section in result["not_applied"]:
+        lines.append(
+            f"  not applied: {section} changed; it takes effect when pmon starts again "
+            "(`pmon detach` then `pmon run` keeps the managers running)"
+        )
+    return lines or ["  nothing to do"]
 
 
 from pmon.cli.service import service  # noqa: E402  (pmon service install|uninstall)

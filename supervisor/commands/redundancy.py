@@ -1,22 +1,26 @@
-"""The redundancy control commands, registered in the one registry (supervisor.commands)."""
+"""The redundancy control commands (listed in commands/__init__.py)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pmon.commands import command
+from pmon.commands.registry import command
 from pmon.errors import CommandError
-from pmon.extensions.redundancy import RedundancyService
 
 if TYPE_CHECKING:
+    from pmon.extensions.redundancy import RedundancyService
     from pmon.runtime.supervisor import Supervisor
 
 
-def service_of(sup: "Supervisor") -> RedundancyService | None:
-    return next((s for s in sup.services if isinstance(s, RedundancyService)), None)
+def service_of(sup: "Supervisor") -> "RedundancyService | None":
+    if sup.config.redundancy is None:
+        return None  # a standalone project: the extension is not even imported
+    from pmon.extensions.redundancy import RedundancyService
+
+    return sup.extension(RedundancyService)
 
 
-def _required(sup: "Supervisor") -> RedundancyService:
+def _required(sup: "Supervisor") -> "RedundancyService":
     service = service_of(sup)
     if service is None:
         raise CommandError(
@@ -66,7 +70,7 @@ async def redu_prefer(sup: "Supervisor", server: str = "") -> dict[str, Any]:
 
 
 @command("redu-sync")
-async def redu_sync(sup: "Supervisor", report: dict) -> dict[str, Any]:
+async def redu_sync(sup: "Supervisor", report: dict[str, Any]) -> dict[str, Any]:
     """Internal: the redundancy manager reports its view and gets this server's error state,
     availability and the operators' requests."""
     return _required(sup).sync(report)

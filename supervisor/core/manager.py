@@ -23,6 +23,13 @@ Transitions (event: from -> to):
                   core manager: PROJECT_RESTART, or BLOCKED + PROJECT_BLOCKED
     hold_restart: STARTING | BACKOFF (a restart just decided) -> BLOCKED (a plugin's veto)
                                                           -> BACKOFF (a plugin's delay)
+    recycle:      STARTING | RUNNING -> same state (TERMINATE, kill deadline): a monitor's
+                  restart; the death then goes through the restart policy like any other
+    left_down:    STOPPED -> STOPPED | EXITED | BLOCKED (hot restart: it was down before)
+    restored / died_away / reset_counter: counters only, never the state
+
+`last_decision` says why the manager is in its state (which exit, which rule, which limit);
+the event log, the status and the plugins read it.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class Deadline(enum.Enum):
     READY = "ready"            # ready = "delay": running once alive this long
     START_TIMEOUT = "start-timeout"
     KILL = "kill"              # seconds_to_kill after TERMINATE
+    RECYCLE_KILL = "recycle-kill"  # seconds_to_kill after a monitor's TERMINATE
     BACKOFF = "backoff"        # next restart
 
 
@@ -74,6 +82,7 @@ class Snapshot:
     started_at: float | None
     ready_failed: bool
     wanted: bool
+    reason: str  # why it is in its state (the last decision), "" when nothing was decided
 
 
 class Manager:
@@ -116,6 +125,7 @@ class Manager:
             started_at=self.started_at,
             ready_failed=self.ready_failed,
             wanted=self.wanted,
+            reason=self.last_decision,
         )
 
     @property
@@ -132,6 +142,7 @@ class Manager:
         if operator:
             self.recent.clear()
             self.wanted = True
+            self.last_decision = "started by an operator"
         if self.state is S.STOPPING:
             self._restart_after_stop = True  # STOPPING -> (exit) -> STARTING
             return []
@@ -178,6 +189,8 @@ class Manager:
         """Stop request. An operator's stop also means: do not start with the project."""
         if operator and self.spec.start is StartType.MANUAL:
             self.wanted = False
+        if operator:
+            self.last_decision = "stopped by an operator"
         self._restart_after_stop = False
         if self.state is S.STARTING and self.pid is None:
             self.state = S.STOPPED  # the spawn failed or was refused: nothing to signal
@@ -211,6 +224,8 @@ class Manager:
         elif kind is Deadline.START_TIMEOUT and self.state is S.STARTING:
             self.ready_failed = True  # stays STARTING; the start sequence goes on
         elif kind is Deadline.KILL and self.state is S.STOPPING:
+            return [Action.KILL]
+        elif kind is Deadline.RECYCLE_KILL and self.state in (S.STARTING, S.RUNNING):
             return [Action.KILL]
         elif kind is Deadline.BACKOFF and self.state is S.BACKOFF:
             return self._spawn()  # BACKOFF -> STARTING
@@ -257,6 +272,53 @@ class Manager:
         self._set_deadline(Deadline.BACKOFF, now + delay)
         self.last_decision = f"restarting in {delay:g} s, delayed by a plugin{why}"
         return []
+
+    def recycle(self, now: float, reason: str) -> list[Action]:
+        """A monitor asks for a restart: end the process (TERMINATE, KILL after
+        seconds_to_kill); its death then goes through the restart policy like any other, so
+        a manager that keeps failing its monitor ends blocked like one that keeps dying."""
+        if self.state not in (S.STARTING, S.RUNNING) or self.pid is None:
+            return []
+        self._set_deadline(Deadline.RECYCLE_KILL, now + self.spec.seconds_to_kill)
+        self.last_decision = f"stopped to be restarted: {reason}"
+        return [Action.TERMINATE]
+
+    def reset_counter(self) -> None:
+        """An operator's fresh start: the restart window forgets its restarts."""
+        self.recent.clear()
+
+    # --- a restarted pmon takes over (hot restart) ---------------------------------
+    def restored(
+        self, restarts: object, recent: object, wanted: object, exit_code: object, now: float
+    ) -> None:
+        """Counters saved by the previous pmon; anything malformed is ignored."""
+        if isinstance(restarts, int) and not isinstance(restarts, bool) and restarts >= 0:
+            self.restarts = restarts
+        if isinstance(recent, list):
+            # Monotonic times: comparable across processes on one boot; later ones are from
+            # another boot and mean nothing here.
+            self.recent = deque(
+                t for t in recent
+                if isinstance(t, (int, float)) and not isinstance(t, bool) and t <= now
+            )
+        # Only a manual manager's wish is the operator's; another start type (maybe changed
+        # in the file while pmon was away) is wanted by its type.
+        if isinstance(wanted, bool) and self.spec.start is StartType.MANUAL:
+            self.wanted = wanted
+        if isinstance(exit_code, int) and not isinstance(exit_code, bool):
+            self.exit_code = exit_code
+
+    def left_down(self, state: ManagerState, reason: str) -> None:
+        """It was down when the previous pmon went away and stays so."""
+        if self.alive or state in ALIVE_STATES or state is S.BACKOFF:
+            raise TransitionError(f"left down as {state} in state {self.state}")
+        self.state = state  # STOPPED -> STOPPED | EXITED | BLOCKED
+        self.last_decision = reason
+
+    def died_away(self) -> None:
+        """It died while no pmon watched: the start about to come counts as a restart."""
+        self.restarts += 1
+        self.last_decision = "died while pmon was away"
 
     def _died(self, exit_code: int | None, now: float) -> list[Action]:
         """An unexpected death: apply the start type and the restart limit."""

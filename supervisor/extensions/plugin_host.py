@@ -1,4 +1,4 @@
-"""Running plugins beside the supervisor, isolated: a service (see pmon.build_services).
+"""Running plugins beside the supervisor, isolated: an extension (see app.py).
 
 Each plugin gets one worker thread of its own, so a plugin that hangs stalls nothing but
 itself, and the event loop that notices deaths never runs plugin code. Every call has a time
@@ -9,10 +9,10 @@ closed by the next call that works.
 
 Monitor checks run on a per-plugin timer; their verdicts replace the plugin's earlier ones,
 are logged when they appear, change severity or clear, show in `pmon status`, and add up to
-the plugin part of the server's error state (`Supervisor.plugin_error_state`). A verdict with
-`action = "restart"` stops its manager once per onset; the death then goes through the normal
-restart policy (so a manager that keeps failing its monitor ends blocked, like one that keeps
-dying).
+the plugin part of the server's error state (`error_state`). A verdict with
+`action = "restart"` asks the project machine to recycle its manager once per onset; the
+death then goes through the normal restart policy (so a manager that keeps failing its
+monitor ends blocked, like one that keeps dying).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from pmon import plugins
-from pmon.commands import command
 from pmon.config import Config
 from pmon.errors import SpawnRefused
 from pmon.core.manager import Manager, Snapshot
@@ -42,10 +41,10 @@ from pmon.plugin_types import (
     kind_of,
 )
 from pmon.core.states import ManagerState
+from pmon.runtime.api import Api, Extension
 
 if TYPE_CHECKING:
-    from pmon.runtime.supervisor import ProjectState, Supervisor
-    from pmon.runtime.process import ManagedProcess
+    from pmon.core.project import ProjectState
 
 MAX_QUEUED = 1000  # calls waiting for one plugin's thread; past that they are dropped
 SNAPSHOT_FIELDS = [f.name for f in fields(Snapshot)]  # copied into each ManagerView
@@ -124,9 +123,11 @@ class Record:
         }
 
 
-class PluginHost:
+class PluginHost(Extension):
     """Loads the plugins when built (bad plugins stop pmon before anything starts) and runs
     them from `start` to `stop`."""
+
+    name = "plugin host"
 
     def __init__(self, config: Config) -> None:
         self.loaded = plugins.load(config)
@@ -140,7 +141,6 @@ class PluginHost:
                 if impl.plugin_name == name and not (impl.hookwrapper or impl.wrapper)
             }
             self.records[name] = Record(info, impls)
-        self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Future[Any]] = set()
         self._watchdog: dict[str, tuple[int | None, float]] = {}  # name -> (pid, loop time)
 
@@ -148,27 +148,16 @@ class PluginHost:
         return [r for r in self.records.values() if hook in r.impls]
 
     # --- the service ----------------------------------------------------------------------
-    async def start(self, sup: "Supervisor") -> None:
-        self.sup = sup
+    async def start(self, api: Api) -> None:
+        self.sup = sup = api
         self.loop = asyncio.get_running_loop()
-        sup.plugins = self
-        sup.listeners.append(self._on_state)
-        sup.notify_listeners.append(self._on_notify)
-        sup.project_listeners.append(self._on_project)
-        if self.implementers("pmon_before_start"):
-            sup.spawn_advisors.append(self._before_start)
-        if self.implementers("pmon_restart_decision"):
-            sup.restart_advisor = self._restart_decision
         for record in self.implementers("pmon_monitor_check"):
             if record.info.setup.interval is not None:
-                self._tasks.append(self.loop.create_task(self._monitor(record)))
+                api.background(self, self._monitor(record))
         names = ", ".join(f"{r.info.name}" for r in self.records.values()) or "none"
         sup.events.write("plugins-loaded", f"plugins: {names}", plugins=list(self.records))
 
-    async def stop(self, sup: "Supervisor") -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def stop(self) -> None:
         if self._pending:  # the last notifications (project stopped) get a moment to finish
             await asyncio.wait(self._pending, timeout=min(self.spec.timeout, 2.0))
         for record in self.records.values():
@@ -276,8 +265,8 @@ class PluginHost:
             )
             record.streak = 0
 
-    # --- the supervisor's seams -----------------------------------------------------------
-    def _on_state(self, manager: Manager, old: ManagerState | None) -> None:
+    # --- the extension interface ----------------------------------------------------------
+    def on_manager(self, manager: Manager, old: ManagerState | None) -> None:
         if self.implementers("pmon_manager_state"):
             self._notify(
                 "pmon_manager_state", manager=self.manager_view(manager),
@@ -285,21 +274,23 @@ class PluginHost:
                 exit_code=manager.exit_code,
             )
 
-    def _on_project(self, state: "ProjectState") -> None:
+    def on_project(self, state: "ProjectState") -> None:
         if state.value == "running":
             self._notify("pmon_project_started", project=self.project_view())
         elif state.value in ("stopped", "blocked"):
             self._notify("pmon_project_stopped", project=self.project_view())
 
-    def _on_notify(self, manager: Manager, message: dict[str, str]) -> None:
+    def on_notify(self, manager: Manager, message: Mapping[str, str]) -> None:
         if message.get("WATCHDOG") == "1":
             self._watchdog[manager.spec.name] = (manager.pid, self.loop.time())
 
-    def switchover(self, active: str, previous: str | None, reason: str) -> None:
-        """For the redundancy manager: tell the plugins which server is active now."""
+    def on_switchover(self, active: str, previous: str | None, reason: str) -> None:
+        """Tell the plugins which server is active now."""
         self._notify("pmon_switchover", active=active, previous=previous, reason=reason)
 
-    def _before_start(self, manager: Manager) -> Mapping[str, str]:
+    def spawn_env(self, manager: Manager) -> Mapping[str, str]:
+        if not self.implementers("pmon_before_start"):
+            return {}
         env: dict[str, str] = {}
         for record, advice in self._ask("pmon_before_start", {"manager": self.manager_view(manager)}):
             if advice is None:
@@ -316,7 +307,9 @@ class PluginHost:
             env.update(advice.env)
         return env
 
-    def _restart_decision(self, manager: Manager, code: int | None, delay: float) -> RestartAdvice | None:
+    def restart_advice(self, manager: Manager, code: int | None, delay: float) -> RestartAdvice | None:
+        if not self.implementers("pmon_restart_decision"):
+            return None
         kwargs = {"manager": self.manager_view(manager), "exit_code": code, "delay": delay}
         veto, longest, reasons = False, 0.0, []
         for record, advice in self._ask("pmon_restart_decision", kwargs):
@@ -396,23 +389,19 @@ class PluginHost:
         record.verdicts = new
 
     def _restart(self, plugin: str, verdict: Verdict) -> None:
-        """Stop the manager; its death goes through the restart policy like any other."""
+        """Recycle the manager; its death goes through the restart policy like any other."""
         assert verdict.target is not None
         manager = self.sup.managers.get(verdict.target)
-        proc = self.sup.procs.get(verdict.target)
-        if manager is None or proc is None or manager.state not in (ManagerState.STARTING, ManagerState.RUNNING):
+        if manager is None or manager.pid is None or manager.state not in (
+            ManagerState.STARTING, ManagerState.RUNNING
+        ):
             return
         self.sup.events.write(
             "plugin-restart",
-            f"{plugin} stops {verdict.target} (pid {proc.pid}) to restart it: {verdict.message}",
-            plugin=plugin, manager=verdict.target, pid=proc.pid,
+            f"{plugin} stops {verdict.target} (pid {manager.pid}) to restart it: {verdict.message}",
+            plugin=plugin, manager=verdict.target, pid=manager.pid,
         )
-        proc.terminate()
-        self.loop.call_later(manager.spec.seconds_to_kill, self._kill_if_alive, verdict.target, proc)
-
-    def _kill_if_alive(self, name: str, proc: "ManagedProcess") -> None:
-        if self.sup.procs.get(name) is proc:  # still the same process: it ignored SIGTERM
-            proc.kill()
+        self.sup.recycle(verdict.target, f"{plugin}: {verdict.message}")
 
     # --- what status and `pmon plugins` show -----------------------------------------------
     def verdict_rows(self) -> list[dict[str, Any]]:
@@ -427,7 +416,10 @@ class PluginHost:
         ]
 
     def error_state(self) -> float:
-        return sum(v.error_state for r in self.records.values() for v in r.verdicts.values())
+        return float(sum(v.error_state for r in self.records.values() for v in r.verdicts.values()))
+
+    def status(self) -> Mapping[str, Any]:
+        return {"verdicts": self.verdict_rows(), "plugin_error_state": self.error_state()}
 
 
 class PluginFailure(Exception):
@@ -455,13 +447,3 @@ def _is_env(env: Any) -> bool:
     return type(env) in (dict, MappingProxyType) and all(
         type(k) is str and type(v) is str and k and "=" not in k for k, v in env.items()
     )
-
-
-@command("plugins")
-async def plugins_command(sup: "Supervisor") -> dict[str, Any]:
-    """The loaded plugins: name, where each comes from, its hooks, failures, verdicts."""
-    host = sup.plugins
-    return {
-        "plugins": [r.row() for r in host.records.values()] if host else [],
-        "error_state": sup.plugin_error_state(),
-    }

@@ -1,4 +1,4 @@
-"""pmon's side of redundancy: a service beside the supervisor (see pmon.build_services).
+"""pmon's side of redundancy: an extension beside the supervisor (see app.py).
 
 It knows what only pmon knows, and acts where only pmon can:
 - this server's error state from its managers (a manager that should run and does not, with
@@ -11,11 +11,13 @@ It knows what only pmon knows, and acts where only pmon can:
 - the operators' set-active / prefer requests, passed to the redundancy manager at its next
   sync (every heartbeat interval).
 
-Plugin seams (the plugin host fills them; both are optional, looked up at run time):
-- `sup.plugin_error_state()` -> a number, or a mapping {source: number}; added to this
-  server's error state (a plugin's verdict already carries its weight);
-- `sup.plugins.switchover(active, previous, reason)` at every switchover (the
-  `pmon_switchover` hook).
+The role is handed to the project machine as the condition "active": it (not this
+module) stops the `run_on = "active"` managers when the condition turns off and starts the
+ones it held back when it turns on, and refuses to start them meanwhile.
+
+What the plugins add to the error state comes from `api.plugin_error_state()`; every
+switchover goes to the other extensions through `api.switchover` (the plugins'
+`pmon_switchover` hook).
 """
 
 from __future__ import annotations
@@ -24,21 +26,24 @@ import json
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-from pmon.config import Config, ManagerSpec
-from pmon.errors import CommandError
+from pmon.config import Config
+from pmon.core.project import ProjectState
 from pmon.core.states import ManagerState, StartType
+from pmon.errors import CommandError
+from pmon.runtime.api import Api, Extension
 from pmon.runtime.statefile import write_atomically
 
 if TYPE_CHECKING:
     from pmon.core.manager import Manager
-    from pmon.runtime.supervisor import Supervisor
 
 S = ManagerState
 
 
-class RedundancyService:
+class RedundancyService(Extension):
+    name = "redundancy"
+
     def __init__(self, config: Config) -> None:
         assert config.redundancy is not None
         self.spec = config.redundancy
@@ -48,13 +53,10 @@ class RedundancyService:
         self.requests: list[dict[str, Any]] = []
         self.epoch = 0
         self.last_switchover: dict[str, Any] | None = None
-        # run_on = "active" managers the gate held back (the start sequence passed them) or
-        # that a switch to passive stopped: started again when this server becomes active.
-        self.held: set[str] = set()
 
     # --- lifecycle ----------------------------------------------------------------
-    async def start(self, sup: "Supervisor") -> None:
-        self.sup = sup
+    async def start(self, api: Api) -> None:
+        self.sup = sup = api
         self.epoch_file = sup.state_dir / "redundancy.json"
         try:
             saved = json.loads(self.epoch_file.read_text())
@@ -62,10 +64,9 @@ class RedundancyService:
             self.last_switchover = saved.get("last_switchover")
         except (OSError, ValueError, AttributeError):
             pass
-        sup.start_gates.append(self.gate)
-        sup.listeners.append(self._on_manager)
+        self._tell_role()
 
-    async def stop(self, sup: "Supervisor") -> None:
+    async def stop(self) -> None:
         self._save()
 
     def _save(self) -> None:
@@ -75,21 +76,21 @@ class RedundancyService:
         except OSError as exc:
             self.sup.events.write("state-write-failed", f"cannot write {self.epoch_file}: {exc}")
 
-    def _on_manager(self, manager: "Manager", old: ManagerState | None) -> None:
+    def on_manager(self, manager: "Manager", old: ManagerState | None) -> None:
         # Without its redundancy manager this server does not know its role any more.
         if manager.spec.redundancy and not manager.alive and self.role is not None:
             self.role = None
             self.report = {}
+            self.sup.loop.call_soon(self._tell_role)  # not from inside the machine's report
+
+    def _tell_role(self) -> None:
+        """The project machine's condition "active" follows this server's role."""
+        self.sup.set_condition(
+            "active", self.role == "active",
+            f"this server ({self.spec.name}) is {self.role or 'not decided yet'}",
+        )
 
     # --- what pmon knows -------------------------------------------------------------
-    def gate(self, spec: ManagerSpec) -> str | None:
-        """Why a manager may not start now (run_on = "active" on a server that is not)."""
-        if spec.run_on == "active" and self.role != "active":
-            self.held.add(spec.name)
-            return (f'{spec.name} runs only on the active server (run_on = "active"); '
-                    f"this server ({self.spec.name}) is {self.role or 'not decided yet'}")
-        return None
-
     def should_run(self, manager: "Manager") -> bool:
         spec = manager.spec
         return (manager.wanted and spec.start is not StartType.ONCE and not spec.redundancy
@@ -102,21 +103,15 @@ class RedundancyService:
             weight = manager.spec.weight if manager.spec.weight is not None else self.spec.manager_weight
             if weight and self.should_run(manager) and (not manager.alive or manager.ready_failed):
                 out[f"manager {manager.spec.name}"] = weight
-        plugin = getattr(self.sup, "plugin_error_state", None)
-        if plugin is not None:
-            try:
-                verdict = plugin()
-                if isinstance(verdict, Mapping):
-                    out.update({f"plugin {k}": float(v) for k, v in verdict.items() if float(v) > 0})
-                elif float(verdict) > 0:
-                    out["plugins"] = float(verdict)
-            except Exception as exc:  # a plugin's bug must not stop the pair
-                self.sup.events.write("plugin-error", f"plugin error state failed: {exc!r}")
+        try:
+            verdict = self.sup.plugin_error_state()
+            if verdict > 0:
+                out["plugins"] = verdict
+        except Exception as exc:  # a plugin's bug must not stop the pair
+            self.sup.events.write("plugin-error", f"plugin error state failed: {exc!r}")
         return out
 
     def available(self) -> bool:
-        from pmon.runtime.supervisor import ProjectState
-
         return self.sup.project_state is ProjectState.RUNNING and not any(
             m.state is S.BLOCKED and m.wanted for m in self.sup.managers.values()
         )
@@ -145,7 +140,7 @@ class RedundancyService:
         if role in ("active", "passive") and role != self.role:
             self._role_changed(role, report)
         if self._signature() != before:
-            self.sup._changed()  # wake waiters (set-active waits for the new role)
+            self.sup.changed()  # wake waiters (set-active waits for the new role)
         requests, self.requests = self.requests, []
         return {"breakdown": self.error_breakdown(), "available": self.available(),
                 "epoch": self.epoch, "requests": requests}
@@ -157,8 +152,6 @@ class RedundancyService:
                 json.dumps(self.report.get("preferred")), json.dumps(self.report.get("forced")))
 
     def _role_changed(self, role: str, report: dict[str, Any]) -> None:
-        from pmon.runtime.supervisor import ProjectState
-
         old, self.role = self.role, role
         me, partner = self.spec.name, self.spec.partner
         active = me if role == "active" else partner
@@ -177,53 +170,23 @@ class RedundancyService:
         # Signal only managers that ran before this switchover: one started by it has no
         # SIGUSR1 handler yet (and queries everything at start anyway).
         to_notify = self._to_notify() if old is not None else []
-        if report.get("restart_project"):
-            self.held.clear()
-            # Only a project that runs diverged; a stopped, blocked or stopping one (an
-            # operator's `stop --all --force`, a block, a shutdown) stays as it is.
-            if self.sup.project_state in (ProjectState.STARTING, ProjectState.RUNNING):
-                self.sup.restart_project(f"split-brain resolution: {partner} stays active")
-        elif role == "active":
-            self._start_active_managers()
-        else:
-            self._stop_active_managers()
+        self._tell_role()  # the machine stops or starts the run_on = "active" managers
+        # Only a project that runs diverged; a stopped, blocked or stopping one (an
+        # operator's `stop --all --force`, a block, a shutdown) stays as it is.
+        if report.get("restart_project") and self.sup.project_state in (
+            ProjectState.STARTING, ProjectState.RUNNING
+        ):
+            self.sup.restart_project(f"split-brain resolution: {partner} stays active")
         for pid in to_notify:
-            manager = self.sup.managers.get(self.sup.by_pid.get(pid, ""))
+            manager = self.sup.managers.get(self.sup.pid_of(pid) or "")
             if manager is None or manager.state is not S.RUNNING:
                 continue  # stopped by this switchover: it gets SIGTERM, not a query
             try:
                 os.kill(pid, signal.SIGUSR1)
             except OSError:
                 pass
-        hook = getattr(getattr(self.sup, "plugins", None), "switchover", None)
-        if hook is not None and old is not None:
-            previous = partner if role == "active" else me
-            try:
-                hook(active, previous, reason)
-            except Exception as exc:  # a plugin's bug must not stop the pair
-                self.sup.events.write("plugin-error", f"plugin switchover hook failed: {exc!r}")
-
-    def _start_active_managers(self) -> None:
-        from pmon.runtime.supervisor import ProjectState
-
-        if self.sup.project_state not in (ProjectState.STARTING, ProjectState.RUNNING):
-            return  # the start sequence will start them, the gate now open
-        now = self.sup.now()
-        held, self.held = self.held, set()
-        for spec in self.sup.config.start_order():
-            manager = self.sup.managers[spec.name]
-            # start() restarts a STOPPING one after its exit (back to active within its
-            # seconds_to_kill) and leaves a live one alone; a blocked one waits for an operator.
-            if spec.name in held and manager.wanted and manager.state is not S.BLOCKED:
-                self.sup._apply(manager, manager.start(now))
-
-    def _stop_active_managers(self) -> None:
-        now = self.sup.now()
-        for spec in reversed(self.sup.config.start_order()):
-            manager = self.sup.managers[spec.name]
-            if spec.run_on == "active" and (manager.alive or manager.state is S.BACKOFF):
-                self.held.add(spec.name)
-                self.sup._apply(manager, manager.stop(now, operator=False))
+        if old is not None:
+            self.sup.switchover(active, partner if role == "active" else me, reason)
 
     def _to_notify(self) -> list[int]:
         """Pids of running managers that asked for SIGUSR1 ("run your general query")."""

@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
-if TYPE_CHECKING:
-    from pmon.runtime.supervisor import Supervisor
+from pmon.runtime.api import Api, Extension
 
 
 def notify_address(env: Mapping[str, str]) -> str | None:
@@ -33,15 +32,15 @@ def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
     return int(usec) / 2e6
 
 
-class SystemdNotifier:
-    """A service beside the supervisor that talks the notify protocol to systemd."""
+class SystemdNotifier(Extension):
+    """An extension that talks the notify protocol to systemd."""
+
+    name = "systemd notifier"
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
         self.address = notify_address(self.env)
         self.sock: socket.socket | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
     def send(self, message: str) -> None:
         if self.sock is None or self.address is None:
@@ -51,29 +50,26 @@ class SystemdNotifier:
         except OSError:
             pass  # systemd gone or busy: pmon supervises on regardless
 
-    async def start(self, sup: "Supervisor") -> None:
+    async def start(self, api: Api) -> None:
         if self.address is None:
             return
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._task = sup.loop.create_task(self._ready_when_started(sup))
+        api.background(self, self._ready_when_started(api))
         interval = watchdog_interval(self.env, os.getpid())
         if interval:
-            self._keepalive(sup, interval)
+            api.background(self, self._keepalive(interval))
 
-    async def _ready_when_started(self, sup: "Supervisor") -> None:
-        await sup.project_ready.wait()
-        running = sum(1 for m in sup.managers.values() if m.alive)
-        self.send(f"READY=1\nSTATUS=project {sup.config.project.name}: {running} managers running")
+    async def _ready_when_started(self, api: Api) -> None:
+        await api.project_ready.wait()
+        running = sum(1 for m in api.managers.values() if m.alive)
+        self.send(f"READY=1\nSTATUS=project {api.config.project.name}: {running} managers running")
 
-    def _keepalive(self, sup: "Supervisor", interval: float) -> None:
-        self.send("WATCHDOG=1")
-        self._timer = sup.loop.call_later(interval, self._keepalive, sup, interval)
+    async def _keepalive(self, interval: float) -> None:
+        while True:
+            self.send("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
-    async def stop(self, sup: "Supervisor") -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._timer is not None:
-            self._timer.cancel()
+    async def stop(self) -> None:
         self.send("STOPPING=1")
         if self.sock is not None:
             self.sock.close()

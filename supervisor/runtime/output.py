@@ -22,12 +22,7 @@ import asyncio
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from pmon.runtime.logs import backup_path, shift_backups
-
-if TYPE_CHECKING:
-    from pmon.runtime.supervisor import Supervisor
 
 CHECK_SECONDS = 5.0
 COPY_CHUNK = 1 << 20
@@ -73,35 +68,3 @@ class ManagerLog:
 
     def close(self) -> None:
         """Nothing to close: pmon holds no descriptor of a manager's output."""
-
-
-class LogRotation:
-    """A service: checks the managers' output files now and then and rotates big ones."""
-
-    def __init__(self, interval: float = CHECK_SECONDS) -> None:
-        self.interval = interval
-        self._timer: asyncio.TimerHandle | None = None
-        self._sup: Supervisor | None = None
-
-    async def start(self, sup: "Supervisor") -> None:
-        self._sup = sup
-        self._timer = sup.loop.call_later(self.interval, self._tick)
-
-    async def stop(self, sup: "Supervisor") -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _tick(self) -> None:
-        assert self._sup is not None
-        check_all(self._sup)
-        self._timer = self._sup.loop.call_later(self.interval, self._tick)
-
-
-def check_all(sup: "Supervisor") -> None:
-    """Rotate every manager output file over its size; a failure is reported, not raised."""
-    for name, log in list(sup.logs.items()):
-        try:
-            log.rotate_if_needed()
-        except OSError as exc:
-            sup.write_failed(f"the output log of {name} ({log.path})", exc)

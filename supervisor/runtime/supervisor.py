@@ -1,92 +1,88 @@
-"""The supervisor: start order, restart policy, project restart, the event loop.
+"""The supervisor: the project machine's hands on one asyncio loop.
 
 One asyncio loop owns all state. Deaths (pidfd), notify datagrams, timers and control
-commands arrive as callbacks on that loop; each feeds an event to a manager's state machine
-(manager.py) and performs the actions it returns. Project-wide sequences (start, stop,
-restart, block) run as one task at a time: a new one replaces the one under way.
+commands arrive as callbacks on that loop; each is handed to the project machine
+(core/project.py), which decides, and whose effects (spawn, terminate, kill, forget, record,
+job ended) are performed here. Nothing here decides what happens to a manager or to the
+project: this module only feeds events in and carries effects out, and waits for the
+project to settle where a command asked to wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Mapping, Protocol
+from typing import Any, Callable, Coroutine, Mapping, TypeVar
 
-from pmon.runtime import adopt, platform, statefile
-from pmon.config import Config, ManagerSpec
-from pmon.errors import CommandError, PmonError, SpawnRefused, UnknownManager
-from pmon.runtime.logs import EventLog, describe_exit
-from pmon.core.manager import Action, Manager
-from pmon.runtime.notify import NotifyListener
-from pmon.runtime.output import LogRotation, ManagerLog
-from pmon.plugin_types import RestartAdvice
-from pmon.runtime.process import ManagedProcess, log_path, manager_env
-from pmon.commands.reload import ReloadOnHangup
-from pmon.extensions.sdnotify import SystemdNotifier
+from pmon.config import Config
+from pmon.core.change import Plan
+from pmon.core.manager import Manager
+from pmon.core.project import (
+    Forget,
+    JobEnded,
+    Kill,
+    Project,
+    ProjectState,
+    Record,
+    Spawn,
+    Terminate,
+)
 from pmon.core.states import ManagerState
-from pmon.extensions.write_probe import WriteProbe
+from pmon.errors import PmonError, SpawnRefused
+from pmon.runtime import adopt, platform, statefile
+from pmon.runtime.api import Extension
+from pmon.runtime.logs import EventLog, describe_exit
+from pmon.runtime.notify import NotifyListener
+from pmon.runtime.output import ManagerLog
+from pmon.runtime.process import ManagedProcess, log_path, manager_env
 
 S = ManagerState
-
-
-class Service(Protocol):
-    """Something that runs beside the supervisor for as long as pmon runs."""
-
-    async def start(self, sup: "Supervisor") -> None: ...
-
-    async def stop(self, sup: "Supervisor") -> None: ...
-
-
-class ProjectState(str, enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    RESTARTING = "restarting"
-    BLOCKED = "blocked"  # a core manager died too often; waits for an operator
+E = TypeVar("E", bound=Extension)
+T = TypeVar("T")
+SETTLED_PROJECT = (ProjectState.RUNNING, ProjectState.STOPPED, ProjectState.BLOCKED)
 
 
 class Supervisor:
-    def __init__(self, config: Config, *, echo: bool = True) -> None:
-        self.config = config
+    def __init__(self, config: Config, extensions: list[Extension], *, echo: bool = True) -> None:
         self.echo = echo
-        self.managers: dict[str, Manager] = {s.name: Manager(s) for s in config.managers}
+        self.project = Project(config)
         self.procs: dict[str, ManagedProcess] = {}
         self.by_pid: dict[int, str] = {}
         self.logs: dict[str, ManagerLog] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
-        self.project_state = ProjectState.STOPPED
-        self._project_task: asyncio.Task[None] | None = None
+        self._job_timer: asyncio.TimerHandle | None = None
+        self._job_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._start_times: dict[int, float | None] = {}
         self._state_write_pending = False
         self._reported: dict[str, ManagerState] = {}
+        self._reported_project = self.project.state
         self.started_at = time.time()
         self.leave_running = False  # exit without stopping the managers (for an upgrade)
         self._stopped_cleanly = False
         self._write_failing = False
-        self._closing = False  # shutdown requested: no new project sequence may begin
+        self._change_lock = asyncio.Lock()  # one change of the manager list at a time
+        self._tasks: dict[int, set[asyncio.Task[None]]] = {}  # by id() of the owning extension
         self.project_ready = asyncio.Event()  # the first start sequence is done (or skipped)
-        # Seams for the parts built on top (redundancy, plugins, PMON TCP): services start
-        # and stop with pmon; listeners hear every state change of a manager.
-        self.services: list[Service] = build_services(config)
-        self.listeners: list[Callable[[Manager, ManagerState | None], None]] = []
-        # More seams, used by plugin_host.py: notify datagrams, project state changes, extra
-        # environment (or SpawnRefused) before a spawn, advice on an automatic restart.
-        self.notify_listeners: list[Callable[[Manager, dict[str, str]], None]] = []
-        self.project_listeners: list[Callable[[ProjectState], None]] = []
-        self.spawn_advisors: list[Callable[[Manager], Mapping[str, str]]] = []
-        # One advisor (the plugin host, which merges its plugins' advice) or None.
-        self.restart_advisor: Callable[[Manager, int | None, float], RestartAdvice | None] | None = None
-        self.plugins: Any = None  # the PluginHost once started (verdicts, error state)
-        # Gates say why a manager may not start now (None: it may), e.g. run_on = "active".
-        self.start_gates: list[Callable[[ManagerSpec], str | None]] = []
+        self._listening = False  # the extensions hear of changes once they have started
+        self.extensions = extensions  # started in this order, stopped in reverse
 
-    # --- paths -----------------------------------------------------------------------
+    # --- what extensions and commands read ------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self.project.config
+
+    @property
+    def managers(self) -> Mapping[str, Manager]:
+        return self.project.managers
+
+    @property
+    def project_state(self) -> ProjectState:
+        return self.project.state
+
     @property
     def state_dir(self) -> Path:
         return self.config.project.state_dir
@@ -94,6 +90,10 @@ class Supervisor:
     @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
+
+    def extension(self, kind: type[E]) -> E | None:
+        """The running extension of this kind, or None (not configured)."""
+        return next((e for e in self.extensions if isinstance(e, kind)), None)
 
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> int:
@@ -122,24 +122,28 @@ class Supervisor:
             "pmon-started", f"pmon {os.getpid()} runs project '{project.name}' from {self.config.path}",
             pid=os.getpid(), config=str(self.config.path),
         )
-        # A pmon started again takes over the managers still running (hot restart).
-        taken = adopt.take_over(self)
-        for service in self.services:
-            await service.start(self)
-        if taken.start_project:
-            self.start_project(skip=frozenset(taken.down))
-        else:
-            self._set_project_state(ProjectState(taken.project_state))
-            self.project_ready.set()
-        await self._shutdown.wait()
-        if self.leave_running:  # detach: end a sequence under way, touch no manager
-            if self._project_task is not None:
-                self._project_task.cancel()
-        else:
-            await self.finish(self._begin(self._stop_sequence(ProjectState.STOPPED), final=True))
-            self._stopped_cleanly = True
-        for service in reversed(self.services):
-            await service.stop(self)
+        # Every task of every extension has one owner: this group. Shutdown order is
+        # written below: the final stop, then the extensions in reverse order, each with
+        # its tasks, then the control channel.
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            # A pmon started again takes over the managers still running (hot restart).
+            taken = adopt.take_over(self)
+            for extension in self.extensions:
+                await extension.start(self)
+            self._listening = True
+            if taken.start_project:
+                self._perform(self.project.start(self.now(), skip=taken.skip))
+            else:
+                self.project.settle(ProjectState(taken.project_state), "as pmon left it")
+                self._perform(None)
+                self.project_ready.set()
+            await self._shutdown.wait()
+            if not self.leave_running:  # detach: touch no manager; a job under way ends here
+                await self.finish(self._perform(self.project.stop(self.now(), "shutdown", final=True)))
+                self._stopped_cleanly = True
+            for extension in reversed(self.extensions):
+                await self._stop_extension(extension)
         await self.control.stop()
         self.notify.close(self.loop)
         self.watcher.close()
@@ -154,162 +158,155 @@ class Supervisor:
         return 0
 
     def request_shutdown(self, reason: str = "request") -> None:
-        self._closing = True
+        self.project.close()
         if not self._shutdown.is_set():
             self._shutdown.set()
             self.events.write("shutdown", f"stopping the project and pmon ({reason})", reason=reason)
 
-    # --- project sequences -----------------------------------------------------------
-    def start_project(self, skip: frozenset[str] = frozenset()) -> asyncio.Task[None]:
-        return self._begin(self._start_sequence(skip))
+    def background(self, owner: Extension, coro: Coroutine[Any, Any, None]) -> None:
+        """Run an extension's task in the supervisor's task group, until its owner stops."""
+        task = self._group.create_task(self._guarded(owner, coro))
+        tasks = self._tasks.setdefault(id(owner), set())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
-    def stop_project(self) -> asyncio.Task[None]:
-        return self._begin(self._stop_sequence(ProjectState.STOPPED))
+    async def _guarded(self, owner: Extension, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an extension's bug must not end the task group (and pmon)
+            self.events.write("extension-error", f"{owner.name} failed: {exc!r}")
 
-    def restart_project(self, reason: str) -> asyncio.Task[None]:
-        return self._begin(self._restart_sequence(reason))
+    async def _stop_extension(self, extension: Extension) -> None:
+        try:
+            await extension.stop()
+        except Exception as exc:
+            self.events.write("extension-error", f"{extension.name} failed to stop: {exc!r}")
+        tasks = self._tasks.pop(id(extension), set())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _begin(self, sequence: Coroutine[Any, Any, None], final: bool = False) -> asyncio.Task[None]:
-        """Run a project sequence, cancelling the one under way (a restart replaces a start).
+    # --- the project's jobs, for commands and extensions -------------------------------
+    def start_project(self) -> int:
+        return self._perform(self.project.start(self.now()))
 
-        Once shutdown is requested only the final stop may begin: anything else would cancel
-        it and leave managers half-stopped behind an exiting pmon.
-        """
-        if self._closing and not final:
-            sequence.close()
-            raise CommandError("pmon is shutting down; the project is being stopped")
-        previous = self._project_task
-        if previous is not None and not previous.done():
-            previous.cancel()
-        task = self.loop.create_task(sequence)
-        self._project_task = task
-        return task
+    def stop_project(self, reason: str = "operator request") -> int:
+        return self._perform(self.project.stop(self.now(), reason))
 
-    @staticmethod
-    async def finish(task: asyncio.Task[None]) -> None:
-        """Wait for a project sequence to end, also when a newer one replaced (cancelled) it:
-        the caller then reports the state reached, instead of dying of the cancellation."""
-        await asyncio.wait({task})
+    def restart_project(self, reason: str) -> int:
+        return self._perform(self.project.restart(self.now(), reason))
 
-    async def _start_sequence(self, skip: frozenset[str] = frozenset()) -> None:
-        """Start the managers in order; each must be ready before the next one starts.
+    def restart_all(self, reason: str = "operator request") -> int:
+        return self._perform(self.project.restart_all(self.now(), reason))
 
-        Managers already running (adopted by a restarted pmon) are left as they are;
-        `skip` names managers that stay down (stopped or blocked before pmon restarted).
-        """
-        self._set_project_state(ProjectState.STARTING)
-        for spec in self.config.start_order():
-            manager = self.managers.get(spec.name)  # a reload may have removed it meanwhile
-            if manager is None or not manager.wanted or spec.name in skip or self.refusal(spec):
-                continue  # manual: only on an operator's command; or a gate says not here
-            self._apply(manager, manager.start(self.now()))
-            settled = await self.wait_for(
-                lambda: manager.state is not S.STARTING or manager.ready_failed,
-                timeout=spec.start_timeout,
-            )
-            if not settled or manager.ready_failed:
-                self.events.write(
-                    "start-timeout",
-                    f"{spec.name} not ready within {spec.start_timeout:g} s; the start goes on",
-                    manager=spec.name,
-                )
-        self._set_project_state(ProjectState.RUNNING)
-        self.events.write("project-started", f"project '{self.config.project.name}' started")
-        self.project_ready.set()
+    def set_condition(self, condition: str, holds: bool, why: str) -> None:
+        self.project.set_condition(condition, holds, why, self.now())
+        self._perform(None)
 
-    async def _stop_sequence(self, final: ProjectState) -> None:
-        """Stop every manager in reverse start order, each fully before the next."""
-        going_down = ProjectState.RESTARTING if final is ProjectState.RESTARTING else ProjectState.STOPPING
-        self._set_project_state(going_down)
-        now = self.now()
-        for waiting in self.managers.values():  # no restart may fire while going down
-            if waiting.state is S.BACKOFF:
-                self._apply(waiting, waiting.stop(now, operator=False))
-        for spec in reversed(self.config.start_order()):
-            manager = self.managers.get(spec.name)
-            if manager is None or not manager.alive:
-                continue
-            self._apply(manager, manager.stop(self.now(), operator=False))
-            await self.wait_for(lambda: not manager.alive, timeout=spec.seconds_to_kill + 10)
-        self._set_project_state(final)
+    def switchover(self, active: str, previous: str | None, reason: str) -> None:
+        """Tell every extension that the pair switched (the plugins' pmon_switchover)."""
+        self._tell("on_switchover", active, previous, reason)
 
-    async def _restart_sequence(self, reason: str) -> None:
-        self.events.write("project-restart", f"restarting the project: {reason}", reason=reason)
-        await self._stop_sequence(ProjectState.RESTARTING)
-        await self._start_sequence()
+    def recycle(self, name: str, reason: str) -> bool:
+        done = self.project.recycle(name, self.now(), reason)
+        self._perform(None)
+        return done
 
-    async def _block_sequence(self, manager: Manager) -> None:
-        self.events.write(
-            "project-blocked",
-            f"core manager {manager.spec.name} died too often: the project is stopped and "
-            f"blocked; start it again with `pmon restart --all`",
-            manager=manager.spec.name,
-        )
-        await self._stop_sequence(ProjectState.BLOCKED)
+    async def finish(self, job: int | None) -> None:
+        """Wait for a project job to end, also when a newer one replaced it: the caller then
+        reports the state reached."""
+        current = self.project.job
+        if job is None or current is None or current.id != job:
+            return
+        waiter = self.loop.create_future()
+        self._job_waiters.setdefault(job, []).append(waiter)
+        await waiter
 
-    def _set_project_state(self, state: ProjectState) -> None:
-        old, self.project_state = self.project_state, state
-        if old is not state:
-            self._tell(self.project_listeners, state)
-        if state in (ProjectState.RUNNING, ProjectState.STOPPED, ProjectState.BLOCKED):
-            self.project_ready.set()  # settled, however the first sequence ended (systemd READY=1)
-        self._changed()
+    # --- performing the machine's effects ------------------------------------------------
+    def _perform(self, result: T) -> T:
+        """Carry out everything the project machine queued; returns `result` (what the
+        call into the machine returned), for chaining."""
+        while True:
+            effects, touched = self.project.drain()
+            if not effects and not touched:
+                break
+            for effect in effects:
+                if isinstance(effect, Spawn):
+                    manager = self.project.get(effect.name)
+                    # stale when a plugin's advice held the restart, or a stop came first
+                    if manager is not None and manager.state is S.STARTING and manager.pid is None:
+                        self._spawn(manager)
+                elif isinstance(effect, Terminate):
+                    if effect.name in self.procs:
+                        self.procs[effect.name].terminate()
+                elif isinstance(effect, Kill):
+                    proc = self.procs.get(effect.name)
+                    if proc is not None:
+                        self.events.write("kill", effect.reason, manager=effect.name, pid=proc.pid)
+                        proc.kill()
+                elif isinstance(effect, Record):
+                    self.events.write(effect.kind, effect.message, **effect.fields)
+                elif isinstance(effect, Forget):
+                    self._forget(effect.name)
+                elif isinstance(effect, JobEnded):
+                    for waiter in self._job_waiters.pop(effect.job, []):
+                        _wake(waiter)
+            for name in touched:  # after the spawns: a start reports None -> running at once
+                self._arm_timer(name)
+                self._report(name)
+        self._arm_job_timer()
+        state = self.project.state
+        if state is not self._reported_project:
+            self._reported_project = state
+            self._tell("on_project", state)
+        if state in SETTLED_PROJECT:
+            self.project_ready.set()  # settled, however the first job ended (systemd READY=1)
+        self.changed()
+        return result
 
-    @property
-    def restarts_allowed(self) -> bool:
-        return self.project_state in (ProjectState.STARTING, ProjectState.RUNNING)
-
-    # --- the state machines' actions -------------------------------------------------
-    def _apply(self, manager: Manager, actions: list[Action]) -> None:
-        name = manager.spec.name
-        for action in actions:
-            if action is Action.SPAWN:
-                self._spawn(manager)
-            elif action is Action.TERMINATE and name in self.procs:
-                self.procs[name].terminate()
-            elif action is Action.KILL and name in self.procs:
-                self.events.write(
-                    "kill",
-                    f"{name} still alive {manager.spec.seconds_to_kill:g} s after SIGTERM: "
-                    "killing its process group",
-                    manager=name, pid=self.procs[name].pid,
-                )
-                self.procs[name].kill()
-            elif action is Action.PROJECT_RESTART:
-                self.restart_project(f"core manager {name} died")
-            elif action is Action.PROJECT_BLOCKED:
-                self._begin(self._block_sequence(manager))
-        self._arm_timer(manager)
-        self._report(manager)
-        self._changed()
-
-    def _report(self, manager: Manager) -> None:
-        """Tell the listeners about a state change (once per change)."""
-        old = self._reported.get(manager.spec.name)
+    def _report(self, name: str) -> None:
+        """Tell the extensions about a state change (once per change)."""
+        manager = self.project.get(name)
+        if manager is None:
+            return
+        old = self._reported.get(name)
         if old is manager.state:
             return
-        self._reported[manager.spec.name] = manager.state
-        self._tell(self.listeners, manager, old)
+        self._reported[name] = manager.state
+        self._tell("on_manager", manager, old)
 
-    def _tell(self, listeners: list[Callable[..., None]], *args: Any) -> None:
-        for listener in listeners:
+    def _tell(self, hook: str, *args: Any) -> None:
+        if not self._listening:
+            return
+        for extension in self.extensions:
             try:
-                listener(*args)
-            except Exception as exc:  # a listener's bug must not stop supervision
-                self.events.write("listener-error", f"listener failed: {exc!r}")
+                getattr(extension, hook)(*args)
+            except Exception as exc:  # an extension's bug must not stop supervision
+                self.events.write("listener-error", f"{extension.name}: {hook} failed: {exc!r}")
+
+    def _forget(self, name: str) -> None:
+        handle = self.timers.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+        log = self.logs.pop(name, None)
+        if log is not None:
+            log.close()
+        self._reported.pop(name, None)
 
     def _spawn(self, manager: Manager) -> None:
         spec = manager.spec
         try:
             wished: dict[str, str] = {}
-            for advisor in self.spawn_advisors:
-                wished.update(advisor(manager))
+            for extension in self.extensions:
+                wished.update(extension.spawn_env(manager))
         except SpawnRefused as exc:
             self.events.write(
                 "start-refused", f"{spec.name} not started: {exc}", manager=spec.name,
                 reason=str(exc),
             )
-            self.loop.call_soon(self._spawn_failed, manager)  # counts as a failed start
+            self.loop.call_soon(self._spawn_failed, spec.name)  # counts as a failed start
             return
         extra = {
             **{k: v for k, v in wished.items() if k not in spec.env},  # the TOML wins
@@ -331,22 +328,23 @@ class Supervisor:
                 error=str(exc),
             )
             # Later, not now: a failing spawn must not recurse through restarts.
-            self.loop.call_soon(self._spawn_failed, manager)
+            self.loop.call_soon(self._spawn_failed, spec.name)
             return
         self.procs[spec.name] = proc
         self.by_pid[proc.pid] = spec.name
         # spawned first: on the SIGCHLD path watch() may report a quick death at once
-        manager.spawned(proc.pid, self.now(), time.time())
+        self.project.spawned(spec.name, proc.pid, self.now(), time.time())
         self.watcher.watch(proc.pid, proc.popen)
         self.events.write(
             "started", f"{spec.name} started (pid {proc.pid})", manager=spec.name, pid=proc.pid
         )
 
-    def _spawn_failed(self, manager: Manager) -> None:
-        if manager.state is S.STARTING and manager.pid is None:
-            actions = manager.spawn_failed(self.now())
-            self._log_decision(manager, None)
-            self._apply(manager, actions)
+    def _spawn_failed(self, name: str) -> None:
+        if self.project.spawn_failed(name, self.now()) is not None:
+            manager = self.project.get(name)
+            if manager is not None:
+                self._log_decision(manager, None)
+        self._perform(None)
 
     def _log_for(self, name: str) -> ManagerLog:
         if name not in self.logs:
@@ -356,28 +354,40 @@ class Supervisor:
             )
         return self.logs[name]
 
-    def _arm_timer(self, manager: Manager) -> None:
-        name = manager.spec.name
+    def rotate_logs(self) -> None:
+        """Rotate every manager output file over its size; a failure is reported."""
+        for name, log in list(self.logs.items()):
+            try:
+                log.rotate_if_needed()
+            except OSError as exc:
+                self.write_failed(f"the output log of {name} ({log.path})", exc)
+
+    def _arm_timer(self, name: str) -> None:
         handle = self.timers.pop(name, None)
         if handle is not None:
             handle.cancel()
-        if manager.deadline is not None:
+        manager = self.project.get(name)
+        if manager is not None and manager.deadline is not None:
             self.timers[name] = self.loop.call_at(manager.deadline, self._on_deadline, name)
+
+    def _arm_job_timer(self) -> None:
+        deadline = self.project.deadline
+        timer = self._job_timer
+        if timer is not None and (deadline is None or timer.when() != deadline):
+            timer.cancel()
+            self._job_timer = timer = None
+        if deadline is not None and timer is None:
+            self._job_timer = self.loop.call_at(deadline, self._on_job_deadline)
 
     def _on_deadline(self, name: str) -> None:
         self.timers.pop(name, None)
-        manager = self.managers.get(name)
-        if manager is None:
-            return
-        was_failed = manager.ready_failed
-        self._apply(manager, manager.tick(self.now()))
-        if manager.ready_failed and not was_failed:
-            self.events.write(
-                "not-ready",
-                f"{name} did not report READY=1 within {manager.spec.start_timeout:g} s",
-                manager=name,
-            )
+        self._perform(self.project.tick(self.now(), name))
 
+    def _on_job_deadline(self) -> None:
+        self._job_timer = None
+        self._perform(self.project.tick(self.now()))
+
+    # --- events from the OS ----------------------------------------------------------------
     def _on_exit(self, pid: int) -> None:
         name = self.by_pid.pop(pid, None)
         if name is None:
@@ -385,32 +395,32 @@ class Supervisor:
         proc = self.procs.pop(name)
         code = proc.reap()
         proc.kill()  # leftovers of its process group: no grandchild outlives its manager
-        manager = self.managers.get(name)
-        if manager is None:
-            return
-        was = manager.state
-        actions = manager.exited(code, self.now(), restart=self.restarts_allowed)
-        if was is not S.STOPPING:
-            actions = self._advise_restart(manager, code, actions)
-        # the death first, then what pmon does
-        self._log_decision(manager, code, pid, adopted=proc.popen is None)
-        self._apply(manager, actions)
+        before = self.project.get(name)
+        was = before.state if before is not None else None
+        manager = self.project.exited(name, code, self.now())
+        if manager is not None:
+            if was is not S.STOPPING and name in self.managers:
+                self._advise_restart(manager, code)
+            # the death first, then what pmon does
+            self._log_decision(manager, code, pid, adopted=proc.popen is None)
+        self._perform(None)
 
-    def _advise_restart(self, manager: Manager, code: int | None, actions: list[Action]) -> list[Action]:
-        """Let the restart advisor veto or delay an automatic restart just decided."""
-        advisor = self.restart_advisor
-        if advisor is None or manager.spec.core or manager.state not in (S.STARTING, S.BACKOFF):
-            return actions
+    def _advise_restart(self, manager: Manager, code: int | None) -> None:
+        """Let the extensions veto or delay an automatic restart just decided."""
+        name = manager.spec.name
         now = self.now()
-        delay = max(0.0, (manager.deadline or now) - now) if manager.state is S.BACKOFF else 0.0
-        try:
-            advice = advisor(manager, code, delay)
-        except Exception as exc:
-            self.events.write("listener-error", f"restart advisor failed: {exc!r}")
-            return actions
-        if advice is None or (not advice.veto and advice.delay <= delay):
-            return actions
-        return manager.hold_restart(now, None if advice.veto else advice.delay, advice.reason)
+        delay = self.project.automatic_restart(name, now)
+        if delay is None:
+            return
+        for extension in self.extensions:
+            try:
+                advice = extension.restart_advice(manager, code, delay)
+            except Exception as exc:
+                self.events.write("listener-error", f"restart advisor failed: {exc!r}")
+                continue
+            if advice is not None and (advice.veto or advice.delay > delay):
+                self.project.hold_restart(name, now, None if advice.veto else advice.delay, advice.reason)
+                return
 
     def _log_decision(
         self, manager: Manager, code: int | None, pid: int | None = None, adopted: bool = False
@@ -426,16 +436,17 @@ class Supervisor:
         )
 
     def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
-        name = self._manager_of_pid(pid)
+        name = self.pid_of(pid)
         if name is None:
             return
-        manager = self.managers[name]
-        if fields.get("READY") == "1" and manager.state is S.STARTING:
-            self._apply(manager, manager.ready(self.now()))
+        if fields.get("READY") == "1" and self.project.ready(name, self.now()):
             self.events.write("ready", f"{name} is ready", manager=name)
-        self._tell(self.notify_listeners, manager, fields)  # WATCHDOG=1 for the alive monitor
+        self._perform(None)
+        manager = self.project.get(name)
+        if manager is not None:
+            self._tell("on_notify", manager, fields)  # WATCHDOG=1 for the alive monitor
 
-    def _manager_of_pid(self, pid: int) -> str | None:
+    def pid_of(self, pid: int) -> str | None:
         """The manager a pid belongs to: itself, or the nearest managed ancestor."""
         if pid in self.by_pid:
             return self.by_pid[pid]
@@ -449,8 +460,19 @@ class Supervisor:
             pass
         return None
 
+    def watch_adopted(self, name: str, pid: int, create_time: float) -> None:
+        """Supervise a manager's process that a previous pmon started (hot restart)."""
+        self.procs[name] = ManagedProcess(None, pid)
+        self.by_pid[pid] = name
+        self._start_times[pid] = create_time
+        self._log_for(name)  # its output file is rotated like any other
+        self.watcher.watch(pid)  # dead meanwhile: the watcher reports the exit at once
+        self.project.adopted(name, pid, self.now(), create_time)
+        self._perform(None)
+
     # --- waiting on state ------------------------------------------------------------
-    def _changed(self) -> None:
+    def changed(self) -> None:
+        """Something commands may wait on changed: wake them; save the state soon."""
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             _wake(waiter)
@@ -466,8 +488,7 @@ class Supervisor:
             if remaining is not None and remaining <= 0:
                 return False
             # A plain await on a future woken by a timer, not asyncio.wait_for: on Python 3.11
-            # wait_for swallows a cancellation that arrives together with the wake-up, and a
-            # project sequence replaced by a restart then went on running beside it.
+            # wait_for swallows a cancellation that arrives together with the wake-up.
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             timer = None if deadline is None else self.loop.call_at(deadline, _wake, waiter)
@@ -477,6 +498,10 @@ class Supervisor:
                 if timer is not None:
                     timer.cancel()
         return True
+
+    def save_state(self) -> None:
+        """Write the state file now (the write probe: a full disk shows at once)."""
+        self._write_state()
 
     def _write_state(self) -> None:
         self._state_write_pending = False
@@ -492,9 +517,12 @@ class Supervisor:
                 "restarts": manager.restarts,
                 "recent_restarts": list(manager.recent),
                 "wanted": manager.wanted,
+                "exit_code": manager.exit_code,
+                "reason": manager.last_decision,
             }
         live = {m.pid for m in self.managers.values() if m.pid}
         self._start_times = {p: t for p, t in self._start_times.items() if p in live}
+        job = self.project.job
         try:
             statefile.save(
                 self.state_file,
@@ -503,6 +531,8 @@ class Supervisor:
                     "config": str(self.config.path),
                     "pmon_pid": os.getpid(),
                     "project_state": self.project_state.value,
+                    "project_reason": self.project.reason,
+                    "job": job.as_dict() if job else None,
                     "stopped_cleanly": self._stopped_cleanly,
                     "managers": managers,
                 },
@@ -527,89 +557,32 @@ class Supervisor:
 
     # --- operations for the control commands -----------------------------------------
     def find(self, target: str | int) -> Manager:
-        """A manager by name or by index (1-based; index 0 is pmon itself)."""
-        text = str(target)
-        if text.isdigit():
-            for manager in self.managers.values():
-                if manager.spec.index == int(text):
-                    return manager
-        elif text in self.managers:
-            return self.managers[text]
-        names = ", ".join(self.managers) or "(none)"
-        raise UnknownManager(
-            f"no manager '{text}' in project '{self.config.project.name}'; "
-            f"managers: {names} (or their index 1..{len(self.managers)})"
-        )
-
-    def refusal(self, spec: ManagerSpec) -> str | None:
-        """Why this manager may not start now, or None."""
-        for gate in self.start_gates:
-            reason = gate(spec)
-            if reason:
-                return reason
-        return None
+        return self.project.find(target)
 
     # `wait=False` returns once the change is under way (PMON TCP answers at once).
     async def start_manager(self, target: str | int, wait: bool = True) -> Manager:
-        manager = self.find(target)
-        if self._closing:
-            raise CommandError("pmon is shutting down; nothing new is started")
-        reason = self.refusal(manager.spec)
-        if reason:
-            raise CommandError(reason)
-        if manager.spec.core and self.project_state in (ProjectState.BLOCKED, ProjectState.STOPPED):
-            manager.recent.clear()  # the operator resets the core manager's counter
-            task = self.restart_project(f"operator started core manager {manager.spec.name}")
-            if wait:
-                await self.finish(task)
-            return manager
-        self._apply(manager, manager.start(self.now(), operator=True))
+        manager, job = self._perform(self.project.start_manager(target, self.now()))
         if wait:
-            await self._settle(manager)
+            await (self.finish(job) if job is not None else self._settle(manager))
         return manager
 
     async def stop_manager(self, target: str | int, wait: bool = True) -> Manager:
-        manager = self._stoppable(target)
-        self._apply(manager, manager.stop(self.now(), operator=True))
+        manager = self._perform(self.project.stop_manager(target, self.now()))
         if wait:
             await self._settle(manager)
         return manager
 
     async def kill_manager(self, target: str | int, wait: bool = True) -> Manager:
         """Stop a manager without the polite signal: kill its process group now."""
-        manager = self._stoppable(target)
-        actions = manager.stop(self.now(), operator=True)
-        self._apply(manager, [a for a in actions if a is not Action.TERMINATE])
-        proc = self.procs.get(manager.spec.name)
-        if proc is not None:
-            self.events.write(
-                "kill", f"{manager.spec.name} killed by request", manager=manager.spec.name,
-                pid=proc.pid,
-            )
-            proc.kill()
+        manager = self._perform(self.project.kill_manager(target, self.now()))
         if wait:
             await self._settle(manager)
-        return manager
-
-    def _stoppable(self, target: str | int) -> Manager:
-        manager = self.find(target)
-        if manager.spec.core and manager.alive:
-            raise CommandError(
-                f"{manager.spec.name} is a core manager: the project cannot run without it; "
-                "stop the whole project with `pmon stop --all`"
-            )
         return manager
 
     async def restart_manager(self, target: str | int, wait: bool = True) -> Manager:
-        manager = self.find(target)
-        if manager.spec.core:
-            task = self.restart_project(f"operator restarted core manager {manager.spec.name}")
-            if wait:
-                await self.finish(task)
-            return manager
-        self._apply(manager, manager.restart(self.now()))
+        manager, job = self._perform(self.project.restart_manager(target, self.now()))
         if wait:
-            await self._settle(manager)
+            await (self.finish(job) if job is not None else self._settle(manager))
         return manager
 
     async def _settle(self, manager: Manager) -> None:
@@ -619,25 +592,56 @@ class Supervisor:
             timeout=spec.seconds_to_kill + spec.start_timeout + 5,
         )
 
+    async def change(
+        self, new: Config, plan: Plan, source: str,
+        write: Callable[[], None] | None = None, wait: bool = True,
+    ) -> None:
+        """The one change path: check the plan against the project, write the file (for
+        add / remove / edit; a reload read it), apply the plan, and wait for what it touched
+        to settle. A refused or unwritable change touches nothing."""
+        async with self._change_lock:
+            self.project.check_change(plan)
+            if write is not None:
+                write()
+            touched = self._perform(self.project.change(new, plan, self.now(), source))
+            job = self.project.job
+            if not wait:
+                return
+            if job is not None and not touched:  # a changed core manager: the project restarts
+                await self.finish(job.id)
+                return
+            managers = [m for m in (self.project.get(n) for n in touched) if m is not None]
+            removed = [m for m in self.project.leaving.values()]
+            await self.wait_for(
+                lambda: all(m.state not in (S.STARTING, S.STOPPING) or m.ready_failed
+                            for m in managers) and not any(m.alive for m in removed),
+                timeout=max((m.spec.seconds_to_kill + m.spec.start_timeout
+                             for m in managers + removed), default=0) + 5,
+            )
+
     def status(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "project": self.config.project.name,
             "project_state": self.project_state.value,
+            "project_reason": self.project.reason,
             "config": str(self.config.path),
             "pmon_pid": os.getpid(),
             "managers": [self.row(m) for m in self.managers.values()],
-            "verdicts": self.plugins.verdict_rows() if self.plugins else [],
-            "plugin_error_state": self.plugin_error_state(),
+            "verdicts": [],
+            "plugin_error_state": 0.0,
         }
+        for extension in self.extensions:
+            out.update(extension.status())
+        return out
 
     def plugin_error_state(self) -> float:
-        """What the plugins' current verdicts add to this server's error state (0: none);
+        """What the extensions' current verdicts add to this server's error state (0: none);
         the redundancy manager adds it to its other error sources."""
-        return float(self.plugins.error_state()) if self.plugins else 0.0
+        return float(sum(extension.error_state() for extension in self.extensions))
 
-    @staticmethod
-    def row(manager: Manager) -> dict[str, Any]:
+    def row(self, manager: Manager) -> dict[str, Any]:
         snap = manager.snapshot()
+        held = self.project.refusal(manager.spec) if manager.spec.name in self.project.held else None
         return {
             "index": snap.index,
             "name": snap.name,
@@ -649,41 +653,14 @@ class Supervisor:
             "exit_code": snap.exit_code,
             "started_at": snap.started_at,
             "ready_failed": snap.ready_failed,
+            "reason": snap.reason,
+            "held": held,
         }
-
-    def reconfigure(self, config: Config) -> None:
-        """Take a new, validated config: managers added, removed, moved or with changed keys."""
-        for spec in config.managers:
-            if spec.name in self.managers:
-                self.managers[spec.name].spec = spec
-        added = {s.name: Manager(s) for s in config.managers if s.name not in self.managers}
-        order = [s.name for s in config.managers]
-        merged = {**self.managers, **added}
-        self.managers = {name: merged[name] for name in order}
-        self.config = config
-        self._changed()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def build_services(config: Config) -> list[Service]:
-    """The services this project's configuration asks for (one line per kind)."""
-    from pmon.extensions.plugin_host import PluginHost
-
-    services: list[Service] = []
-    if config.redundancy is not None:  # first: its daemon may sync as soon as pmon answers
-        from pmon.extensions.redundancy import RedundancyService
-
-        services.append(RedundancyService(config))
-    services += [PluginHost(config), LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()]
-    if config.pmon_tcp is not None:
-        from pmon.extensions.pmon_tcp.server import PmonTcpService
-
-        services.append(PmonTcpService(config.pmon_tcp))
-    return services
 
 
 def _lock_project(state_dir: Path) -> Any:
@@ -702,6 +679,3 @@ def _lock_project(state_dir: Path) -> Any:
     handle.flush()
     return handle
 
-
-def run(config: Config, *, echo: bool = True) -> int:
-    return asyncio.run(Supervisor(config, echo=echo).run())

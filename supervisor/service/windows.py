@@ -85,9 +85,9 @@ class ServiceRunner:
             loop.close()
 
     async def _main(self) -> int:
-        from pmon.runtime.supervisor import Supervisor
+        from pmon.app import build
 
-        self.sup = Supervisor(self.config, echo=self.echo)
+        self.sup = build(self.config, echo=self.echo)
         task = asyncio.ensure_future(self.sup.run())
         await asyncio.sleep(0)  # run() is under way: it can take a stop request now
         self._running.set()

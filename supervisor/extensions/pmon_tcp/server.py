@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pmon.config import PmonTcpSpec
 from pmon.errors import PmonError
 from pmon.runtime.statefile import write_atomically
+from pmon.runtime.api import Api, Extension
 from pmon.extensions.pmon_tcp import face
 from pmon.extensions.pmon_tcp import protocol as p
 
@@ -28,7 +29,12 @@ DISCARD_SECONDS = 2.0  # how long the rest of an overlong line is read before cl
 NOTE_EVERY = 10.0  # seconds between two notes of the same kind in the event log
 
 
-class PmonTcpService:
+class PmonTcpService(Extension):
+    """An extension by its lifetime, a face of the command registry by what it does (like
+    the control server): so it holds the supervisor itself, which the commands take."""
+
+    name = "PMON TCP"
+
     def __init__(self, spec: PmonTcpSpec) -> None:
         self.spec = spec
         self.server: asyncio.AbstractServer | None = None
@@ -39,8 +45,8 @@ class PmonTcpService:
         """Where the bound address is written (the port may be 0 = any free one)."""
         return sup.state_dir / "pmon_tcp.addr"
 
-    async def start(self, sup: "Supervisor") -> None:
-        self.sup = sup
+    async def start(self, api: Api) -> None:
+        self.sup = sup = cast("Supervisor", api)
         host = self.spec.address.strip("[]")
         try:
             self.server = await asyncio.start_server(
@@ -66,7 +72,8 @@ class PmonTcpService:
             address=bound[0], port=bound[1],
         )
 
-    async def stop(self, sup: "Supervisor") -> None:
+    async def stop(self) -> None:
+        sup = self.sup
         if self.server is not None:
             self.server.close()
             for task in list(self._clients):

@@ -1,0 +1,43 @@
+"""The app: a supervisor with the extensions a project's configuration asks for.
+
+The top of the import graph: it is the one place that knows every extension. They start in
+the order listed (and stop in reverse); the ones a project does not configure are not even
+imported, so the daemon stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pmon.config import Config
+from pmon.runtime.api import Extension
+from pmon.runtime.supervisor import Supervisor
+
+
+def build_extensions(config: Config) -> list[Extension]:
+    """The extensions of this project, in start order (one line per kind)."""
+    from pmon.commands.changes import ReloadOnHangup
+    from pmon.extensions.periodic import LogRotation, WriteProbe
+    from pmon.extensions.plugin_host import PluginHost
+    from pmon.extensions.sdnotify import SystemdNotifier
+
+    extensions: list[Extension] = []
+    if config.redundancy is not None:  # first: its daemon may sync as soon as pmon answers
+        from pmon.extensions.redundancy import RedundancyService
+
+        extensions.append(RedundancyService(config))
+    extensions += [PluginHost(config), LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()]
+    if config.pmon_tcp is not None:
+        from pmon.extensions.pmon_tcp.server import PmonTcpService
+
+        extensions.append(PmonTcpService(config.pmon_tcp))
+    return extensions
+
+
+def build(config: Config, *, echo: bool = True) -> Supervisor:
+    return Supervisor(config, build_extensions(config), echo=echo)
+
+
+def run(config: Config, *, echo: bool = True) -> int:
+    """Run the project in the foreground until it is told to stop; returns the exit code."""
+    return asyncio.run(build(config, echo=echo).run())

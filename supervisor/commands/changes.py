@@ -1,0 +1,143 @@
+"""The commands that change the manager list: add, remove, edit (the CLI and PMON TCP's
+PROP_PUT) and reload (the CLI and SIGHUP). All take one path: a changed table (or the file
+re-read) -> validated Config -> plan (core/change.py) -> `Supervisor.change`, which checks
+the plan against the project, writes the file, and applies it through the project machine.
+So a change has the same effect whichever door it came through; the README says which.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING, Any, Mapping, cast
+
+import tomli_w
+
+from pmon import config as config_module
+from pmon.commands.registry import command
+from pmon.config import Config
+from pmon.core import change
+from pmon.core.states import ManagerState
+from pmon.errors import CommandError, ConfigError, PmonError
+from pmon.runtime import platform
+from pmon.runtime.api import Api, Extension
+from pmon.runtime.statefile import write_atomically
+
+if TYPE_CHECKING:
+    from pmon.runtime.supervisor import Supervisor
+
+
+@command("add")
+async def add(
+    sup: "Supervisor", manager: dict[str, Any], position: int | None = None, wait: bool = True
+) -> dict[str, Any]:
+    """Add a manager (a [[managers]] table) to the running project and to the TOML file.
+
+    `position` (1-based) inserts it there, moving the managers from there on one index up;
+    without it the manager is appended. It starts at once unless its start type is manual
+    or a condition holds it back (run_on = "active" on a passive server: it starts when
+    this server becomes active). The file is rewritten with tomli-w: comments in it are
+    not kept.
+    """
+    await _commit(sup, change.with_added(sup.config.raw, manager, position), "add", wait)
+    return sup.row(sup.find(manager["name"]))
+
+
+@command("remove")
+async def remove(sup: "Supervisor", target: str | int) -> dict[str, Any]:
+    """Remove a stopped, non-core manager from the project and from the TOML file."""
+    manager = sup.find(target)
+    name = manager.spec.name
+    if manager.spec.core:
+        raise CommandError(f"{name} is a core manager; the project cannot run without it")
+    if manager.alive or manager.state is ManagerState.BACKOFF:
+        raise CommandError(f"{name} is {manager.state.value}; stop it first: pmon stop {name}")
+    await _commit(sup, change.without(sup.config.raw, name), "remove", wait=True)
+    return {"removed": name}
+
+
+@command("edit")
+async def edit(sup: "Supervisor", target: str | int, changes: dict[str, Any]) -> dict[str, Any]:
+    """Change keys of a manager's [[managers]] table in the running project and the TOML file.
+
+    `changes` maps keys to new values; null removes a key (back to the default). As with
+    `pmon reload`: a key that shapes the process (command, env, cwd, start, ready, run_on,
+    ...) restarts a running manager (a core one: the whole project); a limit
+    (restart_count, seconds_to_kill, ...) applies in place. Comments are not kept.
+    """
+    name = sup.find(target).spec.name
+    await _commit(
+        sup, change.with_edited(sup.config.raw, name, changes, sup.config.path), "edit", True
+    )
+    return sup.row(sup.find(name))
+
+
+async def _commit(sup: "Supervisor", raw: Mapping[str, Any], source: str, wait: bool) -> None:
+    """Validate a changed project, then hand it to the one change path. All or nothing."""
+    try:
+        new = config_module.parse(raw, sup.config.path)
+    except ConfigError as exc:
+        raise CommandError(f"the change would make the project invalid:\n{exc}") from None
+    todo = change.plan(sup.config, new)
+
+    def write() -> None:
+        try:
+            write_atomically(sup.config.path, tomli_w.dumps(dict(raw)).encode())
+        except OSError as exc:
+            raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
+
+    await sup.change(new, todo, source, write=write, wait=wait)
+
+
+@command("reload")
+async def reload(sup: "Supervisor", dry_run: bool = False) -> dict[str, Any]:
+    """Re-read the project file: start added managers, stop removed ones, restart changed
+    ones, keep the others running. An invalid file changes nothing. dry_run: only say so."""
+    try:
+        new: Config = config_module.load(sup.config.path)
+    except ConfigError as exc:
+        raise ConfigError(f"reload refused, nothing changed:\n{exc}") from None
+    todo = change.plan(sup.config, new)
+    result = {**todo.as_dict(), "dry_run": dry_run, "config": str(new.path)}
+    if dry_run:
+        return result
+    sup.project.check_change(todo)
+    sup.events.write(
+        "reload",
+        f"reloading {new.path}: {len(todo.added)} added, {len(todo.removed)} removed, "
+        f"{len(todo.changed)} changed, {len(todo.updated)} updated, "
+        f"{len(todo.unchanged)} unchanged",
+        **todo.as_dict(),
+    )
+    await sup.change(new, todo, "reload")
+    return result
+
+
+class ReloadOnHangup(Extension):
+    """SIGHUP reloads the project file, as `pmon reload` does: an extension by its lifetime,
+    beside the command it runs."""
+
+    name = "reload on SIGHUP"
+
+    def __init__(self) -> None:
+        self._sup: "Supervisor | None" = None
+        self._armed = False
+
+    async def start(self, api: Api) -> None:
+        self._sup = cast("Supervisor", api)  # commands take the supervisor itself
+        self._armed = hasattr(signal, "SIGHUP") and platform.add_signal_handler(
+            api.loop, signal.SIGHUP, self._hangup
+        )
+
+    async def stop(self) -> None:
+        if self._armed and self._sup is not None:
+            self._sup.loop.remove_signal_handler(signal.SIGHUP)
+
+    def _hangup(self) -> None:
+        if self._sup is not None:
+            self._sup.background(self, self._reload(self._sup))
+
+    async def _reload(self, sup: "Supervisor") -> None:
+        try:
+            await reload(sup)
+        except PmonError as exc:  # nobody to answer: the event log says why
+            sup.events.write("reload-failed", f"SIGHUP reload: {exc}", error=str(exc))

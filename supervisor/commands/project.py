@@ -1,0 +1,84 @@
+"""The commands on the whole project and on pmon itself."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pmon.commands.registry import command
+from pmon.errors import CommandError
+
+if TYPE_CHECKING:
+    from pmon.runtime.supervisor import Supervisor
+
+
+@command("status")
+async def status(sup: "Supervisor") -> dict[str, Any]:
+    """Every manager's index, name, state, pid, start type, core flag, restarts, since."""
+    return sup.status()
+
+
+@command("start-all")
+async def start_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
+    """Start the project (the normal start sequence)."""
+    job = sup.start_project()
+    if wait:
+        await sup.finish(job)
+    return sup.status()
+
+
+def refuse_unsafe_stop(sup: "Supervisor", what: str, force: bool) -> None:
+    """Refuse to stop a server whose extensions say it is unsafe (the active of a pair whose
+    partner is not available), unless forced."""
+    for extension in [] if force else sup.extensions:
+        reason = extension.stop_refusal()
+        if reason:
+            raise CommandError(f"{what} refused: {reason}; add --force to {what} anyway")
+
+
+@command("stop-all")
+async def stop_all(sup: "Supervisor", wait: bool = True, force: bool = False) -> dict[str, Any]:
+    """Stop every manager in reverse order; pmon keeps running."""
+    refuse_unsafe_stop(sup, "stop --all", force)
+    job = sup.stop_project()
+    if wait:
+        await sup.finish(job)
+    return sup.status()
+
+
+@command("restart-all")
+async def restart_all(sup: "Supervisor", wait: bool = True, force: bool = False) -> dict[str, Any]:
+    """Restart the project: stop everything in reverse order, then start in order."""
+    refuse_unsafe_stop(sup, "restart --all", force)
+    job = sup.restart_all("operator request")
+    if wait:
+        await sup.finish(job)
+    return sup.status()
+
+
+@command("shutdown")
+async def shutdown(sup: "Supervisor", force: bool = False) -> dict[str, Any]:
+    """Stop every manager in reverse order, then pmon itself."""
+    refuse_unsafe_stop(sup, "shutdown", force)
+    sup.request_shutdown("pmon shutdown")
+    return {"shutting_down": True}
+
+
+@command("detach")
+async def detach(sup: "Supervisor") -> dict[str, Any]:
+    """Stop pmon but leave every manager running (for an upgrade of pmon); the next
+    `pmon run` on this project adopts them."""
+    sup.leave_running = True
+    sup.request_shutdown("pmon detach: the managers run on")
+    return {"detached": True, "managers": sum(1 for m in sup.managers.values() if m.alive)}
+
+
+@command("plugins")
+async def plugins(sup: "Supervisor") -> dict[str, Any]:
+    """The loaded plugins: name, where each comes from, its hooks, failures, verdicts."""
+    from pmon.extensions.plugin_host import PluginHost
+
+    host = sup.extension(PluginHost)
+    return {
+        "plugins": [r.row() for r in host.records.values()] if host else [],
+        "error_state": sup.plugin_error_state(),
+    }
