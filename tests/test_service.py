@@ -7,6 +7,7 @@ import importlib
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 
 import psutil
@@ -52,6 +53,12 @@ def test_install_verify_and_uninstall_through_the_cli(tmp_path):
     assert done.returncode == 0, done.stderr
     unit = units / f"pmon-{config.project.name}.service"
     assert f"wrote {unit}" in done.stdout and "enable --now" in done.stdout
+    # the service runs the module by its import name, pmon (never the old `supervisor.cli`)
+    text = unit.read_text()
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split("=", 1)[1].split() == [
+        sys.executable, "-m", "pmon.cli", "run", "-c", str(config.path)]
+    assert "supervisor." not in text
     if shutil.which("systemd-analyze"):
         verify = subprocess.run(["systemd-analyze", "verify", str(unit)],
                                 capture_output=True, text=True, timeout=60)
@@ -100,6 +107,7 @@ def test_windows_registration_names_the_project_and_restarts_on_failure(tmp_path
     reg = windows.registration(config)
     assert reg.name == service_name(config) == f"pmon-{config.project.name}"
     assert config.project.name in reg.display_name
+    assert reg.class_string == "pmon.service.windows.PmonService"
     assert reg.config_path == str(config.path)
     assert reg.stop_wait_ms == int(stop_timeout(config) * 1000) >= (7 + 4) * 1000
     module, _, cls = reg.class_string.rpartition(".")
