@@ -65,7 +65,10 @@ COMMON: dict[str, Callable[[Any], Any]] = {
     "severity": severity,
     "error_state": _positive_number,
 }
-__all__ = ["read", "per_manager", "COMMON", "_boolean", "_count", "_string", "string_list"]
+__all__ = [
+    "read", "per_manager", "COMMON", "_boolean", "_count", "_positive_number", "_string",
+    "string_list",
+]
 
 
 class ManagerSettings:

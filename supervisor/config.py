@@ -168,7 +168,7 @@ def _enum(enum_type: type[enum.Enum]) -> Callable[[Any], Any]:
 
 def _one_of(*allowed: str) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
-        if value not in allowed:
+        if not isinstance(value, str) or value not in allowed:
             raise ValueError("one of " + " | ".join(repr(a) for a in allowed))
         return value
 
@@ -240,9 +240,10 @@ def _port(value: Any) -> int:
 
 
 def _positive_count(value: Any) -> int:
-    if _count(value) < 1:
+    count = _count(value)
+    if count < 1:
         raise ValueError("a whole number >= 1")
-    return value
+    return count
 
 
 PMON_TCP_KEYS: dict[str, Callable[[Any], Any]] = {

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import click
 
 from pmon.runtime import platform
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 @click.group()
@@ -15,7 +18,7 @@ def service() -> None:
     """Run the project as an operating-system service (systemd unit / Windows service)."""
 
 
-def _scope_option(func):  # type: ignore[no-untyped-def]
+def _scope_option(func: _F) -> _F:
     return click.option(
         "--user/--system", "user", default=None,
         help="A user unit (systemctl --user) or a system unit. Default: system for root.",

@@ -139,11 +139,13 @@ try:  # pragma: no cover (Windows only)
     import win32service
     import win32serviceutil
 except ImportError:
-    win32serviceutil = None
+    HAVE_PYWIN32 = False
+else:  # pragma: no cover (Windows only)
+    HAVE_PYWIN32 = True
 
-if win32serviceutil is not None:  # pragma: no cover (Windows only)
+if HAVE_PYWIN32:  # pragma: no cover (Windows only)
 
-    class PmonService(win32serviceutil.ServiceFramework):  # type: ignore[misc, name-defined]
+    class PmonService(win32serviceutil.ServiceFramework):
         """Loaded by pywin32's service host; one installed service per project."""
 
         _svc_name_ = "pmon"
