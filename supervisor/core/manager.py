@@ -132,6 +132,10 @@ class Manager:
     def alive(self) -> bool:
         return self.state in ALIVE_STATES
 
+    @property
+    def starting(self) -> bool:
+        return self.state is S.STARTING
+
     # --- events ---------------------------------------------------------------------
     def start(self, now: float, *, operator: bool = False) -> list[Action]:
         """Start request, by the project's start sequence or by an operator.

@@ -406,7 +406,7 @@ class Project:
     def ready(self, name: str, now: float) -> bool:
         """READY=1 from a manager; True when it made the manager running."""
         manager = self._live(name)
-        if manager is None or manager.state is not S.STARTING:
+        if manager is None or not manager.starting:
             return False
         self._do(manager, manager.ready(now), now)
         self._advance(now)

@@ -71,21 +71,27 @@ class Extension(Protocol):
 
     async def start(self, api: Api) -> None:
         """Set up, before the start sequence. Long-running work goes to api.background."""
+        return None
 
     async def stop(self) -> None:
         """Tear down, after the final stop (reverse order of start)."""
+        return None
 
     def on_manager(self, manager: "Manager", old: "ManagerState | None") -> None:
         """A manager changed state (once per change)."""
+        return None
 
     def on_project(self, state: "ProjectState") -> None:
         """The project changed state."""
+        return None
 
     def on_notify(self, manager: "Manager", fields: Mapping[str, str]) -> None:
         """A manager sent a notify datagram (READY=1, WATCHDOG=1, ...)."""
+        return None
 
     def on_switchover(self, active: str, previous: str | None, reason: str) -> None:
         """The pair switched: `active` is the active server now."""
+        return None
 
     def spawn_env(self, manager: "Manager") -> Mapping[str, str]:
         """Extra environment for a manager about to start; raise SpawnRefused to refuse."""

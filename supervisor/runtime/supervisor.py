@@ -381,11 +381,13 @@ class Supervisor:
 
     def _on_deadline(self, name: str) -> None:
         self.timers.pop(name, None)
-        self._perform(self.project.tick(self.now(), name))
+        self.project.tick(self.now(), name)
+        self._perform(None)
 
     def _on_job_deadline(self) -> None:
         self._job_timer = None
-        self._perform(self.project.tick(self.now()))
+        self.project.tick(self.now())
+        self._perform(None)
 
     # --- events from the OS ----------------------------------------------------------------
     def _on_exit(self, pid: int) -> None:
