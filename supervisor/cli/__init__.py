@@ -214,7 +214,8 @@ def add(config_path: Path | None, name: str, command: tuple[str, ...], start_typ
             raise click.UsageError("--env takes KEY=VALUE")
         table["env"] = {key: value for key, _, value in pairs}
     row = call(config_path, "add", manager=table)
-    click.echo(f"{row['name']}: added as #{row['index']}, {row['state']}")
+    held = f"; it waits: {row['held']}" if row.get("held") else ""
+    click.echo(f"{row['name']}: added as #{row['index']}, {row['state']}{held}")
 
 
 @main.command()
@@ -224,6 +225,41 @@ def remove(config_path: Path | None, target: str) -> None:
     """Remove a stopped, non-core manager from the project and its TOML file (comments are not kept)."""
     result = call(config_path, "remove", target=target_arg(target))
     click.echo(f"{result['removed']}: removed")
+
+
+@main.command()
+@config_option
+@click.argument("target")
+@click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
+def edit(config_path: Path | None, target: str, settings: tuple[str, ...]) -> None:
+    """Change keys of manager TARGET in the running project and its TOML file.
+
+    VALUE is a TOML value (a bare word is taken as a string); KEY= with nothing after the =
+    removes the key (back to its default). As with `pmon reload`, a key that shapes the
+    process (command, env, cwd, start, ready, run_on, ...) restarts a running manager (a core
+    one: the whole project); a limit (restart_count, seconds_to_kill, ...) applies in place.
+
+    Example: pmon edit driver1 'command=["python3", "driver.py", "-num", "2"]' restart_count=5
+
+    The TOML file is rewritten (with tomli-w): comments in it are not kept.
+    """
+    changes = dict(_setting(item) for item in settings)
+    row = call(config_path, "edit", target=target_arg(target), changes=changes)
+    click.echo(f"{row['name']}: edited, {row['state']}" + (f" (pid {row['pid']})" if row["pid"] else ""))
+
+
+def _setting(item: str) -> tuple[str, Any]:
+    import tomllib
+
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise click.UsageError(f"{item!r}: write KEY=VALUE (KEY= removes the key)")
+    if not text.strip():
+        return key.strip(), None
+    try:
+        return key.strip(), tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key.strip(), text  # a bare word: a string
 
 
 @main.command()
