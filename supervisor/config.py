@@ -7,7 +7,6 @@ errors of the file at once, so a user fixes them in one go.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import ipaddress
 import os
@@ -274,6 +273,8 @@ class _Errors:
     def unknown_keys(self, where: str, table: Mapping[str, Any], known: Any) -> None:
         for key in table:
             if key not in known:
+                import difflib  # only for a misspelt key
+
                 close = difflib.get_close_matches(key, list(known), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 allowed = ", ".join(sorted(known))

@@ -87,6 +87,7 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="Do not echo events on stderr.")
 def run(config_path: Path | None, quiet: bool) -> None:
     """Run the project in the foreground until SIGTERM / SIGINT."""
+    _asyncio_without_tls()
     from pmon.app import run as run_project
 
     config = load_config(config_path)
@@ -321,6 +322,21 @@ def detach(config_path: Path | None) -> None:
     """Stop pmon but leave its managers running (to upgrade pmon); `pmon run` adopts them."""
     result = call(config_path, "detach")
     click.echo(f"pmon is exiting; {result['managers']} managers run on until pmon runs again")
+
+
+def _asyncio_without_tls() -> None:
+    """Import asyncio without its TLS support. pmon's loop never speaks TLS (the control
+    channel and PMON TCP are plain; the token guards TCP), but asyncio imports `ssl` just in
+    case, which maps OpenSSL's libraries into the daemon: about 4 MiB of its RSS. asyncio
+    supports Python builds without ssl; the block lasts only for asyncio's import, so a
+    plugin that imports ssl itself (an HTTPS check, say) still gets it."""
+    if "asyncio" in sys.modules or "ssl" in sys.modules:
+        return
+    sys.modules["ssl"] = None  # type: ignore[assignment]  # import ssl -> ImportError
+    try:
+        import asyncio  # noqa: F401
+    finally:
+        del sys.modules["ssl"]
 
 
 def describe(result: Mapping[str, Any]) -> list[str]:

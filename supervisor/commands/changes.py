@@ -10,8 +10,6 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING, Any, Mapping, cast
 
-import tomli_w
-
 from pmon import config as config_module
 from pmon.commands.registry import command
 from pmon.config import Config
@@ -80,6 +78,8 @@ async def _commit(sup: "Supervisor", raw: Mapping[str, Any], source: str, wait: 
     todo = change.plan(sup.config, new)
 
     def write() -> None:
+        import tomli_w  # only where a change rewrites the file
+
         try:
             write_atomically(sup.config.path, tomli_w.dumps(dict(raw)).encode())
         except OSError as exc:

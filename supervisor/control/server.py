@@ -8,9 +8,7 @@ nonsense gets an error reply; it never reaches the supervisor's state, never kil
 from __future__ import annotations
 
 import asyncio
-import hmac
 import os
-import secrets
 from typing import TYPE_CHECKING, Any
 
 from pmon import commands
@@ -35,6 +33,8 @@ class ControlServer:
         tcp = config.project.control.tcp or ("127.0.0.1:0" if platform.IS_WINDOWS else None)
         if tcp:
             host, _, port = tcp.rpartition(":")
+            import secrets  # here: the Unix socket needs no token (nor hashlib, libcrypto)
+
             self.token = secrets.token_urlsafe(32)
             token_file = protocol.token_path(config.project.state_dir)
             token_file.unlink(missing_ok=True)
@@ -98,9 +98,7 @@ class ControlServer:
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             message = protocol.decode(line)
-            if self.token is not None and not hmac.compare_digest(
-                str(message.get("token", "")), self.token
-            ):
+            if self.token is not None and not _same_token(str(message.get("token", "")), self.token):
                 return protocol.error_reply("auth", "wrong or missing token")
             result = await commands.execute(
                 self.sup, message.get("command"), message.get("args", {})
@@ -115,3 +113,10 @@ class ControlServer:
                 "control-error", f"control command failed: {exc!r}", error=repr(exc)
             )
             return protocol.error_reply("internal", f"internal error: {exc!r}")
+
+
+def _same_token(given: str, token: str) -> bool:
+    """Constant-time comparison of a client's token (only loopback TCP has one)."""
+    import hmac
+
+    return hmac.compare_digest(given, token)

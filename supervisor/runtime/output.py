@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from pathlib import Path
 from pmon.runtime.logs import backup_path, shift_backups
 
@@ -55,6 +54,8 @@ class ManagerLog:
         return True
 
     def rotate(self) -> None:
+        import shutil  # here: at module level it maps libbz2 and liblzma into the daemon
+
         if not self.backups:
             os.truncate(self.path, 0)
             return
