@@ -1,5 +1,5 @@
 """PMON TCP against a real pmon over real sockets, replies compared byte for byte with
-/work/shared/PMON_PROTOCOL.md (the wire format WinCC OA's tools expect)."""
+docs/pmon_tcp.md (the wire format WinCC OA's tools expect)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Request: `user#password#COMMAND[ args]` and a newline. Replies come in three kinds, none of
 them with a terminator unless shown: lists (`LIST:n\n`, rows ending in `\n`, `;\n`),
 statuses (`OK` or `ERROR <errId> :<text>`) and values (a project name, a manager's
-properties). /work/shared/PMON_PROTOCOL.md (docs/pmon_tcp.md) holds the facts.
+properties). docs/pmon_tcp.md holds the facts.
 """
 
 from __future__ import annotations
