@@ -426,22 +426,24 @@ class Project:
                 )
         self._advance(now)
 
-    def set_condition(self, condition: str, holds: bool, why: str, now: float) -> None:
+    def set_condition(
+        self, condition: str, holds: bool, why: str, now: float, *, enforce: bool = True
+    ) -> None:
         """A condition (e.g. "active": this server is the active one) turned on or off.
-        Off stops the managers that need it; on starts the ones it held back."""
+        Off stops the managers that need it (also when it was off already: an adopted one
+        runs without it); on starts the ones it held back. Off with `enforce=False` means
+        "not known": nothing new starts, what runs is left alone (a pmon restarted on the
+        active server keeps its drivers until the pair has decided)."""
         before = self.conditions.get(condition, (True, ""))[0]
         self.conditions[condition] = (holds, why)
-        if holds == before:
-            self._advance(now)
-            return
         order = self.config.start_order()
-        if not holds:
+        if not holds and enforce:
             for spec in reversed(order):
                 manager = self.managers[spec.name]
                 if condition_of(spec) == condition and (manager.alive or manager.state is S.BACKOFF):
                     self.held.add(spec.name)
                     self._do(manager, manager.stop(now, operator=False), now)
-        elif self.state in (ProjectState.STARTING, ProjectState.RUNNING):
+        elif not before and self.state in (ProjectState.STARTING, ProjectState.RUNNING):
             held, self.held = self.held, set()
             for spec in order:
                 manager = self.managers[spec.name]

@@ -64,7 +64,7 @@ class RedundancyService(Extension):
             self.last_switchover = saved.get("last_switchover")
         except (OSError, ValueError, AttributeError):
             pass
-        self._tell_role()
+        # The project machine starts with "active" off (not decided yet): nothing to tell.
 
     async def stop(self) -> None:
         self._save()
@@ -84,10 +84,12 @@ class RedundancyService(Extension):
             self.sup.loop.call_soon(self._tell_role)  # not from inside the machine's report
 
     def _tell_role(self) -> None:
-        """The project machine's condition "active" follows this server's role."""
+        """The project machine's condition "active" follows this server's role. Not knowing
+        the role stops nothing (the pair decides soon); passive stops the drivers."""
         self.sup.set_condition(
             "active", self.role == "active",
             f"this server ({self.spec.name}) is {self.role or 'not decided yet'}",
+            enforce=self.role is not None,
         )
 
     # --- what pmon knows -------------------------------------------------------------

@@ -201,8 +201,8 @@ class Supervisor:
     def restart_all(self, reason: str = "operator request") -> int:
         return self._perform(self.project.restart_all(self.now(), reason))
 
-    def set_condition(self, condition: str, holds: bool, why: str) -> None:
-        self.project.set_condition(condition, holds, why, self.now())
+    def set_condition(self, condition: str, holds: bool, why: str, *, enforce: bool = True) -> None:
+        self.project.set_condition(condition, holds, why, self.now(), enforce=enforce)
         self._perform(None)
 
     def switchover(self, active: str, previous: str | None, reason: str) -> None:
