@@ -285,23 +285,17 @@ class Project:
         while (job := self.job) is not None:
             if job.waiting is not None:
                 manager = self.managers.get(job.waiting)
-                if manager is not None and not self._settled(job, manager):
-                    if job.deadline is None or now < job.deadline:
+                if manager is not None:
+                    settled = self._settled(job, manager)
+                    if not settled and (job.deadline is None or now < job.deadline):
                         return
-                    if job.phase is Phase.STARTING:
+                    if job.phase is Phase.STARTING and (not settled or manager.ready_failed):
                         self._record(
                             "start-timeout",
                             f"{manager.spec.name} not ready within "
                             f"{manager.spec.start_timeout:g} s; the start goes on",
                             manager=manager.spec.name,
                         )
-                elif manager is not None and job.phase is Phase.STARTING and manager.ready_failed:
-                    self._record(
-                        "start-timeout",
-                        f"{manager.spec.name} not ready within {manager.spec.start_timeout:g} s; "
-                        "the start goes on",
-                        manager=manager.spec.name,
-                    )
                 job.waiting, job.deadline = None, None
                 job.cursor += 1
                 continue
@@ -319,9 +313,6 @@ class Project:
         if job.phase is Phase.STARTING:
             if manager is None or not manager.wanted or name in job.skip:
                 job.cursor += 1  # manual: only on an operator's command
-                return
-            if manager.state is S.BLOCKED and not manager.spec.core:
-                job.cursor += 1  # waits for an operator, also across a project restart
                 return
             if self.refusal(manager.spec):
                 self.held.add(name)  # started when its condition holds
