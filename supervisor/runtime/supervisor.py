@@ -122,9 +122,31 @@ class Supervisor:
             "pmon-started", f"pmon {os.getpid()} runs project '{project.name}' from {self.config.path}",
             pid=os.getpid(), config=str(self.config.path),
         )
-        # Every task of every extension has one owner: this group. Shutdown order is
-        # written below: the final stop, then the extensions in reverse order, each with
-        # its tasks, then the control channel.
+        try:
+            await self._lifetime()
+        except BaseExceptionGroup as failed:
+            # The extensions' tasks are guarded (_guarded): an error here is the lifetime's
+            # own (a plugin refusing its settings, say), the one the caller must see.
+            raise failed.exceptions[0] from None
+        await self.control.stop()
+        self.notify.close(self.loop)
+        self.watcher.close()
+        self._write_state()
+        if self.leave_running:
+            self.events.write("pmon-stopped", "pmon stopped; its managers run on (adopted at the next start)")
+        else:
+            self.events.write("pmon-stopped", "pmon stopped: every manager is down")
+        for log in self.logs.values():
+            log.close()
+        self.events.close()
+        return 0
+
+    async def _lifetime(self) -> None:
+        """Adopt, start the extensions and the project, run until told to stop, stop.
+
+        Every task of every extension has one owner: this group. Shutdown order is written
+        here: the final stop, then the extensions in reverse order, each with its tasks
+        (then `run` closes the control channel)."""
         async with asyncio.TaskGroup() as group:
             self._group = group
             # A pmon started again takes over the managers still running (hot restart).
@@ -144,18 +166,6 @@ class Supervisor:
                 self._stopped_cleanly = True
             for extension in reversed(self.extensions):
                 await self._stop_extension(extension)
-        await self.control.stop()
-        self.notify.close(self.loop)
-        self.watcher.close()
-        self._write_state()
-        if self.leave_running:
-            self.events.write("pmon-stopped", "pmon stopped; its managers run on (adopted at the next start)")
-        else:
-            self.events.write("pmon-stopped", "pmon stopped: every manager is down")
-        for log in self.logs.values():
-            log.close()
-        self.events.close()
-        return 0
 
     def request_shutdown(self, reason: str = "request") -> None:
         self.project.close()
