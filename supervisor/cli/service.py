@@ -8,8 +8,6 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from pmon.runtime import platform
-
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -46,6 +44,7 @@ def install(config_path: Path | None, user: bool | None, watchdog_sec: float | N
             kill_mode: str, unit_dir: Path | None, print_only: bool) -> None:
     """Install pmon for this project as a systemd unit (Linux) or a Windows service."""
     from pmon.cli import fail, load_config
+    from pmon.runtime import platform  # not at module level: `import pmon.cli` stays light
 
     config = load_config(config_path)
     if platform.IS_WINDOWS:  # pragma: no cover (Windows only)
@@ -85,6 +84,7 @@ def install(config_path: Path | None, user: bool | None, watchdog_sec: float | N
 def uninstall(config_path: Path | None, user: bool | None, unit_dir: Path | None) -> None:
     """Remove the project's systemd unit (Linux) or Windows service."""
     from pmon.cli import fail, load_config
+    from pmon.runtime import platform  # not at module level: `import pmon.cli` stays light
 
     config = load_config(config_path)
     if platform.IS_WINDOWS:  # pragma: no cover (Windows only)
