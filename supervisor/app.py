@@ -17,11 +17,12 @@ from pmon.runtime.supervisor import Supervisor
 def build_extensions(config: Config) -> list[Extension]:
     """The extensions of this project, in start order (one line per kind)."""
     from pmon.commands.changes import ReloadOnHangup
+    from pmon.control.server import ControlServer
     from pmon.extensions.periodic import LogRotation, WriteProbe
     from pmon.extensions.plugin_host import PluginHost
     from pmon.extensions.sdnotify import SystemdNotifier
 
-    extensions: list[Extension] = []
+    extensions: list[Extension] = [ControlServer()]  # first up, last down: commands reach pmon
     if config.redundancy is not None:  # first: its daemon may sync as soon as pmon answers
         from pmon.extensions.redundancy import RedundancyService
 

@@ -16,13 +16,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from pmon.runtime import platform
 from pmon.errors import ConfigError
-from pmon.core.states import Readiness, StartType
+from pmon.states import Readiness, StartType
 
 if TYPE_CHECKING:
     from pmon.redundancy.settings import RedundancySpec
 
+
+# The one platform fact a project file depends on (runtime/platform.py takes it from here):
+# the systemd notify socket is an AF_UNIX datagram socket, which Windows lacks.
+HAS_NOTIFY_SOCKET = os.name != "nt"
 
 @dataclass(frozen=True)
 class ManagerSpec:
@@ -442,7 +445,7 @@ def _managers(
                     "the redundancy manager is always a core manager; remove core = false",
                 )
             values["core"] = True
-        if values.get("ready") is Readiness.NOTIFY and not platform.HAS_NOTIFY_SOCKET:
+        if values.get("ready") is Readiness.NOTIFY and not HAS_NOTIFY_SOCKET:
             errors.add(
                 f"{where}, key 'ready'",
                 'ready = "notify" needs the systemd notify socket, which this platform lacks; '

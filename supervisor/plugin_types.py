@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
-from pmon.core.manager import Snapshot
+from pmon.states import Snapshot
 
 
 class Severity(str, enum.Enum):

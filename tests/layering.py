@@ -51,7 +51,7 @@ class Import:
 # Lowest first. The base modules are named one by one; every other module belongs to the
 # layer of its longest matching prefix (a prefix names a module and everything under it).
 BASE = frozenset({
-    "pmon", "pmon.errors", "pmon.config", "pmon.hookspecs", "pmon.plugin_types",
+    "pmon", "pmon.errors", "pmon.states", "pmon.config", "pmon.hookspecs", "pmon.plugin_types",
     "pmon.plugins", "pmon.redundancy.settings",
 })
 CLIENT = frozenset({"pmon.control.client", "pmon.control.protocol"})

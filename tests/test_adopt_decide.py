@@ -8,7 +8,7 @@ from pathlib import Path
 from pmon import config as config_module
 from pmon.core.adoption import Found, decide, restore
 from pmon.core.manager import Manager
-from pmon.core.states import ManagerState as S, StartType
+from pmon.states import ManagerState as S, StartType
 
 CONFIG = config_module.parse({"project": {"name": "p"}, "managers": [
     {"name": "a", "command": ["a"]},

@@ -8,7 +8,7 @@ import pytest
 
 from pmon import config
 from pmon.errors import ConfigError
-from pmon.core.states import Readiness, StartType
+from pmon.states import Readiness, StartType
 from support import child, pmon_cli, write_project
 
 GOOD = """
@@ -118,9 +118,7 @@ def test_validate_says_valid(tmp_path):
 
 
 def test_notify_readiness_is_refused_where_there_is_no_notify_socket(tmp_path, monkeypatch):
-    from pmon.runtime import platform
-
-    monkeypatch.setattr(platform, "HAS_NOTIFY_SOCKET", False)  # as on Windows
+    monkeypatch.setattr(config, "HAS_NOTIFY_SOCKET", False)  # as on Windows
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, GOOD))
     assert "manager 'data' (managers[1]), key 'ready'" in str(info.value)

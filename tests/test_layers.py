@@ -4,7 +4,8 @@ stays light, and a daemon loads only the extensions its project configures.
 The rules (the layer of each module, what each layer may import) are in tests/layering.py,
 which reads every module under supervisor/ with `ast`. In short, lowest first:
 
-  base        pmon, errors, config, hookspecs, plugin_types, plugins, redundancy.settings:
+  base        pmon, errors, states, config, hookspecs, plugin_types, plugins,
+              redundancy.settings:
               only base
   core        pmon.core.*: base, core; and no asyncio, socket, subprocess, threading, psutil,
               os, time ... (pure)
@@ -36,27 +37,6 @@ import pytest
 
 import layering
 from layering import FUNCTION, MODULE, TYPING, Import
-
-# Imports against the direction that the code has today, each with what the fix is. Listed,
-# not allowed: a new violation fails, and so does a listed one that is gone (delete its line).
-# Key: (importer, imported, kind).
-KNOWN_VIOLATIONS: dict[tuple[str, str, str], str] = {
-    ("pmon.config", "pmon.runtime.platform", MODULE):
-        "config refuses ready = \"notify\" where platform.HAS_NOTIFY_SOCKET is false: that "
-        "platform fact belongs in base (it also makes every load of a project file import "
-        "subprocess, signal and threading)",
-    ("pmon.config", "pmon.core.states", MODULE):
-        "ManagerSpec's fields are StartType and Readiness from core/states.py: those enums "
-        "are vocabulary of base (README's layout still lists supervisor/states.py)",
-    ("pmon.redundancy.settings", "pmon.core.states", MODULE):
-        "the redundancy manager's spec uses StartType and Readiness: same fix as config's",
-    ("pmon.plugin_types", "pmon.core.manager", MODULE):
-        "ManagerView (the plugin API) subclasses core.manager.Snapshot: Snapshot belongs in "
-        "base, or ManagerView must not subclass it",
-    ("pmon.runtime.supervisor", "pmon.control.server", FUNCTION):
-        "Supervisor.run creates the ControlServer (a face) itself: the app should hand it in "
-        "as it hands in the extensions",
-}
 
 
 @pytest.fixture(scope="module")
@@ -144,21 +124,12 @@ def test_module_level_imports_form_no_cycle(imports):
 
 def test_imports_point_down_the_layers(imports, known):
     bad = layering.violations(imports, known)
-    new = [message(i, rule) for i, rule in bad
-           if (i.importer, i.target, i.kind) not in KNOWN_VIOLATIONS]
+    new = [message(i, rule) for i, rule in bad]
     if new:
         pytest.fail("imports against the direction of the layers:\n" + "\n".join(new),
                     pytrace=False)
 
 
-def test_the_known_violations_are_still_there(imports, known):
-    """Each entry of KNOWN_VIOLATIONS must still happen: a fixed one is deleted from it."""
-    seen = {(i.importer, i.target, i.kind) for i, _ in layering.violations(imports, known)}
-    gone = [key for key in KNOWN_VIOLATIONS if key not in seen]
-    assert not gone, f"fixed, so delete from KNOWN_VIOLATIONS: {gone}"
-
-
-# --- what a user's interpreter loads --------------------------------------------------------
 def loaded_modules(code: str, cwd: Path) -> list[str]:
     """The modules a fresh interpreter has loaded after `code`, which must print nothing."""
     probe = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"

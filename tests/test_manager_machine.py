@@ -8,8 +8,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from pmon.config import ManagerSpec
 from pmon.core.manager import BACKOFF_BASE, Action, Manager
-from pmon.core.states import ManagerState as S
-from pmon.core.states import Readiness, StartType
+from pmon.states import ManagerState as S
+from pmon.states import Readiness, StartType
 
 
 def spec(**kw) -> ManagerSpec:

@@ -14,7 +14,7 @@ from pmon import config as config_module
 from pmon.commands.registry import command
 from pmon.config import Config
 from pmon.core import change
-from pmon.core.states import ManagerState
+from pmon.states import ManagerState
 from pmon.errors import CommandError, ConfigError, PmonError
 from pmon.runtime import platform
 from pmon.runtime.api import Api, Extension

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pmon import commands
 from pmon.runtime import platform
+from pmon.runtime.api import Api, Extension
 from pmon.errors import PmonError
 from pmon.runtime.statefile import write_atomically
 from pmon.control import protocol
@@ -21,14 +22,20 @@ if TYPE_CHECKING:
     from pmon.runtime.supervisor import Supervisor
 
 
-class ControlServer:
-    def __init__(self, sup: "Supervisor") -> None:
-        self.sup = sup
+class ControlServer(Extension):
+    """An extension by its lifetime (first in the app's list: up before the project starts,
+    down after everything else), a face of the command registry by what it does: so it
+    holds the supervisor itself, which the commands take."""
+
+    name = "control server"
+
+    def __init__(self) -> None:
         self.server: asyncio.AbstractServer | None = None
         self.token: str | None = None
         self._clients: set[asyncio.Task[Any]] = set()
 
-    async def start(self) -> None:
+    async def start(self, api: Api) -> None:
+        self.sup = cast("Supervisor", api)
         config = self.sup.config
         tcp = config.project.control.tcp or ("127.0.0.1:0" if platform.IS_WINDOWS else None)
         if tcp:

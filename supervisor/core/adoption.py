@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from pmon.core.states import ALIVE_STATES, ManagerState, StartType
+from pmon.states import ALIVE_STATES, ManagerState, StartType
 
 if TYPE_CHECKING:
     from pmon.config import Config

@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+
 
 from pmon.config import ManagerSpec
-from pmon.core.states import ALIVE_STATES, ManagerState, Readiness, StartType
+from pmon.states import ALIVE_STATES, ManagerState, Readiness, Snapshot, StartType
 
 S = ManagerState
 
@@ -65,24 +65,6 @@ class Deadline(enum.Enum):
 
 class TransitionError(Exception):
     """An event that has no meaning in the current state (a bug in the caller)."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A frozen view of one manager, for status replies, plugins and the state file."""
-
-    index: int
-    name: str
-    state: str
-    pid: int | None
-    start: str
-    core: bool
-    restarts: int
-    exit_code: int | None
-    started_at: float | None
-    ready_failed: bool
-    wanted: bool
-    reason: str  # why it is in its state (the last decision), "" when nothing was decided
 
 
 class Manager:

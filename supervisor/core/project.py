@@ -35,7 +35,7 @@ from pmon.config import Config, ManagerSpec
 from pmon.core import adoption
 from pmon.core.change import Plan
 from pmon.core.manager import Action, Manager
-from pmon.core.states import ManagerState, StartType
+from pmon.states import ManagerState, StartType
 from pmon.errors import CommandError, UnknownManager
 
 S = ManagerState

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 from pmon import plugins
 from pmon.config import Config
 from pmon.errors import SpawnRefused
-from pmon.core.manager import Manager, Snapshot
+from pmon.core.manager import Manager
+from pmon.states import Snapshot
 from pmon.plugin_types import (
     ManagerView,
     ProjectView,
@@ -40,7 +41,7 @@ from pmon.plugin_types import (
     check_verdicts,
     kind_of,
 )
-from pmon.core.states import ManagerState
+from pmon.states import ManagerState
 from pmon.runtime.api import Api, Extension
 
 if TYPE_CHECKING:

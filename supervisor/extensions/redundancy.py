@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pmon.config import Config
 from pmon.core.project import ProjectState
-from pmon.core.states import ManagerState, StartType
+from pmon.states import ManagerState, StartType
 from pmon.errors import CommandError
 from pmon.runtime.api import Api, Extension
 from pmon.runtime.statefile import write_atomically

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pmon.config import _count as _weight, _positive_number as _seconds
-from pmon.core.states import Readiness, StartType
+from pmon.states import Readiness, StartType
 
 if TYPE_CHECKING:
     from pmon.config import ManagerSpec, _Errors

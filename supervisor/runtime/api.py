@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pmon.config import Config
     from pmon.core.manager import Manager
     from pmon.core.project import ProjectState
-    from pmon.core.states import ManagerState
+    from pmon.states import ManagerState
     from pmon.plugin_types import RestartAdvice
     from pmon.runtime.logs import EventLog
 

@@ -13,12 +13,12 @@ import subprocess
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+from pmon.config import HAS_NOTIFY_SOCKET as HAS_NOTIFY_SOCKET  # config checks it too
+
 if TYPE_CHECKING:  # asyncio costs ~50 ms to import; `pmon status` needs none of it
     import asyncio
 
 IS_WINDOWS = os.name == "nt"
-# The systemd notify protocol needs AF_UNIX datagrams, which Windows' Python lacks.
-HAS_NOTIFY_SOCKET = not IS_WINDOWS
 # PMON_NO_PIDFD=1 forces the SIGCHLD path (for old kernels, and to test that path on new ones).
 HAS_PIDFD = hasattr(os, "pidfd_open") and not os.environ.get("PMON_NO_PIDFD")
 

@@ -30,7 +30,7 @@ from pmon.core.project import (
     Spawn,
     Terminate,
 )
-from pmon.core.states import ManagerState
+from pmon.states import ManagerState
 from pmon.errors import PmonError, SpawnRefused
 from pmon.runtime import adopt, platform, statefile
 from pmon.runtime.api import Extension
@@ -98,8 +98,6 @@ class Supervisor:
     # --- lifecycle -------------------------------------------------------------------
     async def run(self) -> int:
         """Run the project until SIGTERM / SIGINT / `pmon shutdown`; stop it; return 0."""
-        from pmon.control.server import ControlServer
-
         self.loop = asyncio.get_running_loop()
         self.now = self.loop.time
         self._shutdown = asyncio.Event()
@@ -114,8 +112,6 @@ class Supervisor:
         self.watcher = platform.ExitWatcher(self.loop, self._on_exit)
         self.notify = NotifyListener(self.state_dir / "notify.sock", self._on_notify)
         self.notify.open(self.loop)
-        self.control = ControlServer(self)
-        await self.control.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             platform.add_signal_handler(self.loop, sig, self.request_shutdown, sig.name)
         self.events.write(
@@ -128,7 +124,6 @@ class Supervisor:
             # The extensions' tasks are guarded (_guarded): an error here is the lifetime's
             # own (a plugin refusing its settings, say), the one the caller must see.
             raise failed.exceptions[0] from None
-        await self.control.stop()
         self.notify.close(self.loop)
         self.watcher.close()
         self._write_state()
@@ -146,7 +141,7 @@ class Supervisor:
 
         Every task of every extension has one owner: this group. Shutdown order is written
         here: the final stop, then the extensions in reverse order, each with its tasks
-        (then `run` closes the control channel)."""
+        (the control server, first in the list, last)."""
         async with asyncio.TaskGroup() as group:
             self._group = group
             # A pmon started again takes over the managers still running (hot restart).

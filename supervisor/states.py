@@ -1,8 +1,10 @@
-"""Manager states and their groups. Imports nothing, so everything may import it."""
+"""The words every layer uses: manager states and their groups, start types, readiness, and
+the frozen snapshot of one manager. Imports nothing of pmon, so everything may import it."""
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class ManagerState(str, enum.Enum):
@@ -38,3 +40,21 @@ class Readiness(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A frozen view of one manager, for status replies, plugins and the state file."""
+
+    index: int
+    name: str
+    state: str
+    pid: int | None
+    start: str
+    core: bool
+    restarts: int
+    exit_code: int | None
+    started_at: float | None
+    ready_failed: bool
+    wanted: bool
+    reason: str  # why it is in its state (the last decision), "" when nothing was decided
