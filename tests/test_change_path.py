@@ -374,6 +374,7 @@ def test_a_once_managers_exit_code_survives_a_new_pmon(tmp_path, pmon, how):
 
 # --- attacks -------------------------------------------------------------------------------
 HOLD = child("--ignore-term", "--ready-after", "0")
+POLITE = child("--ready-after", "0")  # the same readiness, but SIGTERM ends it
 
 
 def holder_project(tmp_path: Path, **sections: Any) -> Path:
@@ -407,6 +408,37 @@ def pmon_connections(instance: Pmon) -> int:
                if c.laddr == sock) - 1  # the listening socket
 
 
+def test_changes_at_once_are_applied_one_after_the_other_and_none_is_lost(tmp_path, pmon):
+    config = holder_project(tmp_path, pmon_tcp={"port": 0})
+    instance = pmon(config)
+    old_hold = instance.manager("hold")["pid"]
+    pid_a, pid_b = instance.manager("a")["pid"], instance.manager("b")["pid"]
+    # a change that restarts hold: it waits for the old process, which ignores SIGTERM
+    holding = background(config, "edit", "hold", f"command={json.dumps(POLITE)}")
+    instance.wait_state("hold", "stopping")
+    # meanwhile: an edit of a, an edit of b and a reload, all in pmon's hands before the
+    # first change ends
+    waiting = []
+    for n, args in enumerate([("edit", "a", "restart_count=5"), ("edit", "b", "restart_count=7"),
+                              ("reload",)], start=2):
+        waiting.append(background(config, *args))
+        poll_for(lambda: pmon_connections(instance) >= n, WAIT, f"{args} to reach pmon")
+    os.kill(old_hold, signal.SIGKILL)  # the first change ends now
+
+    for proc in (holding, *waiting):
+        code, out, err = finished(proc)
+        assert code == 0, (proc.args, out, err)
+    saved = tables(config)
+    assert (saved["a"].get("restart_count"), saved["b"].get("restart_count")) == (5, 7), saved
+    assert saved["hold"]["command"] == POLITE
+    # the running project agrees with its file: nothing reverted, no process touched
+    assert (live_restart_count(instance, "a"), live_restart_count(instance, "b")) == (5, 7)
+    assert instance.manager("a")["pid"] == pid_a and instance.manager("b")["pid"] == pid_b
+    assert instance.manager("hold")["state"] == "running"
+    dry = pmon_cli(config, "reload", "--dry-run")
+    assert dry.returncode == 0 and dry.stdout.splitlines()[1:] == ["  keep     hold, a, b"], dry.stdout
+
+
 def test_a_name_coming_back_while_its_removal_stops_it(tmp_path, pmon):
     config = holder_project(tmp_path)
     instance = pmon(config)
@@ -436,6 +468,33 @@ def test_a_name_coming_back_while_its_removal_stops_it(tmp_path, pmon):
     came = next(i for i, e in enumerate(events) if e["event"] == "started" and e["pid"] == new["pid"])
     assert gone < came
     assert tables(config)["hold"]["command"] == child("--print", "hold-v2")
+
+
+def test_reload_while_a_removed_manager_is_still_stopping(tmp_path, pmon):
+    config = holder_project(tmp_path)
+    instance = pmon(config)
+    old = instance.manager("hold")["pid"]
+    original = tomllib.loads(config.read_text())
+    without = {**original, "managers": original["managers"][1:]}
+    config.write_text(tomli_w.dumps(without))
+    removing = background(config, "reload")
+    poll_for(lambda: "hold" not in rows(config), WAIT, "hold removed")
+    # the operator changes their mind while it still stops: hold comes back (politer)
+    back = {**original, "managers": [{**original["managers"][0], "command": POLITE},
+                                     *original["managers"][1:]]}
+    config.write_text(tomli_w.dumps(back))
+    again = background(config, "reload")
+    poll_for(lambda: pmon_connections(instance) >= 2 or again.poll() is not None, WAIT,
+             "the second reload to reach pmon")
+    assert again.poll() is None, finished(again)  # it waits for the first one (not refused)
+    assert alive(old) and "hold" not in rows(config)
+    os.kill(old, signal.SIGKILL)
+    assert finished(removing)[0] == 0
+    code, out, err = finished(again)
+    assert code == 0 and "add      hold" in out, (out, err)
+    new = instance.wait_state("hold", "running")
+    assert new["pid"] != old and not alive(old)
+    assert [m["name"] for m in status_json(config)["managers"]] == ["hold", "a", "b"]
 
 
 def test_invalid_edits_say_why_change_nothing_and_touch_no_process(tmp_path, pmon):

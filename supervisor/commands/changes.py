@@ -8,7 +8,7 @@ So a change has the same effect whichever door it came through; the README says 
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Any, Mapping, cast
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
 import tomli_w
 
@@ -38,20 +38,25 @@ async def add(
     this server becomes active). The file is rewritten with tomli-w: comments in it are
     not kept.
     """
-    await _commit(sup, change.with_added(sup.config.raw, manager, position), "add", wait)
+    await _commit(sup, lambda raw: change.with_added(raw, manager, position), "add", wait)
     return sup.row(sup.find(manager["name"]))
 
 
 @command("remove")
 async def remove(sup: "Supervisor", target: str | int) -> dict[str, Any]:
     """Remove a stopped, non-core manager from the project and from the TOML file."""
-    manager = sup.find(target)
-    name = manager.spec.name
-    if manager.spec.core:
-        raise CommandError(f"{name} is a core manager; the project cannot run without it")
-    if manager.alive or manager.state is ManagerState.BACKOFF:
-        raise CommandError(f"{name} is {manager.state.value}; stop it first: pmon stop {name}")
-    await _commit(sup, change.without(sup.config.raw, name), "remove", wait=True)
+    name = sup.find(target).spec.name
+
+    def without(raw: Mapping[str, Any]) -> dict[str, Any]:
+        manager = sup.find(name)  # as it is now: another change may have come first
+        if manager.spec.core:
+            raise CommandError(f"{name} is a core manager; the project cannot run without it")
+        if manager.alive or manager.state is ManagerState.BACKOFF:
+            raise CommandError(f"{name} is {manager.state.value}; stop it first: pmon stop {name}")
+        return change.without(raw, name)
+
+    without(sup.config.raw)  # refused at once when it is refused now
+    await _commit(sup, without, "remove", wait=True)
     return {"removed": name}
 
 
@@ -65,51 +70,70 @@ async def edit(sup: "Supervisor", target: str | int, changes: dict[str, Any]) ->
     (restart_count, seconds_to_kill, ...) applies in place. Comments are not kept.
     """
     name = sup.find(target).spec.name
-    await _commit(
-        sup, change.with_edited(sup.config.raw, name, changes, sup.config.path), "edit", True
-    )
+
+    def edited(raw: Mapping[str, Any]) -> dict[str, Any]:
+        sup.find(name)  # still there: another change may have removed it meanwhile
+        return change.with_edited(raw, name, changes, sup.config.path)
+
+    await _commit(sup, edited, "edit", True)
     return sup.row(sup.find(name))
 
 
-async def _commit(sup: "Supervisor", raw: Mapping[str, Any], source: str, wait: bool) -> None:
-    """Validate a changed project, then hand it to the one change path. All or nothing."""
-    try:
-        new = config_module.parse(raw, sup.config.path)
-    except ConfigError as exc:
-        raise CommandError(f"the change would make the project invalid:\n{exc}") from None
-    todo = change.plan(sup.config, new)
+async def _commit(
+    sup: "Supervisor", edit: Callable[[Mapping[str, Any]], Mapping[str, Any]], source: str,
+    wait: bool,
+) -> None:
+    """Validate a changed project, then hand it to the one change path. All or nothing.
+    `edit` makes the changed table from the project's table as it is when the change is
+    applied (after any change that came first)."""
 
-    def write() -> None:
+    def prepare() -> tuple[Config, change.Plan]:
+        raw = edit(sup.config.raw)
         try:
-            write_atomically(sup.config.path, tomli_w.dumps(dict(raw)).encode())
+            new = config_module.parse(raw, sup.config.path)
+        except ConfigError as exc:
+            raise CommandError(f"the change would make the project invalid:\n{exc}") from None
+        return new, change.plan(sup.config, new)
+
+    def write(new: Config) -> None:
+        try:
+            write_atomically(sup.config.path, tomli_w.dumps(dict(new.raw)).encode())
         except OSError as exc:
             raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
 
-    await sup.change(new, todo, source, write=write, wait=wait)
+    await sup.change(prepare, source, write=write, wait=wait)
 
 
 @command("reload")
 async def reload(sup: "Supervisor", dry_run: bool = False) -> dict[str, Any]:
     """Re-read the project file: start added managers, stop removed ones, restart changed
     ones, keep the others running. An invalid file changes nothing. dry_run: only say so."""
-    try:
-        new: Config = config_module.load(sup.config.path)
-    except ConfigError as exc:
-        raise ConfigError(f"reload refused, nothing changed:\n{exc}") from None
-    todo = change.plan(sup.config, new)
-    result = {**todo.as_dict(), "dry_run": dry_run, "config": str(new.path)}
+
+    def prepare() -> tuple[Config, change.Plan]:
+        try:
+            new: Config = config_module.load(sup.config.path)
+        except ConfigError as exc:
+            raise ConfigError(f"reload refused, nothing changed:\n{exc}") from None
+        return new, change.plan(sup.config, new)
+
     if dry_run:
-        return result
-    sup.project.check_change(todo)
-    sup.events.write(
-        "reload",
-        f"reloading {new.path}: {len(todo.added)} added, {len(todo.removed)} removed, "
-        f"{len(todo.changed)} changed, {len(todo.updated)} updated, "
-        f"{len(todo.unchanged)} unchanged",
-        **todo.as_dict(),
-    )
-    await sup.change(new, todo, "reload")
-    return result
+        new, todo = prepare()
+        return {**todo.as_dict(), "dry_run": True, "config": str(new.path)}
+
+    def announced() -> tuple[Config, change.Plan]:
+        new, todo = prepare()
+        sup.project.check_change(todo)
+        sup.events.write(
+            "reload",
+            f"reloading {new.path}: {len(todo.added)} added, {len(todo.removed)} removed, "
+            f"{len(todo.changed)} changed, {len(todo.updated)} updated, "
+            f"{len(todo.unchanged)} unchanged",
+            **todo.as_dict(),
+        )
+        return new, todo
+
+    todo = await sup.change(announced, "reload")
+    return {**todo.as_dict(), "dry_run": False, "config": str(sup.config.path)}
 
 
 class ReloadOnHangup(Extension):
