@@ -566,3 +566,37 @@ def test_an_unwritable_project_file_refuses_the_change_and_touches_nothing(tmp_p
     finally:
         instance.stop()
         kill_project_processes(instance.config.project.name)
+
+
+def test_a_change_to_the_file_not_yet_reloaded_is_not_overwritten_by_add_remove_or_edit(tmp_path, pmon):
+    config = write_project(tmp_path, [
+        {"name": "a", "command": child()},
+        {"name": "b", "command": child()},
+        {"name": "tool", "command": child(), "start": "manual"},
+    ], defaults={"seconds_to_kill": 1}, pmon_tcp={"port": 0})
+    instance = pmon(config)
+    data = tomllib.loads(config.read_text())
+    data["managers"][1]["restart_count"] = 9  # by hand, not reloaded (yet)
+    config.write_text(tomli_w.dumps(data))
+    by_hand = config.read_text()
+    for args in (("edit", "a", "restart_count=5"), ("add", "extra", "--", *child()),
+                 ("remove", "tool")):
+        result = pmon_cli(config, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert "was changed since pmon read it; nothing changed" in result.stderr, result.stderr
+        assert "pmon reload" in result.stderr
+        assert config.read_text() == by_hand, args
+    reply = tcp_ask(instance, f"SINGLE_MGR:PROP_PUT 1 always 1 4 5 {shlex.quote(CHILD)}")
+    assert reply.startswith(b"ERROR errProp :") and b"was changed since pmon read it" in reply
+    config.write_text("[project\nname = ")  # half-way through an edit by hand
+    reply = tcp_ask(instance, f"SINGLE_MGR:PROP_PUT 1 always 1 4 5 {shlex.quote(CHILD)}")
+    assert reply.startswith(b"ERROR errProp :") and b"nothing changed" in reply, reply
+    assert config.read_text() == "[project\nname = "  # (the CLI cannot even find pmon in it)
+    assert [m["name"] for m in instance.status()["managers"]] == ["a", "b", "tool"]
+
+    config.write_text(by_hand)
+    assert pmon_cli(config, "reload").returncode == 0  # the change by hand is applied ...
+    assert pmon_cli(config, "edit", "a", "restart_count=5").returncode == 0  # ... then this one
+    saved = tables(config)
+    assert (saved["a"]["restart_count"], saved["b"]["restart_count"]) == (5, 9)
+    assert (live_restart_count(instance, "a"), live_restart_count(instance, "b")) == (5, 9)

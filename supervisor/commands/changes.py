@@ -8,6 +8,7 @@ So a change has the same effect whichever door it came through; the README says 
 from __future__ import annotations
 
 import signal
+import tomllib
 from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
 import tomli_w
@@ -88,6 +89,7 @@ async def _commit(
     applied (after any change that came first)."""
 
     def prepare() -> tuple[Config, change.Plan]:
+        _refuse_if_changed_on_disk(sup.config)
         raw = edit(sup.config.raw)
         try:
             new = config_module.parse(raw, sup.config.path)
@@ -102,6 +104,23 @@ async def _commit(
             raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
 
     await sup.change(prepare, source, write=write, wait=wait)
+
+
+def _refuse_if_changed_on_disk(config: Config) -> None:
+    """add / remove / edit rewrite the whole file from the running project's table: a change
+    made to the file since pmon read (or wrote) it, not reloaded yet, would be lost without a
+    word. Refuse instead."""
+    path = config.path
+    advice = (
+        "nothing changed: apply that change first with `pmon reload` (`pmon reload "
+        "--dry-run` shows it) or undo it, then try again"
+    )
+    try:
+        on_disk = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CommandError(f"{path} was changed since pmon read it ({exc}); {advice}") from None
+    if tomli_w.dumps(on_disk) != tomli_w.dumps(dict(config.raw)):  # (also when a value is nan)
+        raise CommandError(f"{path} was changed since pmon read it; {advice}")
 
 
 @command("reload")
