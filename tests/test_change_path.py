@@ -515,6 +515,9 @@ def test_invalid_edits_say_why_change_nothing_and_touch_no_process(tmp_path, pmo
         (("a", "name=b"), "a cannot be renamed"),
         (("core1", "start=manual"), 'a core manager must have start = "always"'),
         (("nobody", "restart_count=1"), "no manager 'nobody'"),
+        # pmon run (and pmon validate) refuse a monitor.NAME that no loaded plugin reads
+        (("a", "monitor={memroy = {max_rss_mb = 10}}"),
+         "key 'monitor.memroy': no loaded plugin reads it (did you mean 'memory'?)"),
     ]
     for args, message in cases:
         result = pmon_cli(config, "edit", *args)
@@ -522,6 +525,19 @@ def test_invalid_edits_say_why_change_nothing_and_touch_no_process(tmp_path, pmo
         assert message in result.stderr, (args, result.stderr)
         assert config.read_text() == original, args
     assert {m["name"]: m["pid"] for m in instance.status()["managers"]} == pids
+    assert pmon_cli(config, "validate").returncode == 0
+
+    data = tomllib.loads(original)  # the same typo by hand, then reload: refused too
+    data["managers"][1]["monitor"] = {"memroy": {"max_rss_mb": 10}}
+    config.write_text(tomli_w.dumps(data))
+    result = pmon_cli(config, "reload")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "reload refused, nothing changed" in result.stderr and "'monitor.memroy'" in result.stderr
+    assert {m["name"]: m["pid"] for m in instance.status()["managers"]} == pids
+    config.write_text(original)
+    data["managers"][1]["monitor"] = {"memory": {"max_rss_mb": 10}}  # a plugin that runs: fine
+    config.write_text(tomli_w.dumps(data))
+    assert pmon_cli(config, "reload").returncode == 0
     assert pmon_cli(config, "validate").returncode == 0
 
 

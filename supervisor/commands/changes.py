@@ -92,7 +92,7 @@ async def _commit(
         _refuse_if_changed_on_disk(sup.config)
         raw = edit(sup.config.raw)
         try:
-            new = config_module.parse(raw, sup.config.path)
+            new = _served(sup, config_module.parse(raw, sup.config.path))
         except ConfigError as exc:
             raise CommandError(f"the change would make the project invalid:\n{exc}") from None
         return new, change.plan(sup.config, new)
@@ -104,6 +104,17 @@ async def _commit(
             raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
 
     await sup.change(prepare, source, write=write, wait=wait)
+
+
+def _served(sup: "Supervisor", new: Config) -> Config:
+    """`new`, once the running plugins said they can serve it (a manager's monitor.NAME that
+    no loaded plugin reads is refused, as `pmon run` refuses such a file). ConfigError."""
+    from pmon.extensions.plugin_host import PluginHost
+
+    host = sup.extension(PluginHost)
+    if host is not None:
+        host.check_change(new)
+    return new
 
 
 def _refuse_if_changed_on_disk(config: Config) -> None:
@@ -130,7 +141,7 @@ async def reload(sup: "Supervisor", dry_run: bool = False) -> dict[str, Any]:
 
     def prepare() -> tuple[Config, change.Plan]:
         try:
-            new: Config = config_module.load(sup.config.path)
+            new: Config = _served(sup, config_module.load(sup.config.path))
         except ConfigError as exc:
             raise ConfigError(f"reload refused, nothing changed:\n{exc}") from None
         return new, change.plan(sup.config, new)
