@@ -616,3 +616,17 @@ def test_a_change_to_the_file_not_yet_reloaded_is_not_overwritten_by_add_remove_
     saved = tables(config)
     assert (saved["a"]["restart_count"], saved["b"]["restart_count"]) == (5, 9)
     assert (live_restart_count(instance, "a"), live_restart_count(instance, "b")) == (5, 9)
+
+
+def test_a_change_through_a_symlinked_project_file_writes_the_file_and_keeps_the_link(tmp_path, pmon):
+    real = tmp_path / "deploy"
+    real.mkdir()
+    target = write_project(real, [{"name": "a", "command": child()}], name=f"sl{os.getpid()}")
+    link = tmp_path / "pmon.toml"  # e.g. /etc/pmon.toml -> the deployed project file
+    link.symlink_to(target)
+    instance = pmon(link)
+    assert pmon_cli(link, "edit", "a", "restart_count=5").returncode == 0
+    assert link.is_symlink() and link.resolve() == target
+    assert tomllib.loads(target.read_text())["managers"][0]["restart_count"] == 5
+    assert not list(tmp_path.glob(".pmon.toml.*")) and not list(real.glob(".pmon.toml.*"))
+    assert instance.call("reload", dry_run=True)["unchanged"] == ["a"]  # pmon reads it back

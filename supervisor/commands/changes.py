@@ -7,8 +7,10 @@ So a change has the same effect whichever door it came through; the README says 
 
 from __future__ import annotations
 
+import os
 import signal
 import tomllib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
 import tomli_w
@@ -99,7 +101,10 @@ async def _commit(
 
     def write(new: Config) -> None:
         try:
-            write_atomically(sup.config.path, tomli_w.dumps(dict(new.raw)).encode())
+            # through a symlink to the file it names: replacing the link itself would leave
+            # the real file unchanged and the link gone
+            target = Path(os.path.realpath(sup.config.path))
+            write_atomically(target, tomli_w.dumps(dict(new.raw)).encode())
         except OSError as exc:
             raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
 
