@@ -630,3 +630,36 @@ def test_a_change_through_a_symlinked_project_file_writes_the_file_and_keeps_the
     assert tomllib.loads(target.read_text())["managers"][0]["restart_count"] == 5
     assert not list(tmp_path.glob(".pmon.toml.*")) and not list(real.glob(".pmon.toml.*"))
     assert instance.call("reload", dry_run=True)["unchanged"] == ["a"]  # pmon reads it back
+
+
+def test_monitor_settings_a_plugin_rejects_are_refused_and_the_monitor_goes_on(tmp_path, pmon):
+    config = write_project(tmp_path, [
+        {"name": "a", "command": child()},
+        {"name": "big", "command": child("--allocate-mb", "40"),
+         "monitor": {"memory": {"max_rss_mb": 10}}},
+    ], defaults={"seconds_to_kill": 1}, plugins={"memory": {"interval": 0.1, "max_rss_mb": 500}})
+    instance = pmon(config)
+    poll_for(lambda: any(v["target"] == "big" for v in instance.status()["verdicts"]), WAIT,
+             "big's memory verdict")
+    original = config.read_text()
+    pid = instance.manager("a")["pid"]
+
+    def memory() -> dict[str, Any]:
+        return next(p for p in instance.call("plugins")["plugins"] if p["name"] == "memory")
+
+    result = pmon_cli(config, "edit", "a", 'monitor={memory = {max_rss_mb = "lots"}}')
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "the change would make the project invalid" in result.stderr
+    assert "monitor.memory, key 'max_rss_mb': expected a number >= 0" in result.stderr, result.stderr
+    assert str(config) in result.stderr and ".check-" not in result.stderr
+    assert config.read_text() == original and instance.manager("a")["pid"] == pid
+    calls = memory()["calls"]
+    poll_for(lambda: memory()["calls"] >= calls + 3, WAIT, "three more memory checks")
+    assert memory()["failures"] == 0  # it still watches every manager
+    assert not list(tmp_path.glob(".pmon.toml.*"))
+
+    result = pmon_cli(config, "edit", "a", "monitor={memory = {max_rss_mb = 300}}")
+    assert result.returncode == 0, result.stderr  # a good one applies in place
+    assert instance.manager("a")["pid"] == pid
+    assert tables(config)["a"]["monitor"] == {"memory": {"max_rss_mb": 300}}
+    assert pmon_cli(config, "validate").returncode == 0

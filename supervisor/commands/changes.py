@@ -7,8 +7,11 @@ So a change has the same effect whichever door it came through; the README says 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
@@ -90,11 +93,12 @@ async def _commit(
     `edit` makes the changed table from the project's table as it is when the change is
     applied (after any change that came first)."""
 
-    def prepare() -> tuple[Config, change.Plan]:
+    async def prepare() -> tuple[Config, change.Plan]:
         _refuse_if_changed_on_disk(sup.config)
         raw = edit(sup.config.raw)
         try:
             new = _served(sup, config_module.parse(raw, sup.config.path))
+            await _accepted_by_plugins(sup.config, new)
         except ConfigError as exc:
             raise CommandError(f"the change would make the project invalid:\n{exc}") from None
         return new, change.plan(sup.config, new)
@@ -122,6 +126,49 @@ def _served(sup: "Supervisor", new: Config) -> Config:
     return new
 
 
+CHECK_SECONDS = 30.0  # the longest `pmon validate` may take to check a change's plugin settings
+
+
+async def _accepted_by_plugins(old: Config, new: Config) -> None:
+    """A change of plugin settings (a manager's monitor tables, or [plugins]) must be one
+    the plugins accept, as `pmon run` and `pmon validate` check a file. A plugin checks its
+    settings only in its pmon_configure, called once per process: so a copy of the changed
+    file is checked by `pmon validate` in a process of its own (next to the file, for its
+    relative paths). Other changes are not slowed down by it. Raises ConfigError."""
+    before = {spec.name: spec.monitor for spec in old.managers}
+    if new.raw.get("plugins") == old.raw.get("plugins") and all(
+        spec.monitor == before.get(spec.name, {}) for spec in new.managers
+    ):
+        return
+    path = new.path
+    try:
+        fd, copy = tempfile.mkstemp(prefix=f".{path.name}.check-", suffix=".toml", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(tomli_w.dumps(dict(new.raw)).encode())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write a copy to check its plugin settings: {exc}") from None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pmon.cli", "validate", "-c", copy,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), CHECK_SECONDS)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ConfigError(
+                f"{path}: the plugins did not check the changed settings within "
+                f"{CHECK_SECONDS:g} s (pmon validate)"
+            ) from None
+    finally:
+        os.unlink(copy)
+    if proc.returncode != 0:
+        message = err.decode(errors="replace").strip().removeprefix("pmon: ")
+        raise ConfigError(message.replace(copy, str(path)))
+
+
 def _refuse_if_changed_on_disk(config: Config) -> None:
     """add / remove / edit rewrite the whole file from the running project's table: a change
     made to the file since pmon read (or wrote) it, not reloaded yet, would be lost without a
@@ -144,19 +191,20 @@ async def reload(sup: "Supervisor", dry_run: bool = False) -> dict[str, Any]:
     """Re-read the project file: start added managers, stop removed ones, restart changed
     ones, keep the others running. An invalid file changes nothing. dry_run: only say so."""
 
-    def prepare() -> tuple[Config, change.Plan]:
+    async def prepare() -> tuple[Config, change.Plan]:
         try:
             new: Config = _served(sup, config_module.load(sup.config.path))
+            await _accepted_by_plugins(sup.config, new)
         except ConfigError as exc:
             raise ConfigError(f"reload refused, nothing changed:\n{exc}") from None
         return new, change.plan(sup.config, new)
 
     if dry_run:
-        new, todo = prepare()
+        new, todo = await prepare()
         return {**todo.as_dict(), "dry_run": True, "config": str(new.path)}
 
-    def announced() -> tuple[Config, change.Plan]:
-        new, todo = prepare()
+    async def announced() -> tuple[Config, change.Plan]:
+        new, todo = await prepare()
         sup.project.check_change(todo)
         sup.events.write(
             "reload",

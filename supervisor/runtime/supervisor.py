@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Mapping, TypeVar
 
 from pmon.config import Config
 from pmon.core.change import Plan
@@ -595,7 +595,7 @@ class Supervisor:
         )
 
     async def change(
-        self, prepare: Callable[[], tuple[Config, Plan]], source: str,
+        self, prepare: Callable[[], Awaitable[tuple[Config, Plan]]], source: str,
         write: Callable[[Config], None] | None = None, wait: bool = True,
     ) -> Plan:
         """The one change path, one change at a time: make the change from the project as
@@ -606,7 +606,7 @@ class Supervisor:
         and wait for what it touched to settle. A refused or unwritable change touches
         nothing. Returns the plan applied."""
         async with self._change_lock:
-            new, plan = prepare()
+            new, plan = await prepare()
             self.project.check_change(plan)
             if write is not None:
                 write(new)
