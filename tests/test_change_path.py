@@ -663,3 +663,21 @@ def test_monitor_settings_a_plugin_rejects_are_refused_and_the_monitor_goes_on(t
     assert instance.manager("a")["pid"] == pid
     assert tables(config)["a"]["monitor"] == {"memory": {"max_rss_mb": 300}}
     assert pmon_cli(config, "validate").returncode == 0
+
+
+def test_reloaded_log_limits_of_the_project_apply_to_the_running_managers(tmp_path, pmon):
+    config = write_project(tmp_path, [{"name": "a", "command": child()}],
+                           defaults={"seconds_to_kill": 1})
+    instance = pmon(config)
+    data = tomllib.loads(config.read_text())
+    data["project"].update(log_max_bytes=2000, log_backups=1)
+    config.write_text(tomli_w.dumps(data))
+    dry = pmon_cli(config, "reload", "--dry-run")
+    assert "update   [project] (log_max_bytes, log_backups; applies in place)" in dry.stdout, dry.stdout
+    assert pmon_cli(config, "reload").returncode == 0
+    logs = instance.config.project.state_dir / "log"
+    with open(logs / "a.log", "a") as handle:
+        handle.write("x" * 9000 + "\n")
+    assert pmon_cli(config, "restart", "a").returncode == 0  # a start rotates its log if too big
+    assert (logs / "a.log.1").exists() and (logs / "a.log").stat().st_size < 2000
+    assert not (logs / "a.log.2").exists()  # log_backups = 1

@@ -354,6 +354,13 @@ class Supervisor:
             )
         return self.logs[name]
 
+    def _take_log_limits(self) -> None:
+        """[project] log_max_bytes / log_backups changed: every log rotates by them now."""
+        project = self.config.project
+        for log in self.logs.values():
+            log.max_bytes, log.backups = project.log_max_bytes, project.log_backups
+        self.events.limit(project.log_max_bytes, project.log_backups)
+
     def rotate_logs(self) -> None:
         """Rotate every manager output file over its size; a failure is reported."""
         for name, log in list(self.logs.items()):
@@ -611,6 +618,8 @@ class Supervisor:
             if write is not None:
                 write(new)
             touched = self._perform(self.project.change(new, plan, self.now(), source))
+            if plan.project:
+                self._take_log_limits()
             job = self.project.job
             if not wait:
                 return plan
