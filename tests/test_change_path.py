@@ -1,13 +1,13 @@
 """The one change path (README, "One change path"): every door -- `pmon edit`, `add`,
-`remove`, PMON TCP's PROP_PUT, `pmon reload` -- against the documented behaviour, on real
-pmon processes; and attacks on it (changes at once, a name coming back while it leaves,
-invalid edits, an unwritable file)."""
+`remove`, PMON TCP's PROP_PUT / DEL, `pmon reload`, SIGHUP -- against the documented
+behaviour, on real pmon processes; and attacks on it: changes at once, a name coming back
+while its removal stops it, invalid edits, a change by hand not reloaded yet, plugin
+settings a plugin rejects, an unwritable or symlinked project file, [project] limits."""
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import shlex
 import signal
 import socket
@@ -420,14 +420,17 @@ def test_changes_at_once_are_applied_one_after_the_other_and_none_is_lost(tmp_pa
     # first change ends
     waiting = []
     for n, args in enumerate([("edit", "a", "restart_count=5"), ("edit", "b", "restart_count=7"),
-                              ("reload",)], start=2):
+                              ("reload",), ("add", "dup", "--", *child()),
+                              ("add", "dup", "--", *child("--print", "second"))], start=2):
         waiting.append(background(config, *args))
         poll_for(lambda: pmon_connections(instance) >= n, WAIT, f"{args} to reach pmon")
     os.kill(old_hold, signal.SIGKILL)  # the first change ends now
 
-    for proc in (holding, *waiting):
+    for proc in (holding, *waiting[:-1]):
         code, out, err = finished(proc)
         assert code == 0, (proc.args, out, err)
+    code, out, err = finished(waiting[-1])  # the second add of one name, made after the first
+    assert code == 1 and "duplicate manager name 'dup'" in err, (out, err)
     saved = tables(config)
     assert (saved["a"].get("restart_count"), saved["b"].get("restart_count")) == (5, 7), saved
     assert saved["hold"]["command"] == POLITE
@@ -435,8 +438,10 @@ def test_changes_at_once_are_applied_one_after_the_other_and_none_is_lost(tmp_pa
     assert (live_restart_count(instance, "a"), live_restart_count(instance, "b")) == (5, 7)
     assert instance.manager("a")["pid"] == pid_a and instance.manager("b")["pid"] == pid_b
     assert instance.manager("hold")["state"] == "running"
+    assert [t["name"] for t in tables(config).values()] == ["hold", "a", "b", "dup"]
+    assert "second" not in log_of(instance, "dup")
     dry = pmon_cli(config, "reload", "--dry-run")
-    assert dry.returncode == 0 and dry.stdout.splitlines()[1:] == ["  keep     hold, a, b"], dry.stdout
+    assert dry.returncode == 0 and dry.stdout.splitlines()[1:] == ["  keep     hold, a, b, dup"], dry.stdout
 
 
 def test_a_name_coming_back_while_its_removal_stops_it(tmp_path, pmon):
@@ -534,7 +539,6 @@ def test_invalid_edits_say_why_change_nothing_and_touch_no_process(tmp_path, pmo
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "reload refused, nothing changed" in result.stderr and "'monitor.memroy'" in result.stderr
     assert {m["name"]: m["pid"] for m in instance.status()["managers"]} == pids
-    config.write_text(original)
     data["managers"][1]["monitor"] = {"memory": {"max_rss_mb": 10}}  # a plugin that runs: fine
     config.write_text(tomli_w.dumps(data))
     assert pmon_cli(config, "reload").returncode == 0
@@ -546,6 +550,8 @@ class LimitedPmon(Pmon):
     for root too; Python ignores SIGXFSZ, so the write fails with EFBIG)."""
 
     def __init__(self, config: Path, max_bytes: int) -> None:
+        import resource  # POSIX only
+
         def limit() -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
 
