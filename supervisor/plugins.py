@@ -63,6 +63,7 @@ class LoadedPlugins:
     pm: pluggy.PluginManager
     spec: PluginsSpec
     plugins: Mapping[str, PluginInfo]
+    idle: frozenset[str] = frozenset()  # found, but not run ([plugins] enable / disable)
 
 
 def make_plugin_manager() -> pluggy.PluginManager:
@@ -100,8 +101,9 @@ def load(config: Config) -> LoadedPlugins:
         ))
         infos[name] = PluginInfo(name, source, plugin, hooks)
     _check_pending(pm, infos, where)
-    infos = _configure(pm, infos, spec, config, idle=set(found) - set(chosen))
-    return LoadedPlugins(pm, spec, MappingProxyType(infos))
+    idle = frozenset(found) - set(chosen)
+    infos = _configure(pm, infos, spec, config, idle=idle)
+    return LoadedPlugins(pm, spec, MappingProxyType(infos), idle)
 
 
 # --- [plugins] ----------------------------------------------------------------------------
@@ -263,7 +265,7 @@ def _configure(
     infos: dict[str, PluginInfo],
     spec: PluginsSpec,
     config: Config,
-    idle: set[str],
+    idle: frozenset[str],
 ) -> dict[str, PluginInfo]:
     """Hand each plugin its settings; flag tables that no plugin reads.
 
@@ -294,9 +296,22 @@ def _configure(
         if setup.interval is None and "pmon_monitor_check" in info.hooks and impl is None:
             setup = PluginSetup(interval=1.0)  # a plain monitor with no settings: every second
         configured[name] = PluginInfo(info.name, info.source, info.plugin, info.hooks, setup)
+    check_read(config, spec.tables, configured, idle)
+    return configured
+
+
+def check_read(
+    config: Config,
+    tables: Mapping[str, Any],
+    configured: Mapping[str, PluginInfo],
+    idle: frozenset[str],
+) -> None:
+    """Every `[plugins.NAME]` table in `tables` and every manager's `monitor.NAME` must be
+    read by a configured plugin (or name one that is found but does not run): a typo is a
+    ConfigError. Also for a change of a running project (the plugins it loaded)."""
     claimed = {t for info in configured.values() for t in info.setup.tables}
     readers = ", ".join(sorted(configured)) or "(none)"
-    settings_names = [(f"[plugins.{t}]", t, "this table") for t in spec.tables] + [
+    settings_names = [(f"[plugins.{t}]", t, "this table") for t in tables] + [
         (f"manager '{m.name}' (managers[{m.index}]), key 'monitor.{key}'", key, "it")
         for m in config.managers for key in m.monitor
     ]
@@ -308,7 +323,6 @@ def _configure(
                 f"{config.path}: {where_it_is}: no loaded plugin reads {what}{hint}; "
                 f"loaded plugins: {readers}"
             )
-    return configured
 
 
 def call_impl(impl: Any, kwargs: Mapping[str, Any]) -> Any:

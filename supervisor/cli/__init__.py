@@ -348,6 +348,8 @@ def describe(result: Mapping[str, Any]) -> list[str]:
         lines.append(f"  restart  {name} ({', '.join(keys)} changed)")
     for name, keys in result["updated"].items():
         lines.append(f"  update   {name} ({', '.join(keys)}; keeps running)")
+    if result.get("project"):
+        lines.append(f"  update   [project] ({', '.join(result['project'])}; applies in place)")
     if result["unchanged"]:
         lines.append(f"  keep     {', '.join(result['unchanged'])}")
     for section in result["not_applied"]:

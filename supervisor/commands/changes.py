@@ -7,8 +7,16 @@ So a change has the same effect whichever door it came through; the README says 
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
-from typing import TYPE_CHECKING, Any, Mapping, cast
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
+
+import tomli_w
 
 from pmon import config as config_module
 from pmon.commands.registry import command
@@ -36,20 +44,25 @@ async def add(
     this server becomes active). The file is rewritten with tomli-w: comments in it are
     not kept.
     """
-    await _commit(sup, change.with_added(sup.config.raw, manager, position), "add", wait)
+    await _commit(sup, lambda raw: change.with_added(raw, manager, position), "add", wait)
     return sup.row(sup.find(manager["name"]))
 
 
 @command("remove")
 async def remove(sup: "Supervisor", target: str | int) -> dict[str, Any]:
     """Remove a stopped, non-core manager from the project and from the TOML file."""
-    manager = sup.find(target)
-    name = manager.spec.name
-    if manager.spec.core:
-        raise CommandError(f"{name} is a core manager; the project cannot run without it")
-    if manager.alive or manager.state is ManagerState.BACKOFF:
-        raise CommandError(f"{name} is {manager.state.value}; stop it first: pmon stop {name}")
-    await _commit(sup, change.without(sup.config.raw, name), "remove", wait=True)
+    name = sup.find(target).spec.name
+
+    def without(raw: Mapping[str, Any]) -> dict[str, Any]:
+        manager = sup.find(name)  # as it is now: another change may have come first
+        if manager.spec.core:
+            raise CommandError(f"{name} is a core manager; the project cannot run without it")
+        if manager.alive or manager.state is ManagerState.BACKOFF:
+            raise CommandError(f"{name} is {manager.state.value}; stop it first: pmon stop {name}")
+        return change.without(raw, name)
+
+    without(sup.config.raw)  # refused at once when it is refused now
+    await _commit(sup, without, "remove", wait=True)
     return {"removed": name}
 
 
@@ -63,53 +76,147 @@ async def edit(sup: "Supervisor", target: str | int, changes: dict[str, Any]) ->
     (restart_count, seconds_to_kill, ...) applies in place. Comments are not kept.
     """
     name = sup.find(target).spec.name
-    await _commit(
-        sup, change.with_edited(sup.config.raw, name, changes, sup.config.path), "edit", True
-    )
+
+    def edited(raw: Mapping[str, Any]) -> dict[str, Any]:
+        sup.find(name)  # still there: another change may have removed it meanwhile
+        return change.with_edited(raw, name, changes, sup.config.path)
+
+    await _commit(sup, edited, "edit", True)
     return sup.row(sup.find(name))
 
 
-async def _commit(sup: "Supervisor", raw: Mapping[str, Any], source: str, wait: bool) -> None:
-    """Validate a changed project, then hand it to the one change path. All or nothing."""
-    try:
-        new = config_module.parse(raw, sup.config.path)
-    except ConfigError as exc:
-        raise CommandError(f"the change would make the project invalid:\n{exc}") from None
-    todo = change.plan(sup.config, new)
+async def _commit(
+    sup: "Supervisor", edit: Callable[[Mapping[str, Any]], Mapping[str, Any]], source: str,
+    wait: bool,
+) -> None:
+    """Validate a changed project, then hand it to the one change path. All or nothing.
+    `edit` makes the changed table from the project's table as it is when the change is
+    applied (after any change that came first)."""
 
-    def write() -> None:
-        import tomli_w  # only where a change rewrites the file
-
+    async def prepare() -> tuple[Config, change.Plan]:
+        _refuse_if_changed_on_disk(sup.config)
+        raw = edit(sup.config.raw)
         try:
-            write_atomically(sup.config.path, tomli_w.dumps(dict(raw)).encode())
+            new = _served(sup, config_module.parse(raw, sup.config.path))
+            await _accepted_by_plugins(sup.config, new)
+        except ConfigError as exc:
+            raise CommandError(f"the change would make the project invalid:\n{exc}") from None
+        return new, change.plan(sup.config, new)
+
+    def write(new: Config) -> None:
+        try:
+            # through a symlink to the file it names: replacing the link itself would leave
+            # the real file unchanged and the link gone
+            target = Path(os.path.realpath(sup.config.path))
+            write_atomically(target, tomli_w.dumps(dict(new.raw)).encode())
         except OSError as exc:
             raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
 
-    await sup.change(new, todo, source, write=write, wait=wait)
+    await sup.change(prepare, source, write=write, wait=wait)
+
+
+def _served(sup: "Supervisor", new: Config) -> Config:
+    """`new`, once the running plugins said they can serve it (a manager's monitor.NAME that
+    no loaded plugin reads is refused, as `pmon run` refuses such a file). ConfigError."""
+    from pmon.extensions.plugin_host import PluginHost
+
+    host = sup.extension(PluginHost)
+    if host is not None:
+        host.check_change(new)
+    return new
+
+
+CHECK_SECONDS = 30.0  # the longest `pmon validate` may take to check a change's plugin settings
+
+
+async def _accepted_by_plugins(old: Config, new: Config) -> None:
+    """A change of plugin settings (a manager's monitor tables, or [plugins]) must be one
+    the plugins accept, as `pmon run` and `pmon validate` check a file. A plugin checks its
+    settings only in its pmon_configure, called once per process: so a copy of the changed
+    file is checked by `pmon validate` in a process of its own (next to the file, for its
+    relative paths). Other changes are not slowed down by it. Raises ConfigError."""
+    before = {spec.name: spec.monitor for spec in old.managers}
+    if new.raw.get("plugins") == old.raw.get("plugins") and all(
+        spec.monitor == before.get(spec.name, {}) for spec in new.managers
+    ):
+        return
+    path = new.path
+    try:
+        fd, copy = tempfile.mkstemp(prefix=f".{path.name}.check-", suffix=".toml", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(tomli_w.dumps(dict(new.raw)).encode())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write a copy to check its plugin settings: {exc}") from None
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "pmon.cli", "validate", "-c", copy,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), CHECK_SECONDS)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise ConfigError(
+                f"{path}: the plugins did not check the changed settings within "
+                f"{CHECK_SECONDS:g} s (pmon validate)"
+            ) from None
+    finally:
+        os.unlink(copy)
+    if proc.returncode != 0:
+        message = err.decode(errors="replace").strip().removeprefix("pmon: ")
+        raise ConfigError(message.replace(copy, str(path)))
+
+
+def _refuse_if_changed_on_disk(config: Config) -> None:
+    """add / remove / edit rewrite the whole file from the running project's table: a change
+    made to the file since pmon read (or wrote) it, not reloaded yet, would be lost without a
+    word. Refuse instead."""
+    path = config.path
+    advice = (
+        "nothing changed: apply that change first with `pmon reload` (`pmon reload "
+        "--dry-run` shows it) or undo it, then try again"
+    )
+    try:
+        on_disk = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CommandError(f"{path} was changed since pmon read it ({exc}); {advice}") from None
+    if tomli_w.dumps(on_disk) != tomli_w.dumps(dict(config.raw)):  # (also when a value is nan)
+        raise CommandError(f"{path} was changed since pmon read it; {advice}")
 
 
 @command("reload")
 async def reload(sup: "Supervisor", dry_run: bool = False) -> dict[str, Any]:
     """Re-read the project file: start added managers, stop removed ones, restart changed
     ones, keep the others running. An invalid file changes nothing. dry_run: only say so."""
-    try:
-        new: Config = config_module.load(sup.config.path)
-    except ConfigError as exc:
-        raise ConfigError(f"reload refused, nothing changed:\n{exc}") from None
-    todo = change.plan(sup.config, new)
-    result = {**todo.as_dict(), "dry_run": dry_run, "config": str(new.path)}
+
+    async def prepare() -> tuple[Config, change.Plan]:
+        try:
+            new: Config = _served(sup, config_module.load(sup.config.path))
+            await _accepted_by_plugins(sup.config, new)
+        except ConfigError as exc:
+            raise ConfigError(f"reload refused, nothing changed:\n{exc}") from None
+        return new, change.plan(sup.config, new)
+
     if dry_run:
-        return result
-    sup.project.check_change(todo)
-    sup.events.write(
-        "reload",
-        f"reloading {new.path}: {len(todo.added)} added, {len(todo.removed)} removed, "
-        f"{len(todo.changed)} changed, {len(todo.updated)} updated, "
-        f"{len(todo.unchanged)} unchanged",
-        **todo.as_dict(),
-    )
-    await sup.change(new, todo, "reload")
-    return result
+        new, todo = await prepare()
+        return {**todo.as_dict(), "dry_run": True, "config": str(new.path)}
+
+    async def announced() -> tuple[Config, change.Plan]:
+        new, todo = await prepare()
+        sup.project.check_change(todo)
+        sup.events.write(
+            "reload",
+            f"reloading {new.path}: {len(todo.added)} added, {len(todo.removed)} removed, "
+            f"{len(todo.changed)} changed, {len(todo.updated)} updated, "
+            f"{len(todo.unchanged)} unchanged",
+            **todo.as_dict(),
+        )
+        return new, todo
+
+    todo = await sup.change(announced, "reload")
+    return {**todo.as_dict(), "dry_run": False, "config": str(sup.config.path)}
 
 
 class ReloadOnHangup(Extension):

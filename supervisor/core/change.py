@@ -28,6 +28,8 @@ RESTART_KEYS = frozenset(
 IGNORED_KEYS = frozenset({"index"})
 # Project keys that name another project: refused, they need `pmon run` on the new file.
 IDENTITY_KEYS = ("name", "state_dir")
+# Project keys that are limits: applied in place (every log takes the new size and backups).
+PROJECT_LIMITS = ("log_max_bytes", "log_backups", "stop_on_write_error")
 OWN_SECTIONS = frozenset({"project", "defaults", "managers"})
 
 
@@ -39,10 +41,11 @@ class Plan:
     updated: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     unchanged: tuple[str, ...] = ()
     not_applied: tuple[str, ...] = ()  # what takes effect only when pmon restarts
+    project: tuple[str, ...] = ()  # [project] limits changed: applied in place
 
     @property
     def empty(self) -> bool:
-        return not (self.added or self.removed or self.changed or self.updated)
+        return not (self.added or self.removed or self.changed or self.updated or self.project)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +55,7 @@ class Plan:
             "updated": {k: list(v) for k, v in self.updated.items()},
             "unchanged": list(self.unchanged),
             "not_applied": list(self.not_applied),
+            "project": list(self.project),
         }
 
 
@@ -108,6 +112,10 @@ def plan(old: Config, new: Config) -> Plan:
         updated={n: updated[n] for n in order if n in updated},
         unchanged=tuple(n for n in order if n in unchanged),
         not_applied=tuple(not_applied),
+        project=tuple(
+            key for key in PROJECT_LIMITS
+            if getattr(old.project, key) != getattr(new.project, key)
+        ),
     )
 
 

@@ -42,10 +42,10 @@ class WriteProbe(Extension):
         self.interval = interval
 
     async def start(self, api: Api) -> None:
-        if api.config.project.stop_on_write_error:
-            api.background(self, self._every(api))
+        api.background(self, self._every(api))
 
     async def _every(self, api: Api) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            api.save_state()  # a failure goes to write_failed, which stops the project
+            if api.config.project.stop_on_write_error:  # as it is now: a reload may change it
+                api.save_state()  # a failure goes to write_failed, which stops the project

@@ -132,6 +132,7 @@ class PluginHost(Extension):
 
     def __init__(self, config: Config) -> None:
         self.loaded = plugins.load(config)
+        self.plugins_table = config.raw.get("plugins")  # what the plugins were loaded for
         self.spec = self.loaded.spec
         self.records: dict[str, Record] = {}
         for name, info in self.loaded.plugins.items():
@@ -144,6 +145,14 @@ class PluginHost(Extension):
             self.records[name] = Record(info, impls)
         self._pending: set[asyncio.Future[Any]] = set()
         self._watchdog: dict[str, tuple[int | None, float]] = {}  # name -> (pid, loop time)
+
+    def check_change(self, new: Config) -> None:
+        """A changed project (add / edit / reload) must be one these plugins can serve, as
+        `pmon run` checks a file: every manager's monitor.NAME read by a loaded plugin.
+        Raises ConfigError. A changed [plugins] section loads other plugins only when pmon
+        starts again, so it is checked then."""
+        if new.raw.get("plugins") == self.plugins_table:
+            plugins.check_read(new, {}, self.loaded.plugins, self.loaded.idle)
 
     def implementers(self, hook: str) -> list[Record]:
         return [r for r in self.records.values() if hook in r.impls]

@@ -91,5 +91,9 @@ class EventLog:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             print(f"{stamp} {message}", file=sys.stderr, flush=True)
 
+    def limit(self, max_bytes: int, backups: int) -> None:
+        """New rotation limits, from the next write on."""
+        self._file.max_bytes, self._file.backups = max_bytes, backups
+
     def close(self) -> None:
         self._file.close()

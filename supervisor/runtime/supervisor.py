@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Mapping, TypeVar
 
 from pmon.config import Config
 from pmon.core.change import Plan
@@ -359,6 +359,13 @@ class Supervisor:
             )
         return self.logs[name]
 
+    def _take_log_limits(self) -> None:
+        """[project] log_max_bytes / log_backups changed: every log rotates by them now."""
+        project = self.config.project
+        for log in self.logs.values():
+            log.max_bytes, log.backups = project.log_max_bytes, project.log_backups
+        self.events.limit(project.log_max_bytes, project.log_backups)
+
     def rotate_logs(self) -> None:
         """Rotate every manager output file over its size; a failure is reported."""
         for name, log in list(self.logs.items()):
@@ -600,23 +607,30 @@ class Supervisor:
         )
 
     async def change(
-        self, new: Config, plan: Plan, source: str,
-        write: Callable[[], None] | None = None, wait: bool = True,
-    ) -> None:
-        """The one change path: check the plan against the project, write the file (for
-        add / remove / edit; a reload read it), apply the plan, and wait for what it touched
-        to settle. A refused or unwritable change touches nothing."""
+        self, prepare: Callable[[], Awaitable[tuple[Config, Plan]]], source: str,
+        write: Callable[[Config], None] | None = None, wait: bool = True,
+    ) -> Plan:
+        """The one change path, one change at a time: make the change from the project as
+        it is now (`prepare` returns the new configuration and its plan; it runs under the
+        change lock, so a change that waited for another one is made from that one's result,
+        never from the configuration it was asked against), check the plan against the
+        project, write the file (for add / remove / edit; a reload read it), apply the plan,
+        and wait for what it touched to settle. A refused or unwritable change touches
+        nothing. Returns the plan applied."""
         async with self._change_lock:
+            new, plan = await prepare()
             self.project.check_change(plan)
             if write is not None:
-                write()
+                write(new)
             touched = self._perform(self.project.change(new, plan, self.now(), source))
+            if plan.project:
+                self._take_log_limits()
             job = self.project.job
             if not wait:
-                return
+                return plan
             if job is not None and not touched:  # a changed core manager: the project restarts
                 await self.finish(job.id)
-                return
+                return plan
             managers = [m for m in (self.project.get(n) for n in touched) if m is not None]
             removed = [m for m in self.project.leaving.values()]
             await self.wait_for(
@@ -625,6 +639,7 @@ class Supervisor:
                 timeout=max((m.spec.seconds_to_kill + m.spec.start_timeout
                              for m in managers + removed), default=0) + 5,
             )
+            return plan
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
