@@ -20,32 +20,40 @@ from pmon.runtime.output import CHECK_SECONDS
 PROBE_SECONDS = 5.0
 
 
-class LogRotation(Extension):
+class Periodic(Extension):
+    """Calls `tick` every `interval` seconds for as long as pmon runs."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    async def start(self, api: Api) -> None:
+        api.background(self, self._every(api))
+
+    async def _every(self, api: Api) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.tick(api)
+
+    def tick(self, api: Api) -> None:
+        raise NotImplementedError
+
+
+class LogRotation(Periodic):
     name = "log rotation"
 
     def __init__(self, interval: float = CHECK_SECONDS) -> None:
-        self.interval = interval
+        super().__init__(interval)
 
-    async def start(self, api: Api) -> None:
-        api.background(self, self._every(api))
-
-    async def _every(self, api: Api) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            api.rotate_logs()
+    def tick(self, api: Api) -> None:
+        api.rotate_logs()
 
 
-class WriteProbe(Extension):
+class WriteProbe(Periodic):
     name = "write probe"
 
     def __init__(self, interval: float = PROBE_SECONDS) -> None:
-        self.interval = interval
+        super().__init__(interval)
 
-    async def start(self, api: Api) -> None:
-        api.background(self, self._every(api))
-
-    async def _every(self, api: Api) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if api.config.project.stop_on_write_error:  # as it is now: a reload may change it
-                api.save_state()  # a failure goes to write_failed, which stops the project
+    def tick(self, api: Api) -> None:
+        if api.config.project.stop_on_write_error:  # as it is now: a reload may change it
+            api.save_state()  # a failure goes to write_failed, which stops the project
