@@ -1,7 +1,7 @@
 """`pmon redu ...`: thin click commands over the redu-* control commands.
 
-`register(main, call, config_option)` is called by supervisor/cli.py with its own helpers
-(this module does not import supervisor.cli: `python -m supervisor.cli` would import it twice).
+`register(main, call, config_option)` is called by cli/__init__.py with its own helpers
+(this module does not import pmon.cli: `python -m pmon.cli` would import it twice).
 """
 
 from __future__ import annotations

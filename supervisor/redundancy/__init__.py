@@ -4,7 +4,9 @@ arbitration.py  the pure decision (priorities: failure, forced, error state, pre
 messages.py     the versioned heartbeat datagram and the gatekeeper that drops bad ones
 link.py         the UDP sockets of the links to the partner
 daemon.py       the redundancy manager program (`python -m pmon.redundancy -c FILE`)
-service.py      pmon's side: error state, role, run_on = "active" managers, switchover events
-commands.py     the control commands redu-status, redu-set-active, redu-prefer, redu-sync
 settings.py     the [redundancy] section
+
+pmon's side lives elsewhere: extensions/redundancy.py (error state, role -> the project
+machine's condition "active", switchover events) and commands/redundancy.py (redu-status,
+redu-set-active, redu-prefer, redu-sync).
 """
