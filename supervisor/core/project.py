@@ -231,6 +231,7 @@ class Project:
         self.closing = True
 
     def restart(self, now: float, reason: str) -> int:
+        self._refuse_if_closing()  # before the record: a refused restart logs nothing
         self._record("project-restart", f"restarting the project: {reason}", reason=reason)
         return self._begin(
             self._job(JobKind.RESTART, reason, ProjectState.RUNNING, Phase.STOPPING), now
