@@ -278,7 +278,7 @@ class Project:
         going = ProjectState.RESTARTING if job.kind is JobKind.RESTART else ProjectState.STOPPING
         self._set_state(going, job.reason)
         for manager in self.managers.values():  # no restart may fire while going down
-            if manager.state is S.BACKOFF:
+            if manager.state in (S.BACKOFF, S.STOPPING):  # STOPPING: a restart it awaits
                 self._do(manager, manager.stop(now, operator=False), now)
 
     def _advance(self, now: float) -> None:
