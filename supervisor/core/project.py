@@ -274,7 +274,7 @@ class Project:
             self.held.clear()  # the start phase holds back anew what it may not start
             self._set_state(ProjectState.STARTING, job.reason)
             return
-        job.order = tuple(reversed(order))
+        job.order = (*self.leaving, *reversed(order))  # removed ones still stopping too
         going = ProjectState.RESTARTING if job.kind is JobKind.RESTART else ProjectState.STOPPING
         self._set_state(going, job.reason)
         for manager in self.managers.values():  # no restart may fire while going down
@@ -285,7 +285,7 @@ class Project:
         """Carry the job on until it waits for a manager (or ends)."""
         while (job := self.job) is not None:
             if job.waiting is not None:
-                manager = self.managers.get(job.waiting)
+                manager = self.get(job.waiting)
                 if manager is not None and not self._settled(job, manager):
                     if job.deadline is None or now < job.deadline:
                         return
@@ -316,7 +316,7 @@ class Project:
             self._step(job, job.order[job.cursor], now)
 
     def _step(self, job: Job, name: str, now: float) -> None:
-        manager = self.managers.get(name)  # a change may have removed it meanwhile
+        manager = self.get(name)  # a change may have removed it meanwhile
         if job.phase is Phase.STARTING:
             if manager is None or not manager.wanted or name in job.skip:
                 job.cursor += 1  # manual: only on an operator's command
