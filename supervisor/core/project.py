@@ -475,16 +475,21 @@ class Project:
 
     # --- the operator's commands ---------------------------------------------------------
     def start_manager(self, target: str | int, now: float) -> tuple[Manager, int | None]:
-        """Start (and unblock) a manager. A core manager of a stopped or blocked project
-        starts the whole project. Returns the manager and the job begun, if any."""
+        """Start (and unblock) a manager. A core manager of a stopped or blocked project (or
+        one stopping) starts the whole project; a start or restart under way starts it in its
+        turn. Returns the manager and the job begun (or joined), if any."""
         manager = self.find(target)
         if self.closing:
             raise CommandError("pmon is shutting down; nothing new is started")
         reason = self.refusal(manager.spec)
         if reason:
             raise CommandError(reason)
-        if manager.spec.core and self.state in (ProjectState.BLOCKED, ProjectState.STOPPED):
+        if manager.spec.core and self.state is not ProjectState.RUNNING:
             manager.reset_counter()  # the operator resets the core manager's counter
+            job = self.job
+            if job is not None and (job.phase is Phase.STARTING or job.kind is JobKind.RESTART):
+                return manager, job.id  # the job under way starts it, in order
+            # stopped, blocked, or on its way there: never alone, with the whole project
             return manager, self.restart(now, f"operator started core manager {manager.spec.name}")
         self._do(manager, manager.start(now, operator=True), now)
         self._advance(now)
