@@ -178,9 +178,12 @@ class Manager:
         self._set_deadline(None)
         return []
 
-    def spawn_failed(self, now: float) -> list[Action]:
-        """The program could not be executed at all: counts as a death with no exit code."""
+    def spawn_failed(self, now: float, *, restart: bool = True) -> list[Action]:
+        """The program could not be executed at all: counts as a death with no exit code
+        (`restart` False: the project is going down or down, as for `exited`)."""
         self.pid = None
+        if not restart:
+            return self.exited(None, now, restart=False)
         return self._died(None, now)
 
     def ready(self, now: float) -> list[Action]:

@@ -366,7 +366,7 @@ class Project:
         manager = self._live(name)
         if manager is None or manager.state is not S.STARTING or manager.pid is not None:
             return None
-        self._do(manager, manager.spawn_failed(now), now)
+        self._do(manager, manager.spawn_failed(now, restart=self.restarts_allowed), now)
         self._advance(now)
         return manager.last_decision
 
