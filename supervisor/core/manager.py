@@ -10,7 +10,7 @@ Transitions (event: from -> to):
     start:        STOPPED | EXITED | BLOCKED | BACKOFF -> (SPAWN) -> STARTING
     spawned:      STARTING -> RUNNING (ready = spawn) | STARTING (notify, delay)
     adopted:      STOPPED | EXITED | BACKOFF | BLOCKED -> RUNNING (hot restart of pmon)
-    ready:        STARTING -> RUNNING
+    ready:        STARTING -> RUNNING (ready = notify)
     stop:         STARTING (no process yet: spawn failed) -> STOPPED
                   STARTING | RUNNING -> STOPPING (TERMINATE, kill deadline)
                   BACKOFF | BLOCKED -> STOPPED
@@ -160,13 +160,18 @@ class Manager:
         self._set_deadline(None)
         return []
 
-    def spawn_failed(self, now: float) -> list[Action]:
-        """The program could not be executed at all: counts as a death with no exit code."""
+    def spawn_failed(self, now: float, *, restart: bool = True) -> list[Action]:
+        """The program could not be executed at all: counts as a death with no exit code
+        (`restart` False: the project is going down or down, as for `exited`)."""
         self.pid = None
+        if not restart:
+            return self.exited(None, now, restart=False)
         return self._died(None, now)
 
     def ready(self, now: float) -> list[Action]:
-        if self.state is S.STARTING and self.pid is not None:
+        """READY=1. Only a notify manager is made ready by it: a delay manager is ready once
+        it stayed alive ready_seconds, whatever it sends meanwhile."""
+        if self.state is S.STARTING and self.pid is not None and self.spec.ready is Readiness.NOTIFY:
             self.state = S.RUNNING  # STARTING -> RUNNING
             self._set_deadline(None)
         return []

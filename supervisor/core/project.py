@@ -231,6 +231,7 @@ class Project:
         self.closing = True
 
     def restart(self, now: float, reason: str) -> int:
+        self._refuse_if_closing()  # before the record: a refused restart logs nothing
         self._record("project-restart", f"restarting the project: {reason}", reason=reason)
         return self._begin(
             self._job(JobKind.RESTART, reason, ProjectState.RUNNING, Phase.STOPPING), now
@@ -273,18 +274,18 @@ class Project:
             self.held.clear()  # the start phase holds back anew what it may not start
             self._set_state(ProjectState.STARTING, job.reason)
             return
-        job.order = tuple(reversed(order))
+        job.order = (*self.leaving, *reversed(order))  # removed ones still stopping too
         going = ProjectState.RESTARTING if job.kind is JobKind.RESTART else ProjectState.STOPPING
         self._set_state(going, job.reason)
         for manager in self.managers.values():  # no restart may fire while going down
-            if manager.state is S.BACKOFF:
+            if manager.state in (S.BACKOFF, S.STOPPING):  # STOPPING: a restart it awaits
                 self._do(manager, manager.stop(now, operator=False), now)
 
     def _advance(self, now: float) -> None:
         """Carry the job on until it waits for a manager (or ends)."""
         while (job := self.job) is not None:
             if job.waiting is not None:
-                manager = self.managers.get(job.waiting)
+                manager = self.get(job.waiting)  # a removed one still stopping, too
                 if manager is not None:
                     settled = self._settled(job, manager)
                     if not settled and (job.deadline is None or now < job.deadline):
@@ -309,7 +310,7 @@ class Project:
             self._step(job, job.order[job.cursor], now)
 
     def _step(self, job: Job, name: str, now: float) -> None:
-        manager = self.managers.get(name)  # a change may have removed it meanwhile
+        manager = self.get(name)  # a change may have removed it meanwhile
         if job.phase is Phase.STARTING:
             if manager is None or not manager.wanted or name in job.skip:
                 job.cursor += 1  # manual: only on an operator's command
@@ -356,7 +357,7 @@ class Project:
         manager = self._live(name)
         if manager is None or manager.state is not S.STARTING or manager.pid is not None:
             return None
-        self._do(manager, manager.spawn_failed(now), now)
+        self._do(manager, manager.spawn_failed(now, restart=self.restarts_allowed), now)
         self._advance(now)
         return manager.last_decision
 
@@ -467,16 +468,21 @@ class Project:
 
     # --- the operator's commands ---------------------------------------------------------
     def start_manager(self, target: str | int, now: float) -> tuple[Manager, int | None]:
-        """Start (and unblock) a manager. A core manager of a stopped or blocked project
-        starts the whole project. Returns the manager and the job begun, if any."""
+        """Start (and unblock) a manager. A core manager of a stopped or blocked project (or
+        one stopping) starts the whole project; a start or restart under way starts it in its
+        turn. Returns the manager and the job begun (or joined), if any."""
         manager = self.find(target)
         if self.closing:
             raise CommandError("pmon is shutting down; nothing new is started")
         reason = self.refusal(manager.spec)
         if reason:
             raise CommandError(reason)
-        if manager.spec.core and self.state in (ProjectState.BLOCKED, ProjectState.STOPPED):
+        if manager.spec.core and self.state is not ProjectState.RUNNING:
             manager.reset_counter()  # the operator resets the core manager's counter
+            job = self.job
+            if job is not None and (job.phase is Phase.STARTING or job.kind is JobKind.RESTART):
+                return manager, job.id  # the job under way starts it, in order
+            # stopped, blocked, or on its way there: never alone, with the whole project
             return manager, self.restart(now, f"operator started core manager {manager.spec.name}")
         self._do(manager, manager.start(now, operator=True), now)
         self._advance(now)
