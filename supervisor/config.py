@@ -79,7 +79,7 @@ class ProjectSpec:
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 3
     control: ControlSpec = ControlSpec()
-    stop_on_write_error: bool = False  # the supervisor watchdog: see pmon.write_failed
+    stop_on_write_error: bool = False  # the supervisor watchdog: see Supervisor.write_failed
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,13 @@ def test_stop_before_a_failed_spawn_is_reported_goes_straight_to_stopped():
     m = Manager(spec())
     assert m.start(0.0) == [Action.SPAWN]  # the spawn then fails: no pid yet
     assert m.stop(0.1) == [] and m.state is S.STOPPED and m.deadline is None
+
+
+def test_a_monitor_restart_outlives_ready_and_kills_at_its_deadline():
+    """A notify manager recycled while starting, which then sends READY=1 and ignores
+    SIGTERM, is still killed seconds_to_kill after the recycle (found by review)."""
+    m = running(Manager(spec(ready=Readiness.NOTIFY, seconds_to_kill=3)))
+    assert m.recycle(1.0, "memory: too big") == [Action.TERMINATE]
+    m.ready(2.0)
+    assert m.state is S.RUNNING and m.deadline == 4.0
+    assert m.tick(4.0) == [Action.KILL]

@@ -37,6 +37,7 @@ from pmon.core.manager import Manager
 from pmon.core.project import (
     BUSY,
     Forget,
+    ProjectChanged,
     JobEnded,
     JobKind,
     Kill,
@@ -70,6 +71,11 @@ class Proc:
     said_ready: bool = False
     terminated: bool = False
     killed: bool = False
+
+
+def forgotten(log: list) -> list[str]:
+    """The managers a Forget effect dropped, in order."""
+    return [e.name for e in log if isinstance(e, Forget)]
 
 
 class Rig:
@@ -513,6 +519,28 @@ def test_a_spawn_that_fails_is_a_death_restarted_only_while_the_project_runs():
 
 
 # --- conditions (run_on = "active") ---------------------------------------------------
+def test_not_knowing_the_condition_starts_nothing_it_holds_back():
+    """Off with enforce=False ("not decided yet") neither stops what runs nor starts what
+    the condition holds back (found by review: it started the held ones)."""
+    rig = Rig(project_table(m("h", run_on="active"), m("a")), active=False)
+    rig.call(rig.project.start, rig.now)
+    assert rig.spawned() == ["a"] and "h" in rig.project.held
+    rig.project.set_condition("active", False, "not decided yet", rig.now, enforce=False)
+    rig.perform()
+    assert rig.spawned() == ["a"] and "h" in rig.project.held
+
+
+def test_a_job_that_ends_at_once_still_reports_each_project_state():
+    """`pmon start --all` on a running project passes through starting back to running:
+    the extensions hear both (the plugins' pmon_project_started), as before the machine."""
+    rig = Rig(project_table(m("a")))
+    rig.call(rig.project.start, rig.now)
+    mark = len(rig.log)
+    rig.call(rig.project.start, rig.now)
+    assert [e.state for e in rig.since(mark) if isinstance(e, ProjectChanged)] == [
+        P.STARTING, P.RUNNING]
+
+
 def test_condition_off_during_a_start_holds_active_managers_and_on_starts_them():
     rig = Rig(project_table(m("h", run_on="active"), m("a", **NOTIFY), m("c")), active=False)
     rig.call(rig.project.start, rig.now)
@@ -632,7 +660,7 @@ def test_the_final_stop_waits_for_a_removed_manager_still_stopping():
     assert not rig.final_done, "pmon would exit with b still running"
     rig.settle_down()  # b is killed after seconds_to_kill, then forgotten
     assert Kill("b", "b still alive 2 s after SIGTERM: killing its process group") in rig.log
-    assert Forget("b") in rig.log and rig.final_done and not rig.procs
+    assert "b" in forgotten(rig.log) and rig.final_done and not rig.procs
 
 
 def test_an_operator_start_of_a_core_manager_while_the_project_stops_restarts_the_project():
@@ -757,9 +785,10 @@ def test_a_removed_running_manager_is_stopped_then_forgotten():
     rig.change(without(rig.project.config.raw, "b"))
     assert rig.since(mark) == [Terminate("b")]
     assert "b" not in rig.project.managers and rig.state("b") is S.STOPPING
-    assert Forget("b") not in rig.log
+    assert "b" not in forgotten(rig.log)
     rig.die("b", -15)
-    assert rig.since(mark)[-1] == Forget("b") and rig.project.get("b") is None
+    last = rig.since(mark)[-1]
+    assert isinstance(last, Forget) and last.name == "b" and rig.project.get("b") is None
     assert rig.spawned(mark) == []
 
 
@@ -769,7 +798,7 @@ def test_a_removed_manager_that_ignores_sigterm_is_killed_then_forgotten():
     rig.change(without(rig.project.config.raw, "b"))
     rig.advance(2)
     assert Kill("b", "b still alive 2 s after SIGTERM: killing its process group") in rig.log
-    assert Forget("b") in rig.log and not {"b"} & set(rig.procs)
+    assert "b" in forgotten(rig.log) and not {"b"} & set(rig.procs)
 
 
 @pytest.mark.parametrize("busy", ["starting", "stopping", "restarting", "shutting down"])

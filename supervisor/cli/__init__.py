@@ -136,6 +136,9 @@ def print_table(status: dict[str, Any]) -> None:
             "yes" if m["core"] else "", str(m["restarts"]), _since(m["started_at"]),
         ))
     echo_rows(rows)
+    for m in status["managers"]:
+        if m.get("held"):  # a condition holds it back (run_on = "active" on a passive server)
+            click.echo(f"{m['name']} waits: {m['held']}")
     if status.get("verdicts"):
         click.echo(f"monitor verdicts (error state {status.get('plugin_error_state', 0):g}):")
         for v in status["verdicts"]:
@@ -156,9 +159,12 @@ def status(config_path: Path | None, as_json: bool) -> None:
     result = call(config_path, "status")
     if as_json:
         result = {"project": result["project"], "managers": [
-            {k: m[k] for k in ("index", "name", "state", "pid", "start", "core", "restarts",
-                               "exit_code", "started_at")} for m in result["managers"]
-        ], "project_state": result["project_state"], "verdicts": result.get("verdicts", [])}
+            {k: m.get(k) for k in ("index", "name", "state", "pid", "start", "core", "restarts",
+                                   "exit_code", "started_at", "reason", "held")}
+            for m in result["managers"]
+        ], "project_state": result["project_state"],
+           "project_reason": result.get("project_reason", ""),
+           "verdicts": result.get("verdicts", [])}
         click.echo(json.dumps(result, indent=1))
     else:
         print_table(result)

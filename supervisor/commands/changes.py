@@ -67,13 +67,16 @@ async def remove(sup: "Supervisor", target: str | int) -> dict[str, Any]:
 
 
 @command("edit")
-async def edit(sup: "Supervisor", target: str | int, changes: dict[str, Any]) -> dict[str, Any]:
+async def edit(
+    sup: "Supervisor", target: str | int, changes: dict[str, Any], wait: bool = True
+) -> dict[str, Any]:
     """Change keys of a manager's [[managers]] table in the running project and the TOML file.
 
     `changes` maps keys to new values; null removes a key (back to the default). As with
     `pmon reload`: a key that shapes the process (command, env, cwd, start, ready, run_on,
     ...) restarts a running manager (a core one: the whole project); a limit
     (restart_count, seconds_to_kill, ...) applies in place. Comments are not kept.
+    `wait=False` answers once the change is under way (PMON TCP does).
     """
     name = sup.find(target).spec.name
 
@@ -81,7 +84,7 @@ async def edit(sup: "Supervisor", target: str | int, changes: dict[str, Any]) ->
         sup.find(name)  # still there: another change may have removed it meanwhile
         return change.with_edited(raw, name, changes, sup.config.path)
 
-    await _commit(sup, edited, "edit", True)
+    await _commit(sup, edited, "edit", wait)
     return sup.row(sup.find(name))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pmon.commands.registry import command
+from pmon.core.project import BUSY
 from pmon.errors import CommandError
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ async def restart_all(sup: "Supervisor", wait: bool = True, force: bool = False)
 @command("shutdown")
 async def shutdown(sup: "Supervisor", force: bool = False) -> dict[str, Any]:
     """Stop every manager in reverse order, then pmon itself."""
+    if sup.leave_running:
+        raise CommandError("pmon is detaching: its managers run on; nothing is stopped")
     refuse_unsafe_stop(sup, "shutdown", force)
     sup.request_shutdown("pmon shutdown")
     return {"shutting_down": True}
@@ -66,7 +69,15 @@ async def shutdown(sup: "Supervisor", force: bool = False) -> dict[str, Any]:
 @command("detach")
 async def detach(sup: "Supervisor") -> dict[str, Any]:
     """Stop pmon but leave every manager running (for an upgrade of pmon); the next
-    `pmon run` on this project adopts them."""
+    `pmon run` on this project adopts them. Refused while the project is starting, stopping
+    or restarting (the next pmon would not know how far that got) and while pmon shuts down."""
+    if sup.project.closing and not sup.leave_running:
+        raise CommandError("pmon is shutting down and stopping every manager; nothing detached")
+    if sup.project_state in BUSY:
+        raise CommandError(
+            f"the project is {sup.project_state.value}; detach once it is running or stopped "
+            "(`pmon status` shows when)"
+        )
     sup.leave_running = True
     sup.request_shutdown("pmon detach: the managers run on")
     return {"detached": True, "managers": sum(1 for m in sup.managers.values() if m.alive)}

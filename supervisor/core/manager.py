@@ -173,7 +173,8 @@ class Manager:
         it stayed alive ready_seconds, whatever it sends meanwhile."""
         if self.state is S.STARTING and self.pid is not None and self.spec.ready is Readiness.NOTIFY:
             self.state = S.RUNNING  # STARTING -> RUNNING
-            self._set_deadline(None)
+            if self.deadline_kind is not Deadline.RECYCLE_KILL:  # a monitor's restart stands
+                self._set_deadline(None)
         return []
 
     def stop(self, now: float, *, operator: bool = True) -> list[Action]:

@@ -115,9 +115,11 @@ class Kill:
 
 @dataclass(frozen=True)
 class Forget:
-    """A removed manager is down: drop its process record, timer and log."""
+    """A removed manager is down: report its last state, then drop its process record,
+    timer and log (the project no longer knows it by name)."""
 
     name: str
+    manager: Manager
 
 
 @dataclass(frozen=True)
@@ -130,12 +132,19 @@ class Record:
 
 
 @dataclass(frozen=True)
+class ProjectChanged:
+    """The project entered `state` (each change in order, also within one event)."""
+
+    state: ProjectState
+
+
+@dataclass(frozen=True)
 class JobEnded:
     job: int
     outcome: str  # "done" | "replaced"
 
 
-Effect = Union[Spawn, Terminate, Kill, Forget, Record, JobEnded]
+Effect = Union[Spawn, Terminate, Kill, Forget, Record, ProjectChanged, JobEnded]
 
 
 def condition_of(spec: ManagerSpec) -> str | None:
@@ -342,6 +351,8 @@ class Project:
             self._record("project-started", f"project '{self.config.project.name}' started")
 
     def _set_state(self, state: ProjectState, reason: str) -> None:
+        if state is not self.state:
+            self._effects.append(ProjectChanged(state))
         self.state, self.reason = state, reason
 
     # --- events from the runtime ---------------------------------------------------------
@@ -370,6 +381,7 @@ class Project:
             if manager is None:
                 return None
             manager.exited(code, now, restart=False)
+            self._touched.add(name)
             self._forget_if_down(manager)
             self._advance(now)
             return manager
@@ -435,7 +447,7 @@ class Project:
                 if condition_of(spec) == condition and (manager.alive or manager.state is S.BACKOFF):
                     self.held.add(spec.name)
                     self._do(manager, manager.stop(now, operator=False), now)
-        elif not before and self.state in (ProjectState.STARTING, ProjectState.RUNNING):
+        elif holds and not before and self.state in (ProjectState.STARTING, ProjectState.RUNNING):
             held, self.held = self.held, set()
             for spec in order:
                 manager = self.managers[spec.name]
@@ -627,7 +639,7 @@ class Project:
         name = manager.spec.name
         if self.leaving.get(name) is manager and not manager.alive:
             del self.leaving[name]
-            self._effects.append(Forget(name))
+            self._effects.append(Forget(name, manager))
 
     # --- helpers -----------------------------------------------------------------------
     def _live(self, name: str) -> Manager | None:

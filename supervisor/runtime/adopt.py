@@ -50,7 +50,7 @@ def read_saved(config: "Config", path: Any) -> tuple[dict[str, Any] | None, str 
 
 
 def marks(config: "Config") -> dict[str, str]:
-    """The environment every manager of this project gets from pmon (see pmon._spawn)."""
+    """The environment every manager of this project gets from pmon (see Supervisor._spawn)."""
     return {
         "NOTIFY_SOCKET": str(config.project.state_dir / "notify.sock"),
         "PMON_PROJECT": config.project.name,
@@ -156,7 +156,8 @@ def take_over(sup: "Supervisor") -> Decision:
         sup.events.write(
             "adoption",
             f"the project was {decision.project_state} when pmon went away: it stays so; "
-            "start it with `pmon start --all`",
+            + ("start it again with `pmon restart --all`" if decision.project_state == "blocked"
+               else "start it with `pmon start --all`"),
         )
     elapsed = time.perf_counter() - began
     sup.events.write(

@@ -4,7 +4,7 @@ Everything that runs beside the supervisor (the redundancy service, the plugin h
 TCP, the systemd notifier, log rotation, the write probe, reload on SIGHUP) is an
 `Extension`: one declared interface, every method with a do-nothing default, so an extension
 implements only what it needs and nothing is probed with getattr. Extensions are built from
-an explicit list (runtime/extensions.py), started in that order before the project starts,
+an explicit list (app.py), started in that order before the project starts,
 and stopped in reverse order after the final stop; the tasks they start run in the
 supervisor's one `asyncio.TaskGroup` and are cancelled with their extension.
 

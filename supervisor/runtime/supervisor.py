@@ -25,6 +25,7 @@ from pmon.core.project import (
     JobEnded,
     Kill,
     Project,
+    ProjectChanged,
     ProjectState,
     Record,
     Spawn,
@@ -59,7 +60,7 @@ class Supervisor:
         self._start_times: dict[int, float | None] = {}
         self._state_write_pending = False
         self._reported: dict[str, ManagerState] = {}
-        self._reported_project = self.project.state
+        self._performing = False
         self.started_at = time.time()
         self.leave_running = False  # exit without stopping the managers (for an upgrade)
         self._stopped_cleanly = False
@@ -149,14 +150,16 @@ class Supervisor:
             for extension in self.extensions:
                 await extension.start(self)
             self._listening = True
-            if taken.start_project:
+            if self._shutdown.is_set():
+                pass  # told to stop before the project started: straight to the stop below
+            elif taken.start_project:
                 self._perform(self.project.start(self.now(), skip=taken.skip))
             else:
                 self.project.settle(ProjectState(taken.project_state), "as pmon left it")
                 self._perform(None)
                 self.project_ready.set()
             await self._shutdown.wait()
-            if not self.leave_running:  # detach: touch no manager; a job under way ends here
+            if not self.leave_running:  # detach touches no manager (refused while a job runs)
                 await self.finish(self._perform(self.project.stop(self.now(), "shutdown", final=True)))
                 self._stopped_cleanly = True
             for extension in reversed(self.extensions):
@@ -232,11 +235,29 @@ class Supervisor:
     # --- performing the machine's effects ------------------------------------------------
     def _perform(self, result: T) -> T:
         """Carry out everything the project machine queued; returns `result` (what the
-        call into the machine returned), for chaining."""
+        call into the machine returned), for chaining. Not re-entrant: an extension that
+        calls back into the supervisor from one of its on_* hooks queues more effects, and
+        the loop under way carries them out after it has told everyone of the first ones,
+        in order."""
+        if self._performing:
+            return result
+        self._performing = True
+        try:
+            self._drain()
+        finally:
+            self._performing = False
+        self._arm_job_timer()
+        if self._listening and self.project.state in SETTLED_PROJECT:
+            self.project_ready.set()  # settled, however the first job ended (systemd READY=1)
+        self.changed()
+        return result
+
+    def _drain(self) -> None:
         while True:
             effects, touched = self.project.drain()
             if not effects and not touched:
-                break
+                return
+            entered: list[ProjectState] = []
             for effect in effects:
                 if isinstance(effect, Spawn):
                     manager = self.project.get(effect.name)
@@ -253,7 +274,10 @@ class Supervisor:
                         proc.kill()
                 elif isinstance(effect, Record):
                     self.events.write(effect.kind, effect.message, **effect.fields)
+                elif isinstance(effect, ProjectChanged):
+                    entered.append(effect.state)  # told after the managers' changes
                 elif isinstance(effect, Forget):
+                    self._report(effect.name, effect.manager)  # its last state, then gone
                     self._forget(effect.name)
                 elif isinstance(effect, JobEnded):
                     for waiter in self._job_waiters.pop(effect.job, []):
@@ -261,19 +285,12 @@ class Supervisor:
             for name in touched:  # after the spawns: a start reports None -> running at once
                 self._arm_timer(name)
                 self._report(name)
-        self._arm_job_timer()
-        state = self.project.state
-        if state is not self._reported_project:
-            self._reported_project = state
-            self._tell("on_project", state)
-        if state in SETTLED_PROJECT:
-            self.project_ready.set()  # settled, however the first job ended (systemd READY=1)
-        self.changed()
-        return result
+            for state in entered:
+                self._tell("on_project", state)
 
-    def _report(self, name: str) -> None:
+    def _report(self, name: str, manager: Manager | None = None) -> None:
         """Tell the extensions about a state change (once per change)."""
-        manager = self.project.get(name)
+        manager = manager or self.project.get(name)
         if manager is None:
             return
         old = self._reported.get(name)

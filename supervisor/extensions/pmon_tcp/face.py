@@ -212,7 +212,7 @@ async def _prop_put(sup: "Supervisor", args: str) -> bytes:
     exe = sup.config.managers[index - 1].command[0]
     changes = {"command": [exe, *fields.options], **_manager_keys(fields)}
     try:
-        await _call(sup, "edit", target=index, changes=changes)
+        await _call(sup, "edit", target=index, changes=changes, wait=False)
     except CommandError as exc:
         return p.error("errProp", str(exc))
     return p.OK

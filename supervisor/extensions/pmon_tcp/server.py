@@ -1,4 +1,4 @@
-"""The PMON TCP listener: a service beside the supervisor, on the supervisor's loop.
+"""The PMON TCP listener: an extension beside the supervisor, on the supervisor's loop.
 
 Lockstep per connection: read one line, answer it in one write, wait for the next.
 Connections stay open across commands. What a client cannot do to pmon: run anything
