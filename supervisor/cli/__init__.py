@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn, Sequence
 import click
 
 from pmon.errors import ConfigError, NotRunning, PmonError
+from pmon.states import StartType
 
 if TYPE_CHECKING:
     from pmon import config as config_module
@@ -200,7 +201,7 @@ _manager_command("restart", "Restart", "restart-all", "restart the whole project
 @config_option
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--start", "start_type", type=click.Choice(["always", "once", "manual"]), default="always", show_default=True)
+@click.option("--start", "start_type", type=click.Choice([t.value for t in StartType]), default="always", show_default=True)
 @click.option("--seconds-to-kill", type=float, help="Wait after SIGTERM before SIGKILL.")
 @click.option("--restart-count", type=int, help="Restarts allowed within --reset-after.")
 @click.option("--reset-after", type=float, help="Window of the restart count, in seconds.")
