@@ -275,6 +275,14 @@ class Manager:
         self.last_decision = f"stopped to be restarted: {reason}"
         return [Action.TERMINATE]
 
+    def respecified(self, old: ManagerSpec) -> None:
+        """Its keys were changed (from `old`; `spec` is the new one): a manager that is
+        manual now is wanted only if it was manual already and an operator started it."""
+        was_wanted = self.wanted
+        self.wanted = self.spec.start is not StartType.MANUAL or (
+            old.start is StartType.MANUAL and was_wanted
+        )
+
     def reset_counter(self) -> None:
         """An operator's fresh start: the restart window forgets its restarts."""
         self.recent.clear()

@@ -35,7 +35,7 @@ from pmon.config import Config, ManagerSpec
 from pmon.core import adoption
 from pmon.core.change import Plan
 from pmon.core.manager import Action, Manager
-from pmon.states import ManagerState, StartType
+from pmon.states import ManagerState
 from pmon.errors import CommandError, UnknownManager
 
 S = ManagerState
@@ -579,14 +579,10 @@ class Project:
             self._do(manager, manager.stop(now, operator=False), now)
             self.leaving[name] = manager
             self._forget_if_down(manager)
-        was_wanted = {name: self.managers[name].wanted for name in plan.changed}
-        old_start = {name: self.managers[name].spec.start for name in plan.changed}
+        old_specs = {name: self.managers[name].spec for name in plan.changed}
         self._take(new)
         for name in plan.changed:
-            manager = self.managers[name]
-            manager.wanted = manager.spec.start is not StartType.MANUAL or (
-                old_start[name] is StartType.MANUAL and was_wanted[name]
-            )
+            self.managers[name].respecified(old_specs[name])
         core = [name for name in plan.changed if self.managers[name].spec.core]
         if core and running:
             # pmon's rule: a core manager restarts with the whole project, never alone. The
