@@ -357,7 +357,7 @@ class Project:
 
     # --- events from the runtime ---------------------------------------------------------
     def spawned(self, name: str, pid: int, now: float, wall: float) -> None:
-        manager = self._live(name)
+        manager = self.get(name)
         if manager is not None:
             self._do(manager, manager.spawned(pid, now, wall), now)
         self._advance(now)
@@ -365,7 +365,7 @@ class Project:
     def spawn_failed(self, name: str, now: float) -> str | None:
         """The program could not be started (or a plugin refused it): a death with no exit
         code. Returns the decision, or None when the manager no longer waits for a spawn."""
-        manager = self._live(name)
+        manager = self.get(name)
         if manager is None or manager.state is not S.STARTING or manager.pid is not None:
             return None
         self._do(manager, manager.spawn_failed(now, restart=self.restarts_allowed), now)
@@ -380,8 +380,7 @@ class Project:
             manager = self.leaving.get(name)
             if manager is None:
                 return None
-            manager.exited(code, now, restart=False)
-            self._touched.add(name)
+            self._do(manager, manager.exited(code, now, restart=False), now)
             self._forget_if_down(manager)
             self._advance(now)
             return manager
@@ -409,7 +408,7 @@ class Project:
 
     def ready(self, name: str, now: float) -> bool:
         """READY=1 from a manager; True when it made the manager running."""
-        manager = self._live(name)
+        manager = self.get(name)
         if manager is None or not manager.starting:
             return False
         self._do(manager, manager.ready(now), now)
@@ -418,7 +417,7 @@ class Project:
 
     def tick(self, now: float, name: str | None = None) -> None:
         """A timer fired: one manager's deadline (`name`), or the job's."""
-        manager = self._live(name) if name is not None else None
+        manager = self.get(name) if name is not None else None
         if manager is not None:
             was_failed = manager.ready_failed
             self._do(manager, manager.tick(now), now)
@@ -638,9 +637,6 @@ class Project:
             self._effects.append(Forget(name, manager))
 
     # --- helpers -----------------------------------------------------------------------
-    def _live(self, name: str) -> Manager | None:
-        return self.get(name)
-
     def _do(self, manager: Manager, actions: list[Action], now: float) -> None:
         """Turn one manager machine's actions into effects (and project jobs)."""
         name = manager.spec.name

@@ -617,11 +617,7 @@ class Supervisor:
         return manager
 
     async def _settle(self, manager: Manager) -> None:
-        spec = manager.spec
-        await self.wait_for(
-            lambda: manager.state not in (S.STARTING, S.STOPPING) or manager.ready_failed,
-            timeout=spec.seconds_to_kill + spec.start_timeout + 5,
-        )
+        await self.wait_for(lambda: _settled(manager), timeout=_settle_seconds(manager) + 5)
 
     async def change(
         self, prepare: Callable[[], Awaitable[tuple[Config, Plan]]], source: str,
@@ -649,12 +645,10 @@ class Supervisor:
                 await self.finish(job.id)
                 return plan
             managers = [m for m in (self.project.get(n) for n in touched) if m is not None]
-            removed = [m for m in self.project.leaving.values()]
+            removed = list(self.project.leaving.values())
             await self.wait_for(
-                lambda: all(m.state not in (S.STARTING, S.STOPPING) or m.ready_failed
-                            for m in managers) and not any(m.alive for m in removed),
-                timeout=max((m.spec.seconds_to_kill + m.spec.start_timeout
-                             for m in managers + removed), default=0) + 5,
+                lambda: all(_settled(m) for m in managers) and not any(m.alive for m in removed),
+                timeout=max(map(_settle_seconds, managers + removed), default=0) + 5,
             )
             return plan
 
@@ -695,6 +689,16 @@ class Supervisor:
             "reason": snap.reason,
             "held": held,
         }
+
+
+def _settled(manager: Manager) -> bool:
+    """What a command that changed a manager waits for: no longer starting or stopping (or
+    known not to get ready in time)."""
+    return manager.state not in (S.STARTING, S.STOPPING) or manager.ready_failed
+
+
+def _settle_seconds(manager: Manager) -> float:
+    return manager.spec.seconds_to_kill + manager.spec.start_timeout
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
