@@ -53,7 +53,10 @@ def load_config(path: Path | None) -> "config_module.Config":
 
 
 def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
-    click.echo(f"pmon: {message}", err=True)
+    from pmon.runtime import journal  # under systemd (`pmon run`), an error for journalctl -p
+
+    text = f"pmon: {message}"
+    click.echo(journal.prefixed(journal.ERR, text) if journal.connected() else text, err=True)
     sys.exit(code)
 
 

@@ -95,6 +95,10 @@ class Extension(Protocol):
         """The pair switched: `active` is the active server now."""
         return None
 
+    def on_shutdown(self, reason: str, managers_run_on: bool) -> None:
+        """pmon itself begins to go down: the final stop, or a detach (its managers run on)."""
+        return None
+
     def spawn_env(self, manager: "Manager") -> Mapping[str, str]:
         """Extra environment for a manager about to start; raise SpawnRefused to refuse."""
         return {}

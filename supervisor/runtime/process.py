@@ -63,8 +63,13 @@ class ManagedProcess:
         platform.kill_group(self.pid)
 
 
-# What systemd hands to pmon's own service: meant for pmon, never for its managers.
-SYSTEMD_OWN = frozenset({"WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
+# What systemd hands to pmon's own service: meant for pmon, never for its managers (their
+# output goes to a file, not to pmon's journal stream; the unit's invocation is pmon's).
+SYSTEMD_UNIT_ENV = "PMON_SYSTEMD_UNIT"  # set by pmon's own unit (service/systemd.py)
+SYSTEMD_OWN = frozenset({
+    "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+    "INVOCATION_ID", "JOURNAL_STREAM", "SYSTEMD_EXEC_PID", SYSTEMD_UNIT_ENV,
+})
 
 
 def manager_env(spec: ManagerSpec, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
