@@ -32,12 +32,13 @@ class ManagedProcess:
         session and process group keep pmon's signals (a terminal's Ctrl-C, a kill of
         pmon's group) away from it.
         """
+        env = {**env, **platform.spawn_env(env)}
         fd = log.open_for_child()
         try:
             popen = subprocess.Popen(
                 list(spec.command),
                 cwd=spec.cwd,
-                env=dict(env),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=subprocess.STDOUT,
@@ -45,6 +46,7 @@ class ManagedProcess:
             )
         finally:
             os.close(fd)
+        platform.contain(popen.pid, env)
         return cls(popen, popen.pid)
 
     def reap(self) -> int | None:
