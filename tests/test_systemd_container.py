@@ -1,7 +1,8 @@
 """The unit under a real systemd: PID 1 of a container booted on this machine's own root
 (systemd-nspawn --volatile=overlay: nothing of the host changes). `pmon service install
 --enable --now` from a project folder with a space, `$`, `%` and non-ASCII in its path;
-`systemctl restart` is a hot restart (every manager keeps its pid); a killed manager shows in
+`systemctl restart` is a hot restart (every manager keeps its pid), and so is `pmon detach`
+(systemd older than 244 has only that); a killed manager shows in
 `journalctl -t pmon-PROJECT -p warning`; `pmon shutdown` leaves the unit stopped, not
 restarted; a typo in the file fails the unit once, with no restart loop.
 
@@ -14,15 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
 from support import child, poll_for, write_project
+from systemd_box import Container
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,55 +29,6 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("systemd-nspawn") or not shutil.which("unshare"),
     reason="needs root, systemd-nspawn (Debian package systemd-container) and unshare",
 )
-
-
-class Container:
-    """systemd as PID 1 of a container on the host's root (TESTING recipe); commands run
-    inside with nsenter."""
-
-    def __init__(self, tmp: Path, binds: list[Path]) -> None:
-        root = tmp / "root"
-        root.mkdir()
-        boot = (
-            "set -e; mount -t tmpfs tmpfs /run; mount --bind / \"$1\"; shift; "
-            "exec systemd-nspawn -q -D \"$0\" --volatile=overlay -b --register=no "
-            "--keep-unit --private-network --tmpfs=/etc/systemd/system \"$@\""
-        )
-        self.proc = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", boot, str(root), str(root),
-             *(f"--bind={path}" for path in binds)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        self.pid = poll_for(self._init_pid, 30, "the container's systemd")
-        poll_for(lambda: self.run("systemctl", "is-system-running").stdout.strip()
-                 in ("running", "degraded"), 60, "the container to boot")
-
-    def _init_pid(self) -> int | None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"systemd-nspawn ended: {self.proc.stderr.read().decode()}")
-        try:
-            return next((c.pid for c in psutil.Process(self.proc.pid).children()
-                         if c.name() == "systemd"), None)
-        except psutil.Error:
-            return None
-
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["nsenter", "-t", str(self.pid), "-a", *args],
-                              capture_output=True, text=True, timeout=timeout)
-
-    def show(self, unit: str, *props: str) -> dict[str, str]:
-        out = self.run("systemctl", "show", unit, *(f"-p{p}" for p in props)).stdout
-        return dict(line.partition("=")[::2] for line in out.splitlines())
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # nspawn shuts the container down
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc.stderr.close()
 
 
 @pytest.fixture
@@ -121,6 +71,13 @@ def test_restart_is_hot_shutdown_stays_stopped_and_a_typo_does_not_loop(containe
     assert {m["name"]: m["pid"] for m in now["managers"]} == pids
     assert all(m["state"] == "running" and m["restarts"] == 0 for m in now["managers"])
 
+    # pmon detach (the hot restart where systemd is older than 244): exit 0, Restart=always
+    # starts the next pmon a second later, which adopts the same managers
+    assert box.run(*pmon, "detach", "-c", str(path)).returncode == 0
+    poll_for(lambda: box.show(unit, "MainPID")["MainPID"] not in ("0", second["MainPID"])
+             and box.show(unit, "ActiveState")["ActiveState"] == "active", 20, "the next pmon")
+    assert {m["name"]: m["pid"] for m in poll_for(status, 20, "status")["managers"]} == pids
+
     # the journal: a manager killed under pmon is a warning of pmon-box (adopted: pmon
     # is not its parent any more, the line says its exit status cannot be known)
     box.run("kill", "-9", str(pids["a"]))
@@ -134,7 +91,7 @@ def test_restart_is_hot_shutdown_stays_stopped_and_a_typo_does_not_loop(containe
                                           "Result", "NRestarts"))["ActiveState"] == "inactive"
                    and s, 30, "the unit to stop")
     assert end == {"ActiveState": "inactive", "SubState": "dead", "ExecMainStatus": "40",
-                   "Result": "success", "NRestarts": "0"}
+                   "Result": "success", "NRestarts": "1"}  # the one of the detach above
     assert box.run("pgrep", "-f", "children/child.py").stdout == ""
 
     # a typo: the unit fails once, says why, and is not restarted every second
