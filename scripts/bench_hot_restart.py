@@ -20,7 +20,6 @@ Not a test: numbers depend on the machine and on how many processes it runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import tomli_w
@@ -39,36 +38,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from bench_adopt import events, start_pmon, status, wait  # noqa: E402  (its helpers)
 from pmon import config as config_module  # noqa: E402
-from pmon.control.client import call  # noqa: E402
 
 
-def wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-def start_pmon(path: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(path)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def status(config: Any) -> dict[str, Any] | None:
-    try:
-        return call(config, "status", timeout=30)  # type: ignore[no-any-return]
-    except Exception:
-        return None
-
-
-def events(config: Any) -> list[dict[str, Any]]:
-    path = config.project.state_dir / "log" / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def running_pids(config: Any) -> dict[str, int]:
+    """Wait until the project runs; every manager's pid."""
+    first = wait(lambda: (s := status(config)) and s["project_state"] == "running" and s,
+                 180, "the project to start")
+    return {m["name"]: m["pid"] for m in first["managers"]}
 
 
 def all_adopted(config: Any, pids: dict[str, int]) -> dict[str, Any] | None:
@@ -93,9 +71,7 @@ def bench_signal(path: Path, config: Any, rounds: int) -> list[dict[str, Any]]:
     pmon = start_pmon(path)
     rows = []
     try:
-        first = wait(lambda: (s := status(config)) and s["project_state"] == "running" and s,
-                     180, "the project to start")
-        pids = {m["name"]: m["pid"] for m in first["managers"]}
+        pids = running_pids(config)
         for _ in range(rounds):
             seen = len(events(config))
             t0 = time.time()
@@ -125,9 +101,7 @@ def bench_systemd(path: Path, config: Any, rounds: int, workdir: Path) -> list[d
                        "--enable", "--now", timeout=300)
         if done.returncode != 0:
             raise SystemExit(done.stdout + done.stderr)
-        first = wait(lambda: (s := status(config)) and s["project_state"] == "running" and s,
-                     180, "the project to start")
-        pids = {m["name"]: m["pid"] for m in first["managers"]}
+        pids = running_pids(config)
         for _ in range(rounds):
             seen = len(events(config))
             t0 = time.time()
