@@ -374,3 +374,130 @@ def test_enable_without_a_running_systemd_says_what_to_run(tmp_path):
     path = write_project(tmp_path, [{"name": "a", "command": child()}])
     done = pmon_cli(path, "service", "install", "--unit-dir", str(tmp_path / "u"), "--enable")
     assert done.returncode == 1 and "systemctl daemon-reload" in done.stderr
+
+
+# --- randomized: the rules under odd timings -----------------------------------------------
+def test_chaos_hot_restart_signal_at_random_moments_never_doubles_or_restarts(tmp_path, pmon):
+    """SIGUSR2 at a random moment of pmon's life (during the start sequence, while a slow
+    manager is not ready yet, while all run), three rounds (seeded): every manager runs
+    exactly once afterwards, and whatever ran when the signal came keeps its pid."""
+    import random
+
+    from support import project_processes
+
+    seed = int(os.environ.get("PMON_CHAOS_SEED", random.randrange(1 << 30)))
+    rnd = random.Random(seed)
+    path = write_project(tmp_path, [
+        {"name": "a", "command": child()},
+        {"name": "slow", "command": child("--ready-after", "0.4"), "ready": "notify"},
+        {"name": "c", "command": child()},
+    ])
+    project = config_module.load(path).project.name
+    for round_ in range(3):
+        instance = pmon(path, wait=False)
+        time.sleep(rnd.uniform(0.0, 1.2))  # the chaos: a random moment, not a wait
+        before = {p.environ()["PMON_MANAGER"]: p.pid for p in project_processes(project)}
+        instance.proc.send_signal(signal.SIGUSR2)
+        assert instance.proc.wait(30) in (0, -signal.SIGUSR2), f"seed {seed}"  # early: Python's default
+        after = pmon(path)
+        rows = {m["name"]: m for m in after.status()["managers"]}
+        for name, pid in before.items():
+            assert rows[name]["pid"] == pid, f"seed {seed} round {round_}: {name} replaced"
+        counts = {n: len(project_processes(project, n)) for n in rows}
+        assert counts == {"a": 1, "slow": 1, "c": 1}, f"seed {seed} round {round_}: {counts}"
+        after.proc.send_signal(signal.SIGUSR2)  # leave them running for the next round
+        assert after.proc.wait(30) == 0
+    kill_project_processes(project)
+
+
+class _Manager:
+    def __init__(self, state: str) -> None:
+        self.state = _state(state)
+
+
+def _state(value: str):
+    from pmon.states import ManagerState
+
+    return ManagerState(value)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.floats(0, 0.08), st.integers(0, 3), st.sampled_from(
+    ["running", "stopped", "stopping", "backoff", "blocked"])), min_size=1, max_size=25))
+def test_status_is_sent_at_most_every_interval_only_on_change_and_ends_current(
+    tmp_path_factory, monkeypatch, steps
+):
+    """Random bursts of manager changes: STATUS= datagrams are at least STATUS_SECONDS apart,
+    each differs from the one before, and the last one says how things stand."""
+    import asyncio
+
+    from pmon.core.project import ProjectState
+    from pmon.extensions import sdnotify
+
+    monkeypatch.setattr(sdnotify, "STATUS_SECONDS", 0.1)
+    sock_path = tmp_path_factory.mktemp("n") / "s"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(sock_path))
+    listener.setblocking(False)
+    managers = {f"m{i}": _Manager("running") for i in range(4)}
+    got: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        api = _api_for(loop, managers, ProjectState.RUNNING)
+        notifier = sdnotify.SystemdNotifier({"NOTIFY_SOCKET": str(sock_path)})
+        await notifier.start(api)
+        api.project_ready.set()
+        await asyncio.sleep(0)
+        for delay, index, state in steps:
+            await asyncio.sleep(delay)
+            managers[f"m{index}"].state = _state(state)
+            notifier.on_manager(managers[f"m{index}"], None)  # type: ignore[arg-type]
+        await asyncio.sleep(0.25)  # past the last interval: the last change must be out
+        while True:
+            try:
+                data = listener.recv(4096).decode()
+            except BlockingIOError:
+                break
+            got.append(data)
+        await notifier.stop()
+        for task in api.tasks:
+            task.cancel()
+
+    stamps: list[float] = []
+    orig = sdnotify.SystemdNotifier.send
+
+    def timed_send(self, message):
+        if message.startswith("STATUS="):
+            stamps.append(time.monotonic())
+        orig(self, message)
+
+    monkeypatch.setattr(sdnotify.SystemdNotifier, "send", timed_send)
+    try:
+        asyncio.run(scenario())
+    finally:
+        listener.close()
+    statuses = [d.partition("STATUS=")[2] for d in got if "STATUS=" in d and "READY" not in d]
+    assert all(b - a >= 0.1 - 0.01 for a, b in zip(stamps, stamps[1:])), stamps
+    assert all(x != y for x, y in zip(statuses, statuses[1:])), statuses
+    expected = sdnotify.status_line("running", [m.state.value for m in managers.values()])
+    ready_line = next(d for d in got if "READY" in d).partition("STATUS=")[2]
+    assert (statuses[-1] if statuses else ready_line) == expected
+
+
+def _api_for(loop, managers, project_state):
+    """What the notifier reads of the supervisor (its input here, not what is tested)."""
+    import asyncio
+
+    class Api:
+        def __init__(self) -> None:
+            self.loop = loop
+            self.managers = managers
+            self.project_state = project_state
+            self.project_ready = asyncio.Event()
+            self.tasks: list[asyncio.Task] = []
+
+        def background(self, owner, coro) -> None:
+            self.tasks.append(loop.create_task(coro))
+
+    return Api()
