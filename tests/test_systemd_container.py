@@ -4,7 +4,8 @@
 `systemctl restart` is a hot restart (every manager keeps its pid), and so is `pmon detach`
 (systemd older than 244 has only that); a killed manager shows in
 `journalctl -t pmon-PROJECT -p warning`; `pmon shutdown` leaves the unit stopped, not
-restarted; a typo in the file fails the unit once, with no restart loop.
+restarted; a typo in the file fails the unit once, with no restart loop; `pmon service
+uninstall` stops and disables the unit before it removes the file.
 
 Needs root, systemd-nspawn (Debian: systemd-container) and unshare; skips otherwise.
 About 10-20 s, most of it the container's boot.
@@ -101,3 +102,12 @@ def test_restart_is_hot_shutdown_stays_stopped_and_a_typo_does_not_loop(containe
     assert failed == {"ActiveState": "failed", "ExecMainStatus": "2", "NRestarts": "0"}
     text = box.run("systemctl", "status", unit, "--no-pager", "-n", "5").stdout
     assert "typo" in text and "status=2" in text
+
+    # fixed, started again; uninstall stops (every manager) and disables before removing
+    path.write_text(path.read_text().replace("typo = 1\n", "", 1))
+    assert box.run("systemctl", "start", unit).returncode == 0
+    assert box.run("pgrep", "-f", "children/child.py").stdout != ""
+    done = box.run(*pmon, "service", "uninstall", "-c", str(path))
+    assert done.returncode == 0 and "stopped and disabled" in done.stdout, done.stdout + done.stderr
+    assert box.run("pgrep", "-f", "children/child.py").stdout == ""
+    assert box.show(unit, "LoadState")["LoadState"] == "not-found"

@@ -1,7 +1,8 @@
 """The one extension interface, and the small API of the supervisor that extensions see.
 
 Everything that runs beside the supervisor (the redundancy service, the plugin host, PMON
-TCP, the systemd notifier, log rotation, the write probe, reload on SIGHUP) is an
+TCP, the systemd notifier, log rotation, the write probe, reload on SIGHUP, the hot restart
+on SIGUSR2) is an
 `Extension`: one declared interface, every method with a do-nothing default, so an extension
 implements only what it needs and nothing is probed with getattr. Extensions are built from
 an explicit list (app.py), started in that order before the project starts,
