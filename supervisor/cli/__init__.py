@@ -376,3 +376,8 @@ from pmon.cli.redundancy import register as _register_redu  # noqa: E402
 
 _register_redu(main, call, config_option)  # `pmon redu ...`
 
+
+
+from pmon.cli.events import register as _register_events  # noqa: E402
+
+_register_events(main, config_option, fail, default_config)  # `pmon events`

@@ -77,6 +77,7 @@ class EventLog:
         self._file = RotatingFile(path, max_bytes, backups)
         self.echo = echo
         self.on_error = on_error  # told when a record cannot be written (disk full, ...)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # told of every record
 
     def write(self, event: str, message: str, **fields: Any) -> None:
         now = time.time()
@@ -87,6 +88,8 @@ class EventLog:
             print(f"pmon: cannot write the event log: {exc}", file=sys.stderr)
             if self.on_error is not None:
                 self.on_error(exc)
+        for listener in self.listeners:  # the control channel's feed; it never blocks
+            listener(record)
         if self.echo:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             print(f"{stamp} {message}", file=sys.stderr, flush=True)
