@@ -124,6 +124,8 @@ class Console(App[int]):
         self.pair: dict[str, Any] | None = None
         self.selected: str | None = None
         self.last_message = ""
+        self._shown: dict[str, dict[str, str]] = {}  # name -> column -> the text shown
+        self._widths: dict[str, int] = {column: len(column) for column in COLUMNS}
         self._log_offset = 0
         self._refreshing = threading.Lock()
         self._refresh_again = threading.Event()
@@ -239,7 +241,14 @@ class Console(App[int]):
             self._refresh()
         elif kind == "lost" or "manager" in record:
             # An exit and its restart at once are no state change (running -> running):
-            # the records of the exit and of the start say it, and the row is taken again.
+            # the records of the exit and of the start say it (shown at once), and the row
+            # is taken again (restarts, uptime).
+            row = self.rows.get(str(record.get("manager")))
+            if row is not None and kind in ("exited", "started"):
+                row["pid"] = record.get("pid") if kind == "started" else None
+                if kind == "exited" and isinstance(record.get("state"), str):
+                    row["state"], row["reason"] = record["state"], record.get("action") or ""
+                self._show_row(str(record["manager"]))
             self._refresh()
         if kind != "state":  # state changes are in the table; the rest is the stream
             self.event_line(record.get("ts"), str(kind), str(record.get("message", "")))
@@ -270,6 +279,7 @@ class Console(App[int]):
         rows = {row["name"]: row for row in status.get("managers", [])}
         if list(rows) != list(self.rows):  # added, removed or another project: rebuild
             table.clear()
+            self._shown.clear()
             for name in rows:
                 table.add_row(*([""] * len(COLUMNS)), key=name)
         self.rows = rows
@@ -320,15 +330,24 @@ class Console(App[int]):
         alive = row.get("state") in ("starting", "running", "stopping")
         reason = row.get("held") or ("" if row.get("state") == "running" else row.get("reason") or "")
         state = row.get("state", "?") + (" (not ready)" if row.get("ready_failed") else "")
-        cells = {
-            "index": str(row.get("index", "")), "name": name, "state": styled(state),
+        cells: dict[str, str | Text] = {
+            "index": str(row.get("index", "")), "name": name, "state": state,
             "pid": str(row.get("pid") or ""), "start": str(row.get("start", "")),
             "restarts": str(row.get("restarts", "")),
             "uptime": duration(time.time() - started) if alive and started else "",
             "cpu": "" if cpu is None else f"{cpu:.1f}%", "rss": megabytes(rss), "reason": reason,
         }
+        shown = self._shown.setdefault(name, {})
         for column, value in cells.items():
-            table.update_cell(name, column, value, update_width=column != "reason")
+            text = str(value)
+            if shown.get(column) == text:
+                continue  # 500 rows: touch only what changed (each update redraws)
+            shown[column] = text
+            wider = column != "reason" and len(text) > self._widths.get(column, 0)
+            if wider:
+                self._widths[column] = len(text)
+            table.update_cell(name, column, styled(text) if column == "state" else value,
+                              update_width=wider)
 
     def _show_project(self) -> None:
         where = f"pmon {self.pmon_pid}" if self.connected else Text("not connected", style="bold red")
