@@ -40,6 +40,7 @@ RECONNECT_SECONDS = 0.5
 SAMPLE_SECONDS = 2.0  # CPU, memory and uptime columns
 FOLLOW_SECONDS = 0.5  # the selected manager's log
 PAIR_SECONDS = 1.0  # the pair's line (links and heartbeats change without events)
+HISTORY = 50  # events from the log shown when the console opens
 LOG_TAIL = 8192  # bytes of a log shown when a manager is selected
 COLUMNS = ("index", "name", "state", "pid", "start", "restarts", "uptime", "cpu", "rss", "reason")
 STATE_STYLE = {
@@ -207,6 +208,13 @@ class Console(App[int]):
     def _connected(self, status: dict[str, Any]) -> None:
         again = self.pmon_pid is not None
         self.connected = True
+        if not again:  # what happened before the console opened: the log's last records
+            from collections import deque
+
+            from pmon.cli.events import log_files, read_records
+
+            for record in deque(read_records(log_files(self.where.state_dir)), maxlen=HISTORY):
+                self.event_line(record.get("ts"), str(record.get("event")), str(record.get("message", "")))
         self._apply_status(status)
         pid = status.get("pmon_pid")
         self.say(f"{'reconnected' if again else 'connected'} to pmon (pid {pid}), "
