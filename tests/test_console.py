@@ -146,6 +146,9 @@ def test_what_needs_force_asks_with_the_same_words(tmp_path, pmon):
     async def scenario(app: Console, pilot: Pilot[Any]) -> None:
         await until(pilot, lambda: "this server a: active" in text_of(app, "#pair")
                     and "not connected" in text_of(app, "#pair"), "the pair's line")
+        await pilot.press("A")  # the partner cannot be made active: refused, no question
+        await until(pilot, lambda: "the partner (b) is not connected" in app.last_message, "the refusal")
+        assert not isinstance(app.screen, Confirm)
         await pilot.press("X")
         await until(pilot, lambda: isinstance(app.screen, Confirm), "the question")
         assert words in app.screen.question
@@ -225,3 +228,35 @@ def test_without_textual_the_command_says_what_to_install(tmp_path):
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 2
     assert "pip install 'pmon[console]'" in result.stderr
+
+
+def test_the_table_converges_to_pmons_status_under_random_operations(tmp_path, pmon):
+    """A chaos run (seeded): kills, stops, starts and restarts of random managers, from
+    outside and by the console's keys; after each burst, every row of the table must come to
+    show what `pmon status` says (state, pid, restarts)."""
+    import random
+
+    rng = random.Random(int(os.environ.get("PMON_CHAOS_SEED", "1111")))
+    names = [f"w{i}" for i in range(6)]
+    server = pmon(write_project(tmp_path, [{"name": n, "command": child(), "restart_count": 50} for n in names]))
+
+    def agrees(app: Console) -> bool:
+        status = {m["name"]: m for m in server.status()["managers"]}
+        return all(cell(app, n, "state").split(" ")[0] == status[n]["state"]
+                   and cell(app, n, "pid") == str(status[n]["pid"] or "")
+                   and cell(app, n, "restarts") == str(status[n]["restarts"]) for n in names)
+
+    async def scenario(app: Console, pilot: Pilot[Any]) -> None:
+        for _burst in range(6):
+            for _ in range(rng.randrange(1, 5)):
+                name = rng.choice(names)
+                row = server.manager(name)
+                how = rng.choice(["kill", "key-x", "key-s", "key-r", "key-k"])
+                if how == "kill" and row["pid"]:
+                    os.kill(row["pid"], signal.SIGKILL)
+                elif how.startswith("key-"):
+                    select(app, name)
+                    await pilot.press(how[-1])
+            await until(pilot, lambda: agrees(app), "the table to agree with pmon status")
+
+    drive(server.config_path, scenario)

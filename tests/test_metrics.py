@@ -359,3 +359,39 @@ def test_the_sample_dashboard_queries_only_metrics_pmon_serves(tmp_path, pmon):
     for expr in exprs:
         for name in re.findall(r"\b(pmon_[a-z_]+|process_[a-z_]+)\b", expr):
             assert name in served or name.startswith("pmon_redundancy_"), (name, expr)
+
+
+def test_any_listen_value_is_taken_or_refused_with_the_key_named(tmp_path):
+    """Random values of `listen` (hypothesis): a valid address is taken as written, and
+    anything else is one clear error naming [metrics] and listen, never a crash."""
+    import ipaddress
+
+    from hypothesis import given, settings, strategies as st
+
+    from pmon import config as config_module
+    from pmon.errors import ConfigError
+
+    hosts = st.one_of(st.just(""), st.just("localhost"), st.ip_addresses().map(
+        lambda ip: f"[{ip}]" if ip.version == 6 else str(ip)), st.text(max_size=12))
+    ports = st.one_of(st.integers(-5, 70000).map(str), st.text(max_size=6))
+    values = st.one_of(st.builds(lambda h, p: f"{h}:{p}", hosts, ports), st.text(max_size=20),
+                       st.integers(-5, 70000), st.booleans(), st.lists(st.integers(), max_size=2))
+
+    @settings(max_examples=300, deadline=None)
+    @given(values)
+    def check(value: Any) -> None:
+        data = {"project": {"name": "p"}, "managers": [], "metrics": {"listen": value}}
+        try:
+            spec = config_module.parse(data, tmp_path / "pmon.toml").metrics
+        except ConfigError as exc:
+            assert "[metrics], key 'listen'" in str(exc) and "expected" in str(exc)
+            return
+        assert spec is not None and 0 <= spec.port <= 65535
+        text = str(value)
+        assert text.rpartition(":")[2] == str(spec.port)
+        if spec.host != "localhost":
+            ipaddress.ip_address(spec.host)  # an IP address, never a name
+        written = text.rpartition(":")[0].strip("[]")
+        assert spec.host == (written or "127.0.0.1")
+
+    check()
