@@ -176,6 +176,11 @@ def main() -> None:
                   "back to back: the 2 s tree cache serves all but the first)")
             time.sleep(2.5)
             print(f"one scrape with a fresh process-table scan: {scrape() * 1000:.1f} ms")
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as reply:
+                lag = next(line for line in reply.read().decode().splitlines()
+                           if line.startswith("pmon_event_loop_lag_seconds "))
+            print(f"pmon's loop lag, the largest over the last scrapes: {float(lag.split()[1]) * 1000:.1f} ms "
+                  "(pmon_event_loop_lag_seconds)")
         finally:
             for instance in (server, second):
                 if instance is not None and instance.proc.poll() is None:

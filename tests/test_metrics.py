@@ -194,6 +194,15 @@ def test_without_metrics_prometheus_client_is_not_imported(tmp_path):
     assert out.stdout.strip() == "[]"
 
 
+def test_a_port_alone_listens_on_loopback(tmp_path, pmon):
+    server = pmon(project(tmp_path, ":0"))
+    host, port = metrics_address(server).rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0
+    listening = [c for c in __import__("psutil").Process(server.proc.pid).net_connections("tcp")
+                 if c.status == "LISTEN" and c.laddr.port == int(port)]
+    assert [c.laddr.ip for c in listening] == ["127.0.0.1"]
+
+
 def test_a_port_in_use_is_reported_and_pmon_runs_on(tmp_path, pmon):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
