@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,12 +32,14 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, RichLog, Static
 
 from pmon.control.client import Endpoint, RemoteError, call, subscribe
 
 RECONNECT_SECONDS = 0.5
+INBOX_LIMIT = 5000  # calls from the threads waiting for the app's loop
 SAMPLE_SECONDS = 2.0  # CPU, memory and uptime columns
 FOLLOW_SECONDS = 0.5  # the selected manager's log
 PAIR_SECONDS = 1.0  # the pair's line (links and heartbeats change without events)
@@ -66,6 +69,10 @@ def duration(seconds: float) -> str:
 
 def megabytes(size: int | None) -> str:
     return "" if size is None else f"{size / 1048576:.1f}M"
+
+
+class Arrived(Message):
+    """Calls from the console's threads wait in its inbox (Console._from_thread)."""
 
 
 class Confirm(ModalScreen[bool]):
@@ -126,11 +133,15 @@ class Console(App[int]):
         self.selected: str | None = None
         self.last_message = ""
         self._shown: dict[str, dict[str, str]] = {}  # name -> column -> the text shown
+        self._touched: dict[str, float] = {}  # name -> when a record last changed its row
         self._widths: dict[str, int] = {column: len(column) for column in COLUMNS}
         self._log_offset = 0
         self._refreshing = threading.Lock()
         self._refresh_again = threading.Event()
         self._quitting = threading.Event()
+        self._inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._inbox_ready = threading.Condition()
+        self._posted = False  # an Arrived message is on its way to the loop
         self._sampling = False
         from pmon_plugins._trees import TreeSampler  # the memory monitor's tree figures
 
@@ -164,6 +175,8 @@ class Console(App[int]):
 
     def on_unmount(self) -> None:
         self._quitting.set()
+        with self._inbox_ready:
+            self._inbox_ready.notify_all()
 
     # --- the subscription (a thread) -------------------------------------------------------
     def _feed(self) -> None:
@@ -196,21 +209,35 @@ class Console(App[int]):
                 said_gone = True
 
     def _from_thread(self, func: Callable[..., None], *args: Any) -> None:
-        """Run `func` on the app's loop and wait for it: a console that cannot keep up
-        slows its feed thread, and pmon (not this process) drops and counts records."""
-        if self._quitting.is_set() or not self.is_running:
-            return
-        try:
-            self.call_from_thread(func, *args)
-        except RuntimeError:
-            self._quitting.set()  # the app is gone
+        """Have `func(*args)` run on the app's loop, in order, without waiting for it: what
+        arrives while the app draws is run in one batch (an exit and its restart in one
+        pass). Past INBOX_LIMIT waiting calls the thread waits: a console that cannot keep
+        up slows its feed, and pmon (not this process) drops and counts records."""
+        with self._inbox_ready:
+            while len(self._inbox) >= INBOX_LIMIT and not self._quitting.is_set():
+                self._inbox_ready.wait(0.5)
+            if self._quitting.is_set():
+                return
+            self._inbox.append((func, args))
+            if self._posted:
+                return
+            self._posted = True
+        if not self.post_message(Arrived()):  # thread-safe; False once the app is gone
+            self._quitting.set()
+
+    def on_arrived(self, _message: "Arrived") -> None:
+        with self._inbox_ready:
+            calls = list(self._inbox)
+            self._inbox.clear()
+            self._posted = False
+            self._inbox_ready.notify_all()
+        for func, args in calls:
+            func(*args)
 
     def _connected(self, status: dict[str, Any]) -> None:
         again = self.pmon_pid is not None
         self.connected = True
         if not again:  # what happened before the console opened: the log's last records
-            from collections import deque
-
             from pmon.cli.events import log_files, read_records
 
             for record in deque(read_records(log_files(self.where.state_dir)), maxlen=HISTORY):
@@ -238,9 +265,10 @@ class Console(App[int]):
             if row is None or not isinstance(name, str):
                 self._refresh()  # a manager new to the console: take the whole table
                 return
-            row["state"] = record.get("state")
-            row["pid"] = record.get("pid")
-            row["reason"] = record.get("reason") or ""
+            row = dict(row, state=record.get("state"), pid=record.get("pid"),
+                       reason=record.get("reason") or "")
+            self.rows[name] = row
+            self._touched[name] = time.monotonic()
             self._show_row(name)
             self._refresh()
         elif kind == "project-state":
@@ -253,10 +281,12 @@ class Console(App[int]):
             # is taken again (restarts, uptime).
             row = self.rows.get(str(record.get("manager")))
             if row is not None and kind in ("exited", "started"):
-                row["pid"] = record.get("pid") if kind == "started" else None
+                name = str(record["manager"])
+                row = self.rows[name] = dict(row, pid=record.get("pid") if kind == "started" else None)
                 if kind == "exited" and isinstance(record.get("state"), str):
                     row["state"], row["reason"] = record["state"], record.get("action") or ""
-                self._show_row(str(record["manager"]))
+                self._touched[name] = time.monotonic()
+                self._show_row(name)
             self._refresh()
         if kind != "state":  # state changes are in the table; the rest is the stream
             self.event_line(record.get("ts"), str(kind), str(record.get("message", "")))
@@ -274,15 +304,19 @@ class Console(App[int]):
         try:
             while self._refresh_again.is_set() and not self._quitting.is_set():
                 self._refresh_again.clear()
+                asked = time.monotonic()
                 try:
                     status = call(self.where, "status", timeout=10.0)
                 except Exception:
                     return  # the feed thread says when pmon is gone
-                self._from_thread(self._apply_status, status)
+                self._from_thread(self._apply_status, status, asked)
         finally:
             self._refreshing.release()
 
-    def _apply_status(self, status: dict[str, Any]) -> None:
+    def _apply_status(self, status: dict[str, Any], asked: float | None = None) -> None:
+        """Take pmon's status (asked for at `asked`). A row that a record changed after
+        the question may be newer than the answer: it waits for the next one (every record
+        asks for one more)."""
         table = self.query_one("#managers", DataTable)
         rows = {row["name"]: row for row in status.get("managers", [])}
         if list(rows) != list(self.rows):  # added, removed or another project: rebuild
@@ -290,11 +324,16 @@ class Console(App[int]):
             self._shown.clear()
             for name in rows:
                 table.add_row(*([""] * len(COLUMNS)), key=name)
-        self.rows = rows
+        if asked is not None:
+            for name in rows:
+                if self._touched.get(name, 0.0) > asked and name in self.rows:
+                    rows[name] = self.rows[name]
+        old, self.rows = self.rows, rows
         self.pmon_pid = status.get("pmon_pid")
         self.project_state = status.get("project_state", "?")
-        for name in rows:
-            self._show_row(name)
+        for name, row in rows.items():
+            if row != old.get(name) or name not in self._shown:  # 500 rows: only changed ones
+                self._show_row(name)
         self._show_project()
         if self.selected is None and rows:
             self._select(next(iter(rows)))
