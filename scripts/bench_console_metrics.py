@@ -147,7 +147,7 @@ def main() -> None:
             else:
                 print("tmux missing: the console in a terminal not measured")
             latency = console_latency(config, server, 10)
-            print(f"console: kill -> new pid in the table (headless, n={len(latency)}): median "
+            print(f"console: kill -> new pid drawn in the table (headless, textual run_test, n={len(latency)}): median "
                   f"{statistics.median(latency) * 1000:.1f} ms, max {max(latency) * 1000:.1f} ms")
             subprocess.run([sys.executable, "-m", "pmon.cli", "detach", "-c", str(config)], check=True,
                            capture_output=True)

@@ -99,7 +99,8 @@ class Confirm(ModalScreen[bool]):
 class Console(App[int]):
     TITLE = "pmon console"
     CSS = """
-    #project, #pair, #message { height: auto; padding: 0 1; }
+    #project, #pair, #message { height: 1; padding: 0 1; }
+    #pair, #message { height: 2; }
     #pair { color: $text-muted; }
     #message { background: $boost; }
     #managers { height: 2fr; }
@@ -133,6 +134,7 @@ class Console(App[int]):
         self.selected: str | None = None
         self.last_message = ""
         self._shown: dict[str, dict[str, str]] = {}  # name -> column -> the text shown
+        self._lines: dict[str, Text] = {}  # what the one-line widgets show
         self._touched: dict[str, float] = {}  # name -> when a record last changed its row
         self._widths: dict[str, int] = {column: len(column) for column in COLUMNS}
         self._log_offset = 0
@@ -402,12 +404,13 @@ class Console(App[int]):
             "project ", (self.where.project, "bold"), ": ", styled(self.project_state), "   ", where,
             f"   {len(self.rows)} managers" if self.rows else "",
         )
-        self.query_one("#project", Static).update(line)
+        self._put("#project", line)
 
     def _show_pair(self, pair: dict[str, Any]) -> None:
         self.pair = pair
         widget = self.query_one("#pair", Static)
-        widget.display = True
+        if not widget.display:
+            widget.display = True
 
         def breakdown(parts: Any) -> str:
             return ", ".join(f"{k} {v:g}" for k, v in (parts or {}).items()) if parts else ""
@@ -435,7 +438,7 @@ class Console(App[int]):
                              + ("" if heard is None else f", {heard:.1f} s"), style="")
             link_text.append("]")
         preferred = Text(f"   preferred {pair.get('preferred')}")
-        widget.update(Text.assemble(me, other, "\n", link_text, preferred))
+        self._put("#pair", Text.assemble(me, other, "\n", link_text, preferred))
 
     def event_line(self, ts: Any, kind: str, message: str) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(ts)) if isinstance(ts, (int, float)) else "--:--:--"
@@ -444,7 +447,14 @@ class Console(App[int]):
 
     def say(self, message: str, error: bool = False) -> None:
         self.last_message = message
-        self.query_one("#message", Static).update(Text(message, style="bold red" if error else ""))
+        self._put("#message", Text(message, style="bold red" if error else ""))
+
+    def _put(self, selector: str, text: Text) -> None:
+        """Update a line only when it changed, without a new layout (fixed heights): a
+        layout of the whole screen per record would cost more than the record."""
+        if self._lines.get(selector) != text:
+            self._lines[selector] = text
+            self.query_one(selector, Static).update(text, layout=False)
 
     # --- selection and the manager's log ---------------------------------------------------
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
