@@ -183,11 +183,16 @@ class MetricsExporter(Extension):
             elif parts[1].split("?", 1)[0] != "/metrics":
                 await _reply(writer, 404, "pmon serves /metrics\n")
             else:
-                body = await self.exposition()
+                try:
+                    body = await self.exposition()
+                except Exception as exc:  # a bug here must cost a scrape, not pmon
+                    self.api.events.write("metrics-error", f"a scrape failed: {exc!r}")
+                    await _reply(writer, 500, f"pmon could not collect its metrics: {exc!r}\n")
+                    return
                 await _reply(writer, 200, body, [("Content-Type", CONTENT_TYPE)],
                              head_only=parts[0] == "HEAD")
-        except (ConnectionError, OSError):
-            pass  # the scraper went away
+        except OSError:
+            pass  # the scraper went away, or read too slowly (TimeoutError is an OSError)
         finally:
             self._clients -= 1
             writer.close()
@@ -228,7 +233,7 @@ async def _reply(
 ) -> None:
     data = body.encode() if isinstance(body, str) else body
     reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-              408: "Request Timeout", 503: "Service Unavailable"}[status]
+              408: "Request Timeout", 500: "Internal Server Error", 503: "Service Unavailable"}[status]
     lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(data)}", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in headers]
     if not any(k == "Content-Type" for k, _ in headers):
