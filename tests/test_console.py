@@ -33,6 +33,7 @@ def managers() -> list[dict[str, Any]]:
         {"name": "data", "command": child(), "core": True},
         {"name": "steady", "command": child("--print-every", "0.2")},
         {"name": "tool", "command": child(), "start": "manual"},
+        {"name": "flaky", "command": child("--exit-after", "0.1", "--code", "3"), "restart_count": 1},
     ]
 
 
@@ -81,6 +82,10 @@ def test_the_table_follows_a_kill_and_a_key_stops_a_manager(tmp_path, pmon):
         assert cell(app, "steady", "state") == "running" and cell(app, "tool", "state") == "stopped"
         assert cell(app, "data", "index") == "1" and cell(app, "tool", "start") == "manual"
         assert "running" in text_of(app, "#project")
+        await until(pilot, lambda: cell(app, "flaky", "state") == "blocked", "flaky blocked")
+        reason = server.manager("flaky")["reason"]
+        assert reason and cell(app, "flaky", "reason") == reason  # why it is not running
+        assert cell(app, "steady", "reason") == ""
         os.kill(killed, signal.SIGKILL)
         await until(pilot, lambda: cell(app, "steady", "pid") not in ("", str(killed))
                     and cell(app, "steady", "state") == "running"

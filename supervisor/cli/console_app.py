@@ -44,7 +44,8 @@ SAMPLE_SECONDS = 2.0  # CPU, memory and uptime columns
 FOLLOW_SECONDS = 0.5  # the selected manager's log
 PAIR_SECONDS = 1.0  # the pair's line (links and heartbeats change without events)
 HISTORY = 50  # events from the log shown when the console opens
-LOG_TAIL = 8192  # bytes of a log shown when a manager is selected
+LOG_TAIL = 8192
+REASON_WIDTH = 90  # characters of a reason shown in the table (the event stream has it all)  # bytes of a log shown when a manager is selected
 COLUMNS = ("index", "name", "state", "pid", "start", "restarts", "uptime", "cpu", "rss", "reason")
 STATE_STYLE = {
     "running": "bold green", "starting": "yellow", "stopping": "yellow", "backoff": "magenta",
@@ -131,6 +132,7 @@ class Console(App[int]):
         self.pmon_pid: int | None = None
         self.connected = False
         self.pair: dict[str, Any] | None = None
+        self.is_pair = False
         self.selected: str | None = None
         self.last_message = ""
         self._shown: dict[str, dict[str, str]] = {}  # name -> column -> the text shown
@@ -184,10 +186,13 @@ class Console(App[int]):
     def _feed(self) -> None:
         said_gone = False
         while not self._quitting.is_set():
+            records = None
             try:
                 records = subscribe(self.where, timeout=5.0)
-                status = call(self.where, "status", timeout=10.0)
+                status = call(self.where, "status", timeout=10.0)  # after: no change between
             except Exception as exc:
+                if records is not None:
+                    _close(records)
                 if not said_gone:
                     self._from_thread(self._gone, f"cannot reach pmon: {exc}")
                     said_gone = True
@@ -203,9 +208,7 @@ class Console(App[int]):
             except Exception:
                 pass  # pmon went away mid-record: the same as the end of the stream
             finally:
-                close = getattr(records, "close", None)  # a generator: closes the socket
-                if close is not None:
-                    close()
+                _close(records)
             if not self._quitting.is_set():
                 self._from_thread(self._gone, "pmon went away")
                 said_gone = True
@@ -314,6 +317,8 @@ class Console(App[int]):
                 self._from_thread(self._apply_status, status, asked)
         finally:
             self._refreshing.release()
+        if self._refresh_again.is_set():  # asked for between the last check and the release
+            self._refresh()
 
     def _apply_status(self, status: dict[str, Any], asked: float | None = None) -> None:
         """Take pmon's status (asked for at `asked`). A row that a record changed after
@@ -331,6 +336,7 @@ class Console(App[int]):
                 if self._touched.get(name, 0.0) > asked and name in self.rows:
                     rows[name] = self.rows[name]
         old, self.rows = self.rows, rows
+        self.is_pair = "role" in status and "partner" in status  # the redundancy service's keys
         self.pmon_pid = status.get("pmon_pid")
         self.project_state = status.get("project_state", "?")
         for name, row in rows.items():
@@ -341,7 +347,7 @@ class Console(App[int]):
             self._select(next(iter(rows)))
 
     def _refresh_pair(self) -> None:
-        if "redundancy" not in self.where_sections():
+        if not self.is_pair:
             return
 
         def fetch() -> None:
@@ -352,17 +358,6 @@ class Console(App[int]):
             self._from_thread(self._show_pair, pair)
 
         threading.Thread(target=fetch, daemon=True).start()
-
-    def where_sections(self) -> set[str]:
-        """The file's top-level sections (read once): is this server one of a pair?"""
-        if not hasattr(self, "_sections"):
-            import tomllib
-
-            try:
-                self._sections = set(tomllib.loads(self.where.config_path.read_text()))
-            except (OSError, ValueError):
-                self._sections = set()
-        return self._sections
 
     def _pair_tick(self) -> None:
         if self.connected:
@@ -379,23 +374,22 @@ class Console(App[int]):
         alive = row.get("state") in ("starting", "running", "stopping")
         reason = row.get("held") or ("" if row.get("state") == "running" else row.get("reason") or "")
         state = row.get("state", "?") + (" (not ready)" if row.get("ready_failed") else "")
-        cells: dict[str, str | Text] = {
+        cells = {
             "index": str(row.get("index", "")), "name": name, "state": state,
             "pid": str(row.get("pid") or ""), "start": str(row.get("start", "")),
             "restarts": str(row.get("restarts", "")),
             "uptime": duration(time.time() - started) if alive and started else "",
-            "cpu": "" if cpu is None else f"{cpu:.1f}%", "rss": megabytes(rss), "reason": reason,
+            "cpu": "" if cpu is None else f"{cpu:.1f}%", "rss": megabytes(rss), "reason": reason[:REASON_WIDTH],
         }
         shown = self._shown.setdefault(name, {})
-        for column, value in cells.items():
-            text = str(value)
+        for column, text in cells.items():
             if shown.get(column) == text:
                 continue  # 500 rows: touch only what changed (each update redraws)
             shown[column] = text
-            wider = column != "reason" and len(text) > self._widths.get(column, 0)
+            wider = len(text) > self._widths.get(column, 0)
             if wider:
                 self._widths[column] = len(text)
-            table.update_cell(name, column, styled(text) if column == "state" else value,
+            table.update_cell(name, column, styled(text) if column == "state" else text,
                               update_width=wider)
 
     def _show_project(self) -> None:
@@ -567,6 +561,12 @@ class Console(App[int]):
                 self.say(f"{label}: not done ({message})")
 
         self.push_screen(Confirm(message), answered)
+
+
+def _close(records: Any) -> None:
+    close = getattr(records, "close", None)  # the subscription's generator: closes its socket
+    if close is not None:
+        close()
 
 
 def styled_role(role: Any) -> Text:
