@@ -189,6 +189,8 @@ def main() -> None:
                     instance.proc.wait(120)
             if tmux:
                 subprocess.run([tmux, "-L", session, "kill-server"], capture_output=True)
+                socket_file = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / session
+                socket_file.unlink(missing_ok=True)  # kill-server leaves the file
 
 
 if __name__ == "__main__":

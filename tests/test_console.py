@@ -220,6 +220,11 @@ def test_in_a_real_terminal(tmp_path, pmon):
                  WAIT, "q to end the console (and its tmux session)")
     finally:
         subprocess.run([tmux, "-L", socket_name, "kill-server"], capture_output=True, timeout=WAIT)
+        tmux_socket(socket_name).unlink(missing_ok=True)  # kill-server leaves the file
+
+
+def tmux_socket(name: str) -> Path:
+    return Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / name
 
 
 def test_without_textual_the_command_says_what_to_install(tmp_path):
