@@ -24,16 +24,22 @@ def build_extensions(config: Config) -> list[Extension]:
     from pmon.extensions.sdnotify import SystemdNotifier
 
     extensions: list[Extension] = [ControlServer()]  # first up, last down: commands reach pmon
+    redundancy = None
     if config.redundancy is not None:  # first: its daemon may sync as soon as pmon answers
         from pmon.extensions.redundancy import RedundancyService
 
-        extensions.append(RedundancyService(config))
+        redundancy = RedundancyService(config)
+        extensions.append(redundancy)
     extensions += [PluginHost(config), LogRotation(), ReloadOnHangup(), DetachOnSignal(),
                    SystemdNotifier(), WriteProbe()]
     if config.pmon_tcp is not None:
         from pmon.extensions.pmon_tcp.server import PmonTcpService
 
         extensions.append(PmonTcpService(config.pmon_tcp))
+    if config.metrics is not None:  # prometheus_client is imported only here
+        from pmon.extensions.metrics import MetricsExporter
+
+        extensions.append(MetricsExporter(config.metrics, redundancy))
     return extensions
 
 

@@ -379,3 +379,26 @@ from pmon.cli.redundancy import register as _register_redu  # noqa: E402
 
 _register_redu(main, call, config_option)  # `pmon redu ...`
 
+
+
+from pmon.cli.events import register as _register_events  # noqa: E402
+
+_register_events(main, config_option, fail, default_config)  # `pmon events`
+
+
+@main.command()
+@config_option
+def console(config_path: Path | None) -> None:
+    """A full-screen live console: the managers, the project, the pair, events, logs."""
+    from pmon.control.client import Endpoint
+
+    try:
+        where = Endpoint.read(default_config(config_path))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    try:
+        from pmon.cli import console_app as live  # textual: only here (the `console` extra)
+    except ImportError as exc:
+        fail(f"pmon console needs textual ({exc}); install it with pip install 'pmon[console]'",
+             EXIT_CONFIG)
+    sys.exit(live.run(where))

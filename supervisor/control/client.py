@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
 from pmon.errors import ConfigError, NotRunning, PmonError, ProtocolError
 from pmon.control import protocol
@@ -104,3 +104,43 @@ def call(target: "Config | Endpoint", command: str, /, timeout: float = 600.0, *
         error = message.get("error", {})
         raise RemoteError(error.get("code", "error"), error.get("message", "refused"))
     return message.get("result")
+
+
+
+def subscribe(
+    target: "Config | Endpoint", managers: Sequence[str] = (), limit: int | None = None,
+    timeout: float = 10.0,
+) -> Iterator[dict[str, Any]]:
+    """Subscribe to the event feed (docs/control.md): connects and reads pmon's reply now,
+    then returns an iterator of its records (dicts, as in events.jsonl, plus `state`,
+    `project-state` and `lost` records) that ends when pmon goes away. Closing the iterator
+    closes the connection, which ends the subscription."""
+    where = target if isinstance(target, Endpoint) else Endpoint.of(target)
+    sock, token = connect(where, timeout)
+    args: dict[str, Any] = {"managers": list(managers)}
+    if limit is not None:
+        args["limit"] = limit
+    request: dict[str, Any] = {"command": "subscribe", "args": args}
+    if token is not None:
+        request["token"] = token
+    try:
+        sock.sendall(protocol.encode(request))
+        lines = sock.makefile("rb")
+        first = lines.readline()
+        if not first:
+            raise ProtocolError("pmon closed the connection without a reply")
+        message = json.loads(first)
+        if not message.get("ok"):
+            error = message.get("error", {})
+            raise RemoteError(error.get("code", "error"), error.get("message", "refused"))
+        sock.settimeout(None)  # a quiet project sends nothing for a long time
+    except BaseException:
+        sock.close()
+        raise
+    return _records(sock, lines)
+
+
+def _records(sock: socket.socket, lines: Any) -> Iterator[dict[str, Any]]:
+    with sock, lines:
+        for line in lines:
+            yield json.loads(line)

@@ -9,17 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from pmon import commands
 from pmon.runtime import platform
 from pmon.runtime.api import Api, Extension
-from pmon.errors import PmonError
+from pmon.errors import PmonError, ProtocolError
 from pmon.runtime.statefile import write_atomically
 from pmon.control import protocol
+from pmon.control.feed import QUEUE_LIMIT, Feed
+
+STREAM_BUFFER = 16 * 1024  # bytes a subscriber's connection buffers beyond its queue
 
 if TYPE_CHECKING:
+    from pmon.core.manager import Manager
+    from pmon.core.project import ProjectState
     from pmon.runtime.supervisor import Supervisor
+    from pmon.states import ManagerState
 
 
 class ControlServer(Extension):
@@ -33,9 +40,11 @@ class ControlServer(Extension):
         self.server: asyncio.AbstractServer | None = None
         self.token: str | None = None
         self._clients: set[asyncio.Task[Any]] = set()
+        self.feed = Feed()  # `subscribe`: the event log and state changes, pushed
 
     async def start(self, api: Api) -> None:
         self.sup = cast("Supervisor", api)
+        self.sup.events.listeners.append(self.feed.publish)
         config = self.sup.config
         tcp = config.project.control.tcp or ("127.0.0.1:0" if platform.IS_WINDOWS else None)
         if tcp:
@@ -93,6 +102,9 @@ class ControlServer(Extension):
                         "protocol", f"message longer than {protocol.MAX_LINE} bytes")))
                     await writer.drain()
                     return
+                if _is_subscribe(line):
+                    await self._stream(line, reader, writer)
+                    return
                 reply = await self._answer(line)
                 writer.write(protocol.encode(reply))
                 await writer.drain()
@@ -101,6 +113,65 @@ class ControlServer(Extension):
         finally:
             self._clients.discard(task)
             writer.close()
+
+    def on_manager(self, manager: "Manager", old: "ManagerState | None") -> None:
+        if not self.feed.subscribers:
+            return
+        snap = manager.snapshot()
+        record: dict[str, Any] = {
+            "ts": round(time.time(), 3), "event": "state", "manager": snap.name,
+            "state": snap.state, "old": old.value if old is not None else None,
+            "reason": snap.reason,
+            "message": f"{snap.name}: {old.value if old else 'new'} -> {snap.state}"
+                       + (f" ({snap.reason})" if snap.reason else ""),
+        }
+        if snap.pid is not None:
+            record["pid"] = snap.pid
+        self.feed.publish(record)
+
+    def on_project(self, state: "ProjectState") -> None:
+        if self.feed.subscribers:
+            reason = self.sup.project.reason
+            self.feed.publish({
+                "ts": round(time.time(), 3), "event": "project-state", "state": state.value,
+                "reason": reason,
+                "message": f"project {self.sup.config.project.name}: {state.value}"
+                           + (f" ({reason})" if reason else ""),
+            })
+
+    async def _stream(
+        self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """`subscribe`: one reply, then every record as a JSON line until the client goes.
+        The client sends nothing more; anything it sends (or its EOF) ends the stream."""
+        try:
+            message = protocol.decode(line)
+            if self.token is not None and not _same_token(str(message.get("token", "")), self.token):
+                writer.write(protocol.encode(protocol.error_reply("auth", "wrong or missing token")))
+                await writer.drain()
+                return
+            managers, limit = _subscribe_args(message.get("args", {}))
+        except PmonError as exc:
+            writer.write(protocol.encode(protocol.error_reply(exc.code, str(exc))))
+            await writer.drain()
+            return
+        _small_buffers(writer)
+        subscriber = self.feed.subscribe(managers, limit)
+        gone = asyncio.ensure_future(reader.read(1))
+        try:
+            writer.write(protocol.encode({"ok": True, "result": {"subscribed": managers, "limit": limit}}))
+            await writer.drain()
+            while not gone.done():
+                record = asyncio.ensure_future(subscriber.get())
+                await asyncio.wait((record, gone), return_when=asyncio.FIRST_COMPLETED)
+                if not record.done():
+                    record.cancel()
+                    return
+                writer.write(protocol.encode(record.result()))
+                await writer.drain()
+        finally:
+            self.feed.unsubscribe(subscriber)
+            gone.cancel()
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:
@@ -120,6 +191,42 @@ class ControlServer(Extension):
                 "control-error", f"control command failed: {exc!r}", error=repr(exc)
             )
             return protocol.error_reply("internal", f"internal error: {exc!r}")
+
+
+def _small_buffers(writer: asyncio.StreamWriter) -> None:
+    """A stuck subscriber holds little in buffers: what it cannot take waits in its bounded
+    queue (counted when dropped) instead of piling up in the kernel or the transport."""
+    import socket
+
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
+        except OSError:
+            pass
+    writer.transport.set_write_buffer_limits(high=STREAM_BUFFER)
+
+
+def _is_subscribe(line: bytes) -> bool:
+    """Cheap test before decoding: only `subscribe` turns a connection into a stream."""
+    if b"subscribe" not in line:
+        return False
+    try:
+        return protocol.decode(line).get("command") == "subscribe"
+    except PmonError:
+        return False
+
+
+def _subscribe_args(args: Any) -> tuple[list[str], int]:
+    if not isinstance(args, dict) or set(args) - {"managers", "limit"}:
+        raise ProtocolError("'subscribe' takes the arguments: managers (list of names or globs), limit (int)")
+    managers = args.get("managers", [])
+    limit = args.get("limit", QUEUE_LIMIT)
+    if not isinstance(managers, list) or not all(isinstance(m, str) for m in managers):
+        raise ProtocolError("argument 'managers' of 'subscribe' must be a list of names or globs")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 100_000:
+        raise ProtocolError("argument 'limit' of 'subscribe' must be an int from 1 to 100000")
+    return managers, limit
 
 
 def _same_token(given: str, token: str) -> bool:

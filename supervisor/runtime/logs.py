@@ -82,6 +82,7 @@ class EventLog:
         from pmon.runtime import journal
 
         self._journal = journal if echo and journal.connected() else None
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # told of every record
 
     def write(self, event: str, message: str, **fields: Any) -> None:
         now = time.time()
@@ -92,6 +93,8 @@ class EventLog:
             print(f"pmon: cannot write the event log: {exc}", file=sys.stderr)
             if self.on_error is not None:
                 self.on_error(exc)
+        for listener in self.listeners:  # the control channel's feed; it never blocks
+            listener(record)
         if self._journal is not None:
             level = self._journal.priority(event, fields)
             print(self._journal.prefixed(level, message), file=sys.stderr, flush=True)
