@@ -18,5 +18,9 @@ REGISTRY: dict[str, Command] = collect(MODULES)
 
 
 async def execute(sup: "Supervisor", name: Any, args: Any) -> Any:
-    """Run one command of the registry (see registry.execute)."""
-    return await _execute(REGISTRY, sup, name, args)
+    """Run one command of the registry (see registry.execute). What it changed is on disk
+    before it is acknowledged (Supervisor.commit: nothing to write for a command that changed
+    nothing)."""
+    result = await _execute(REGISTRY, sup, name, args)
+    sup.commit()
+    return result

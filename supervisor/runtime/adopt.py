@@ -25,6 +25,7 @@ from pmon.runtime import platform, statefile
 
 if TYPE_CHECKING:
     from pmon.config import Config
+    from pmon.core.project import Job
     from pmon.runtime.supervisor import Supervisor
 
 STRAY_KILL_SECONDS = 10.0
@@ -123,7 +124,7 @@ def take_over(sup: "Supervisor") -> Decision:
     `decision.skip` names the managers the start sequence leaves down."""
     began = time.perf_counter()
     saved, problem = read_saved(sup.config, sup.state_file)
-    decision = decide(sup.config, saved, scan(sup.config))
+    decision = decide(sup.config, saved, scan(sup.config), time.time())
     if problem:
         decision.notes.insert(0, problem)
     for note in decision.notes:
@@ -145,11 +146,15 @@ def take_over(sup: "Supervisor") -> Decision:
             manager=name,
         )
     for name, proc in decision.adopt.items():
-        sup.watch_adopted(name, proc.pid, proc.create_time)
+        ready = name not in decision.not_ready
+        sup.watch_adopted(name, proc.pid, proc.create_time, ready=ready)
         sup.events.write(
-            "adopt", f"{name} (pid {proc.pid}) adopted: still running from before",
-            manager=name, pid=proc.pid,
+            "adopt", f"{name} (pid {proc.pid}) adopted: still running from before"
+            + ("" if ready else "; not ready yet: it is starting again from here"),
+            manager=name, pid=proc.pid, ready=ready,
         )
+    for name, (kill_in, then_start) in decision.stopping.items():
+        _resume_stop(sup, name, kill_in, then_start)
     for proc in decision.strays:
         _stop_stray(sup, proc)
     if not decision.start_project:
@@ -167,6 +172,31 @@ def take_over(sup: "Supervisor") -> Decision:
         pids={name: proc.pid for name, proc in decision.adopt.items()},
     )
     return decision
+
+
+def resumable(decision: Decision) -> "Job | None":
+    """The project job the previous pmon had under way, to be resumed (None: none, or a
+    record this pmon cannot read, and then the project starts as after any restart)."""
+    from pmon.core.project import Job
+
+    if decision.resume is None:
+        return None
+    return Job.from_dict(decision.resume, 0)
+
+
+def _resume_stop(sup: "Supervisor", name: str, kill_in: float, then_start: bool) -> None:
+    """It was stopping when the previous pmon went away: the stop goes on, with the kill at
+    the deadline that pmon set."""
+    manager = sup.managers[name]
+    if manager.pid is None:
+        return  # dead meanwhile: the watcher reported it
+    sup.events.write(
+        "stop-resumed",
+        f"{name} (pid {manager.pid}) was stopping when pmon went away: the stop goes on, "
+        f"killed in {kill_in:g} s if still alive" + ("; then started again" if then_start else ""),
+        manager=name, pid=manager.pid, kill_in=round(kill_in, 3), then_start=then_start,
+    )
+    sup.project.resume_stop(name, sup.now(), kill_in, then_start)  # performed with the job
 
 
 def _stop_stray(sup: "Supervisor", found: Found) -> None:

@@ -32,7 +32,7 @@ from pmon.core.project import (
     Terminate,
 )
 from pmon.states import ManagerState
-from pmon.errors import PmonError, SpawnRefused
+from pmon.errors import NotSaved, PmonError, SpawnRefused
 from pmon.runtime import adopt, platform, statefile
 from pmon.runtime.api import Extension
 from pmon.runtime.logs import EventLog, describe_exit
@@ -43,6 +43,7 @@ from pmon.runtime.process import ManagedProcess, log_path, manager_env
 S = ManagerState
 E = TypeVar("E", bound=Extension)
 T = TypeVar("T")
+STATE_RETRY_SECONDS = 1.0  # a state file that could not be written is tried again this often
 SETTLED_PROJECT = (ProjectState.RUNNING, ProjectState.STOPPED, ProjectState.BLOCKED)
 
 
@@ -59,6 +60,8 @@ class Supervisor:
         self._waiters: list[asyncio.Future[None]] = []
         self._start_times: dict[int, float | None] = {}
         self._state_write_pending = False
+        self._state_dirty = False  # changed since the state file was last written
+        self._state_error: OSError | None = None  # why the last write failed
         self._reported: dict[str, ManagerState] = {}
         self._performing = False
         self.started_at = time.time()
@@ -152,6 +155,8 @@ class Supervisor:
             self._listening = True
             if self._shutdown.is_set():
                 pass  # told to stop before the project started: straight to the stop below
+            elif (job := adopt.resumable(taken)) is not None:
+                self._perform(self.project.resume(job, self.now()))
             elif taken.start_project:
                 self._perform(self.project.start(self.now(), skip=taken.skip))
             else:
@@ -491,14 +496,15 @@ class Supervisor:
             pass
         return None
 
-    def watch_adopted(self, name: str, pid: int, create_time: float) -> None:
-        """Supervise a manager's process that a previous pmon started (hot restart)."""
+    def watch_adopted(self, name: str, pid: int, create_time: float, ready: bool = True) -> None:
+        """Supervise a manager's process that a previous pmon started (hot restart);
+        `ready` False: it had not reported ready yet."""
         self.procs[name] = ManagedProcess(None, pid)
         self.by_pid[pid] = name
         self._start_times[pid] = create_time
         self._log_for(name)  # its output file is rotated like any other
         self.watcher.watch(pid)  # dead meanwhile: the watcher reports the exit at once
-        self.project.adopted(name, pid, self.now(), create_time)
+        self.project.adopted(name, pid, self.now(), create_time, ready)
         self._perform(None)
 
     # --- waiting on state ------------------------------------------------------------
@@ -507,9 +513,32 @@ class Supervisor:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             _wake(waiter)
+        self._state_dirty = True
+        self._write_soon(0.05)  # coalesce a burst of changes
+
+    def _write_soon(self, delay: float) -> None:
         if not self._state_write_pending:
             self._state_write_pending = True
-            self.loop.call_later(0.05, self._write_state)  # coalesce a burst of changes
+            self.loop.call_later(delay, self._write_if_dirty)
+
+    def _write_if_dirty(self) -> None:
+        self._state_write_pending = False
+        if self._state_dirty:
+            self._write_state()
+
+    def commit(self) -> None:
+        """Make what the project machine decided durable before a command is acknowledged:
+        the state file written, synced, renamed, its directory synced (a few ms; see
+        scripts/bench_durable.py). Raises NotSaved when it cannot be written: the change
+        stands, and the write is retried until it succeeds."""
+        if self._state_dirty:
+            self._write_state()
+        if self._state_error is not None:
+            raise NotSaved(
+                f"done, but not saved: cannot write the state file {self.state_file} "
+                f"({self._state_error}); pmon retries, and until then a restart of pmon "
+                "would not know of this change"
+            )
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Wait until `predicate()` holds (re-checked at every change); False on timeout."""
@@ -535,7 +564,7 @@ class Supervisor:
         self._write_state()
 
     def _write_state(self) -> None:
-        self._state_write_pending = False
+        self._state_dirty = False
         managers = {}
         for name, manager in self.managers.items():
             pid = manager.pid
@@ -550,6 +579,7 @@ class Supervisor:
                 "wanted": manager.wanted,
                 "exit_code": manager.exit_code,
                 "reason": manager.last_decision,
+                **statefile.resume_fields(manager, self.now(), time.time()),
             }
         live = {m.pid for m in self.managers.values() if m.pid}
         self._start_times = {p: t for p, t in self._start_times.items() if p in live}
@@ -569,7 +599,15 @@ class Supervisor:
                 },
             )
         except OSError as exc:
-            self.write_failed(f"the state file {self.state_file}", exc)
+            self._state_dirty = True
+            self._write_soon(STATE_RETRY_SECONDS)  # until the disk has room again
+            if self._state_error is None:  # reported once per outage, not every retry
+                self.write_failed(f"the state file {self.state_file}", exc)
+            self._state_error = exc
+            return
+        if self._state_error is not None:
+            self._state_error = None
+            self.events.write("write-recovered", f"the state file {self.state_file} is written again")
 
     def write_failed(self, what: str, exc: OSError) -> None:
         """pmon could not write its state or a log (disk full, ...): report it, and with
@@ -593,12 +631,14 @@ class Supervisor:
     # `wait=False` returns once the change is under way (PMON TCP answers at once).
     async def start_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager, job = self._perform(self.project.start_manager(target, self.now()))
+        self.commit()  # the decision on disk before the wait: a pmon killed meanwhile keeps it
         if wait:
             await (self.finish(job) if job is not None else self._settle(manager))
         return manager
 
     async def stop_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager = self._perform(self.project.stop_manager(target, self.now()))
+        self.commit()
         if wait:
             await self._settle(manager)
         return manager
@@ -606,12 +646,14 @@ class Supervisor:
     async def kill_manager(self, target: str | int, wait: bool = True) -> Manager:
         """Stop a manager without the polite signal: kill its process group now."""
         manager = self._perform(self.project.kill_manager(target, self.now()))
+        self.commit()
         if wait:
             await self._settle(manager)
         return manager
 
     async def restart_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager, job = self._perform(self.project.restart_manager(target, self.now()))
+        self.commit()
         if wait:
             await (self.finish(job) if job is not None else self._settle(manager))
         return manager
@@ -636,6 +678,7 @@ class Supervisor:
             if write is not None:
                 write(new)
             touched = self._perform(self.project.change(new, plan, self.now(), source))
+            self.commit()
             if plan.project:
                 self._take_log_limits()
             job = self.project.job
