@@ -268,7 +268,7 @@ class Supervisor:
                     manager = self.project.get(effect.name)
                     # stale when a plugin's advice held the restart, or a stop came first
                     if manager is not None and manager.state is S.STARTING and manager.pid is None:
-                        self._spawn(manager)
+                        self._spawn_guarded(manager)
                 elif isinstance(effect, Terminate):
                     if effect.name in self.procs:
                         self.procs[effect.name].terminate()
@@ -322,16 +322,30 @@ class Supervisor:
             log.close()
         self._reported.pop(name, None)
 
+    def _spawn_guarded(self, manager: Manager) -> None:
+        """_spawn, and whatever goes wrong in it is a start that failed, with its reason:
+        never a manager left `starting` with no pid, never the next ones not started."""
+        try:
+            self._spawn(manager)
+        except Exception as exc:
+            name = manager.spec.name
+            self.events.write(
+                "spawn-failed", f"{name} could not start: {exc!r}", manager=name, error=repr(exc)
+            )
+            if manager.pid is None:
+                self.loop.call_soon(self._spawn_failed, name)
+
     def _spawn(self, manager: Manager) -> None:
         spec = manager.spec
         try:
             wished: dict[str, str] = {}
             for extension in self.extensions:
                 wished.update(extension.spawn_env(manager))
-        except SpawnRefused as exc:
+        except Exception as exc:  # SpawnRefused: a plugin said no; anything else: its bug
+            why = str(exc) if isinstance(exc, SpawnRefused) else f"an extension failed: {exc!r}"
             self.events.write(
-                "start-refused", f"{spec.name} not started: {exc}", manager=spec.name,
-                reason=str(exc),
+                "start-refused", f"{spec.name} not started: {why}", manager=spec.name,
+                reason=why,
             )
             self.loop.call_soon(self._spawn_failed, spec.name)  # counts as a failed start
             return
@@ -349,7 +363,8 @@ class Supervisor:
             self.write_failed(f"the output log of {spec.name} ({log.path})", exc)
         try:
             proc = ManagedProcess.spawn(spec, manager_env(spec, os.environ, extra), log)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or ValueError (a NUL an extension put in the
+            # environment): never a manager left `starting` with no pid
             self.events.write(
                 "spawn-failed", f"{spec.name} could not start: {exc}", manager=spec.name,
                 error=str(exc),
