@@ -47,7 +47,29 @@ def read_saved(config: "Config", path: Any) -> tuple[dict[str, Any] | None, str 
         )
     if not isinstance(data.get("managers"), dict):
         return None, f"state file ignored: {path} has no managers table; counters start from zero"
+    wrong = statefile.wrong_fields(data, statefile.TOP_TYPES)
+    if wrong:
+        return None, (
+            f"state file ignored: {path} has fields of the wrong type ({', '.join(wrong)}); "
+            "counters start from zero"
+        )
     return data, None
+
+
+def usable_records(saved: dict[str, Any]) -> list[str]:
+    """Drop the manager records with fields of the wrong type (each treated as unknown:
+    no state file entry); returns one warning per record dropped."""
+    notes = []
+    managers = saved["managers"]
+    for name in list(managers):
+        wrong = statefile.wrong_fields(managers[name], statefile.RECORD_TYPES)
+        if wrong:
+            del managers[name]
+            notes.append(
+                f"state file entry of {name!r} ignored: wrong type ({', '.join(wrong)}); "
+                "it is treated as unknown"
+            )
+    return notes
 
 
 def marks(config: "Config") -> dict[str, str]:
@@ -124,9 +146,10 @@ def take_over(sup: "Supervisor") -> Decision:
     `decision.skip` names the managers the start sequence leaves down."""
     began = time.perf_counter()
     saved, problem = read_saved(sup.config, sup.state_file)
+    dropped = usable_records(saved) if saved is not None else []
     decision = decide(sup.config, saved, scan(sup.config), time.time())
-    if problem:
-        decision.notes.insert(0, problem)
+    decision.notes[:0] = [problem] if problem else []
+    decision.notes[:0] = dropped
     for note in decision.notes:
         sup.events.write("adoption", note)
     project, now = sup.project, sup.now()

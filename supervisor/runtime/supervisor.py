@@ -61,6 +61,7 @@ class Supervisor:
         self._start_times: dict[int, float | None] = {}
         self._state_write_pending = False
         self._state_dirty = False  # changed since the state file was last written
+        self.changes = 0  # counts changes: a command that made none has nothing to commit
         self._state_error: OSError | None = None  # why the last write failed
         self._reported: dict[str, ManagerState] = {}
         self._performing = False
@@ -106,13 +107,20 @@ class Supervisor:
         self.now = self.loop.time
         self._shutdown = asyncio.Event()
         platform.raise_fd_limit()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = _lock_project(self.state_dir)
         project = self.config.project
-        self.events = EventLog(
-            self.state_dir / "log" / "events.jsonl", project.log_max_bytes, project.log_backups,
-            echo=self.echo, on_error=lambda exc: self.write_failed("the event log", exc),
-        )
+        try:
+            tightened = _prepare_state_dir(self.state_dir)
+            self._lock = _lock_project(self.state_dir)
+            self.events = EventLog(
+                self.state_dir / "log" / "events.jsonl", project.log_max_bytes,
+                project.log_backups, echo=self.echo,
+                on_error=lambda exc: self.write_failed("the event log", exc),
+            )
+        except OSError as exc:  # read-only, not ours, ...: one line, not a traceback
+            raise PmonError(
+                f"cannot use the state directory {self.state_dir}: {exc.strerror or exc}; "
+                "make it writable for this user (or set [project] state_dir)"
+            ) from None
         self.watcher = platform.ExitWatcher(self.loop, self._on_exit)
         self.notify = NotifyListener(self.state_dir / "notify.sock", self._on_notify)
         self.notify.open(self.loop)
@@ -122,6 +130,11 @@ class Supervisor:
             "pmon-started", f"pmon {os.getpid()} runs project '{project.name}' from {self.config.path}",
             pid=os.getpid(), config=str(self.config.path),
         )
+        if tightened is not None:
+            self.events.write(
+                "state-dir", f"{self.state_dir} was mode {tightened:o}: tightened to 700 "
+                "(events, lock and sockets are the owner's only)", mode=f"{tightened:o}",
+            )
         try:
             await self._lifetime()
         except BaseExceptionGroup as failed:
@@ -529,6 +542,7 @@ class Supervisor:
         for waiter in waiters:
             _wake(waiter)
         self._state_dirty = True
+        self.changes += 1
         self._write_soon(0.05)  # coalesce a burst of changes
 
     def _write_soon(self, delay: float) -> None:
@@ -762,6 +776,20 @@ def _settle_seconds(manager: Manager) -> float:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _prepare_state_dir(state_dir: Path) -> int | None:
+    """Create the state directory owner-only, or tighten an existing one to 0700 (its
+    events, lock and sockets are nobody else's business). Returns the old mode when it
+    was tightened."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if platform.IS_WINDOWS:
+        return None
+    mode = state_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(state_dir, 0o700)
+        return mode
+    return None
 
 
 def _lock_project(state_dir: Path) -> Any:
