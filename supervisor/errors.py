@@ -52,3 +52,10 @@ class NotSaved(PmonError):
     would not survive pmon's own restart until the write (retried) succeeds."""
 
     code = "not-saved"
+
+
+class Busy(PmonError):
+    """pmon runs but its control channel accepts no connection now (a full backlog, every
+    connection slot taken): not the same as "not running"."""
+
+    code = "busy"

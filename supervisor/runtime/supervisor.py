@@ -33,7 +33,7 @@ from pmon.core.project import (
 )
 from pmon.states import ManagerState
 from pmon.errors import NotSaved, PmonError, SpawnRefused
-from pmon.runtime import adopt, platform, statefile
+from pmon.runtime import adopt, fdbudget, platform, statefile
 from pmon.runtime.api import Extension
 from pmon.runtime.logs import EventLog, describe_exit
 from pmon.runtime.notify import NotifyListener
@@ -130,6 +130,9 @@ class Supervisor:
             "pmon-started", f"pmon {os.getpid()} runs project '{project.name}' from {self.config.path}",
             pid=os.getpid(), config=str(self.config.path),
         )
+        fds = fdbudget.shortfall(self.config, fdbudget.limit(after_raise=False))
+        if fds:
+            self.events.write("fd-limit", f"warning: {fds}", needed=fdbudget.needed(self.config))
         if tightened is not None:
             self.events.write(
                 "state-dir", f"{self.state_dir} was mode {tightened:o}: tightened to 700 "
