@@ -240,3 +240,25 @@ def test_commands_from_threads_with_pmon_killed_at_random_hold(tmp_path, pmon):
         state = second.manager(name)["state"]
         assert state in ((want,) if want == "stopped" else ("running", "starting")), (
             f"seed {seed}: {name} acknowledged {want}, now {state}")
+
+
+def test_a_core_death_while_no_pmon_watches_restarts_the_whole_project(tmp_path, pmon):
+    config = write_project(tmp_path, [
+        {"name": "core", "command": child(), "core": True},
+        {"name": "a", "command": child()},
+        {"name": "b", "command": child()},
+    ])
+    first = pmon(config)
+    before = {m["name"]: m["pid"] for m in first.status()["managers"]}
+    poll_for(lambda: {n: r["pid"] for n, r in saved(first).get("managers", {}).items()} == before,
+             what="the state file")
+    first.kill()
+    os.kill(before["core"], signal.SIGKILL)
+    poll_for(lambda: not alive(before["core"]), what="core gone")
+    second = pmon(config, wait=False)
+    done = poll_for(lambda: (s := answered(second)) and s["project_state"] == "running"
+                    and all(m["pid"] for m in s["managers"]) and s, timeout=30)
+    after = {m["name"]: m["pid"] for m in done["managers"]}
+    assert all(after[name] != before[name] for name in before), (before, after)
+    assert not any(alive(pid) for pid in before.values())
+    assert "job-resumed" in kinds(second)

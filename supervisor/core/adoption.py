@@ -155,6 +155,16 @@ def decide(
             decision.down[name] = S.EXITED
         if not decision.start_project and name not in decision.down:
             decision.down[name] = S.STOPPED
+    core_gone = [name for name in decision.died_away if specs[name].core]
+    kind = decision.resume.get("kind") if decision.resume is not None else "start"
+    if core_gone and decision.start_project and kind == "start":
+        # The seed's rule holds also when no pmon saw the death: the whole project restarts.
+        reason = f"core manager {core_gone[0]} died while pmon was away"
+        decision.resume = {
+            "kind": "restart", "reason": reason, "mode": "replace", "final": "running",
+            "phase": "stopping", "order": [], "cursor": 0, "skip": [],
+        }
+        decision.notes.append(f"{reason}: restarting the whole project")
     return decision
 
 
