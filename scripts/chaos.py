@@ -37,10 +37,12 @@ import tomli_w
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from pmon import config as config_module  # noqa: E402
 from pmon.control.client import RemoteError, call  # noqa: E402
 from pmon.errors import NotRunning  # noqa: E402
+from support import poll_for  # noqa: E402
 
 CHILD = str(REPO / "tests" / "children" / "child.py")
 MANUAL = ["m1", "m2", "m3"]
@@ -109,14 +111,7 @@ class Chaos:
             return None
 
     def wait(self, predicate: Any, timeout: float, what: str) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-            time.sleep(0.05)
+        return poll_for(predicate, timeout, what)  # AssertionError on timeout
 
     # --- processes --------------------------------------------------------------------
     def processes(self) -> dict[str, list[int]]:
@@ -255,7 +250,7 @@ class Chaos:
     def check(self, number: int) -> None:
         try:
             status, live, problems = self.consistent()
-        except TimeoutError as exc:
+        except AssertionError as exc:
             self.violation(number, f"settle: {exc}; last status {self.status()}")
             return
         for problem in problems:
