@@ -23,6 +23,7 @@ from pmon.core.manager import Manager
 from pmon.core.project import (
     Forget,
     JobEnded,
+    JobKind,
     Kill,
     Project,
     ProjectChanged,
@@ -172,7 +173,10 @@ class Supervisor:
             if self._shutdown.is_set():
                 pass  # told to stop before the project started: straight to the stop below
             elif (job := adopt.resumable(taken)) is not None:
-                self._perform(self.project.resume(job, self.now()))
+                # a start leaves down what it left down after any hot restart; a restart
+                # starts everything again, as it would have
+                skip = taken.skip if job.kind is JobKind.START else frozenset()
+                self._perform(self.project.resume(job, self.now(), skip))
             elif taken.start_project:
                 self._perform(self.project.start(self.now(), skip=taken.skip))
             else:
