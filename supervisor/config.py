@@ -117,7 +117,9 @@ class Config:
 
 
 def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 <= value < float("inf")  # also refuses nan and inf: a stop that never ends
+    ):
         raise ValueError("a number >= 0 (seconds)")
     return float(value)
 
@@ -142,8 +144,11 @@ def _string(value: Any) -> str:
 
 def _name(value: Any) -> str:
     text = _string(value)
-    if text.isdigit() or any(c.isspace() or c in "#;/\\" for c in text):
-        raise ValueError("a name of letters, digits, '-', '_' or '.', not only digits")
+    if text.isdigit() or not _sane_name(text):
+        raise ValueError(
+            f"a name of at most {MAX_NAME} letters, digits, '-', '_' or '.', starting with "
+            "a letter, digit or '_', not only digits"
+        )
     return text
 
 
@@ -163,6 +168,9 @@ def _env(value: Any) -> Mapping[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise ValueError('a table of strings, e.g. { DRIVER_PORT = "5020" }')
+    bad = [k for k in value if not k or "=" in k]
+    if bad:
+        raise ValueError(f"variable names without '=' (not {bad[0]!r})")
     return MappingProxyType(dict(value))
 
 
@@ -331,6 +339,8 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     """Validate an already parsed TOML document that belongs to `path`."""
     errors = _Errors(path)
     base = path.parent
+    _strictness(data, errors)
+    errors.raise_if_any()  # the checks below would trip over a NUL (paths, resolve)
     errors.unknown_keys("top level", data, SECTIONS)
 
     project_table = _table(data, "project", errors)
@@ -369,6 +379,62 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         path=path, project=project_spec, managers=managers, raw=data, pmon_tcp=pmon_tcp,
         redundancy=redundancy, metrics=metrics,
     )
+
+
+# --- what `run` could not start: refused here, so that `validate` refuses it too ----------
+MAX_NAME = 64  # a manager's name is a file name (its log) and a column of `pmon status`
+MIN_RESET_AFTER = 1.0  # a shorter window forgets every restart: no backoff, no block
+
+
+def _sane_name(text: str) -> bool:
+    """Letters, digits, '-', '_', '.'; not starting with '-' or '.' (an option, a hidden
+    file); no control characters (terminal escapes in `status`); short enough for a path."""
+    return (
+        0 < len(text) <= MAX_NAME
+        and (text[0].isalnum() or text[0] == "_")
+        and all((c.isalnum() and c.isprintable()) or c in "-_." for c in text)
+    )
+
+
+def _strictness(data: Mapping[str, Any], errors: _Errors) -> None:
+    """Refuse what passes the schema but cannot run: a NUL anywhere (no OS call takes one:
+    in a command, an environment variable, a path), and a restart window too short to
+    count restarts (reset_after, here and in [defaults])."""
+    for where, text in _strings(data, "top level"):
+        if "\0" in text:
+            errors.add(where, f"contains a NUL character ({text!r}); remove it")
+    tables = [("[defaults]", data.get("defaults"))]
+    managers = data.get("managers")
+    if isinstance(managers, list):
+        tables += [(f"managers[{i}]", t) for i, t in enumerate(managers, start=1)]
+    for where, table in tables:
+        value = table.get("reset_after") if isinstance(table, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            value < MIN_RESET_AFTER and value >= 0
+        ):
+            errors.add(
+                f"{where}, key 'reset_after'",
+                f"{value!r} s is shorter than one restart: every crash would count as the "
+                f"first (no backoff, never blocked); use at least {MIN_RESET_AFTER:g}",
+            )
+
+
+def _strings(value: Any, where: str) -> Any:
+    """Every string (keys too) of a parsed TOML value, with where it is."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if where != "top level":
+                inner = f"{where}, key {key!r}"
+            else:
+                inner = key if isinstance(item, list) else f"[{key}]"
+            if isinstance(key, str):
+                yield inner, key
+            yield from _strings(item, inner)
+    elif isinstance(value, list):
+        for position, item in enumerate(value, start=1):
+            yield from _strings(item, f"{where}[{position}]")
 
 
 def _table(data: Mapping[str, Any], key: str, errors: _Errors) -> Mapping[str, Any]:
@@ -466,6 +532,7 @@ def _managers(
     seen: dict[str, int] = {}
     for position, table in enumerate(tables, start=1):
         label = table.get("name") if isinstance(table.get("name"), str) else None
+        label = label if label and _sane_name(label) else None  # no escapes in a message
         where = f"manager '{label}' (managers[{position}])" if label else f"managers[{position}]"
         errors.unknown_keys(where, table, MANAGER_KEYS)
         values = {**defaults, **errors.convert(where, table, MANAGER_KEYS)}

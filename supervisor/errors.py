@@ -45,3 +45,17 @@ class SpawnRefused(PmonError):
     """A plugin refused to let a manager start (the message is its reason)."""
 
     code = "start-refused"
+
+
+class NotSaved(PmonError):
+    """A change was made but could not be written to the state file (disk full, ...): it
+    would not survive pmon's own restart until the write (retried) succeeds."""
+
+    code = "not-saved"
+
+
+class Busy(PmonError):
+    """pmon runs but its control channel accepts no connection now (a full backlog, every
+    connection slot taken): not the same as "not running"."""
+
+    code = "busy"

@@ -118,6 +118,11 @@ def validate(config_path: Path | None) -> None:
         f"{config.path}: valid, project '{config.project.name}', {len(config.managers)} managers, "
         f"plugins: {', '.join(loaded.plugins) or 'none'}"
     )
+    from pmon.runtime import fdbudget
+
+    fds = fdbudget.shortfall(config, fdbudget.limit())  # this shell's limit, as run would
+    if fds:
+        click.echo(f"pmon: warning: {fds}", err=True)
 
 
 def _since(started_at: float | None) -> str:

@@ -18,5 +18,11 @@ REGISTRY: dict[str, Command] = collect(MODULES)
 
 
 async def execute(sup: "Supervisor", name: Any, args: Any) -> Any:
-    """Run one command of the registry (see registry.execute)."""
-    return await _execute(REGISTRY, sup, name, args)
+    """Run one command of the registry (see registry.execute). What it changed is on disk
+    before it is acknowledged (Supervisor.commit: nothing to write for a command that changed
+    nothing)."""
+    before = sup.changes
+    result = await _execute(REGISTRY, sup, name, args)
+    if sup.changes != before:  # a read (status, ...) waits for no disk
+        sup.commit()
+    return result

@@ -4,12 +4,15 @@ so that `pmon status` answers fast.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Sequence
 
-from pmon.errors import ConfigError, NotRunning, PmonError, ProtocolError
+from pmon.errors import Busy, ConfigError, NotRunning, PmonError, ProtocolError
 from pmon.control import protocol
 
 if TYPE_CHECKING:
@@ -56,15 +59,42 @@ class RemoteError(PmonError):
         self.code = code
 
 
+# A connection refused for want of room (a full backlog: EAGAIN on a Unix socket) while pmon
+# lives is retried this long, then reported as busy, not as "not running".
+BUSY_SECONDS = 3.0
+_NO_ROOM = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNREFUSED, errno.ETIMEDOUT)
+
+
 def connect(where: Endpoint, timeout: float) -> tuple[socket.socket, str | None]:
+    deadline = time.monotonic() + BUSY_SECONDS
+    pause = 0.02
+    while True:
+        try:
+            return _connect_once(where, timeout)
+        except OSError as exc:
+            no_room = exc.errno in _NO_ROOM or isinstance(exc, TimeoutError)
+            if not no_room or not _pmon_alive(where.state_dir):
+                raise _not_running(where) from None
+            if time.monotonic() >= deadline:
+                raise Busy(
+                    f"pmon is busy: it runs (project '{where.project}') but its control "
+                    f"channel took no connection for {BUSY_SECONDS:g} s ({exc.strerror}); "
+                    "try again in a moment"
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.3)
+
+
+def _connect_once(where: Endpoint, timeout: float) -> tuple[socket.socket, str | None]:
     addr_file = protocol.address_path(where.state_dir)
     if where.tcp or addr_file.exists():
         try:
             host, _, port = addr_file.read_text().rpartition(":")
             token = protocol.token_path(where.state_dir).read_text().strip()
-            return socket.create_connection((host, int(port)), timeout=timeout), token
+            port_number = int(port)
         except (OSError, ValueError):
             raise _not_running(where) from None
+        return socket.create_connection((host, port_number), timeout=timeout), token
     path = protocol.socket_path(where.state_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -72,8 +102,22 @@ def connect(where: Endpoint, timeout: float) -> tuple[socket.socket, str | None]
         sock.connect(str(path))
     except OSError:
         sock.close()
-        raise _not_running(where) from None
+        raise
     return sock, None
+
+
+def _pmon_alive(state_dir: Path) -> bool:
+    """The pid in the project's lock file names a live process (pmon writes it there)."""
+    if os.name == "nt":
+        return False  # no signal 0 there (os.kill would end the process)
+    try:
+        pid = int((state_dir / "pmon.lock").read_text().strip())
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # alive, another user's
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _not_running(where: Endpoint) -> NotRunning:

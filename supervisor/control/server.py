@@ -3,6 +3,11 @@
 A Unix socket with owner-only permissions (inside an owner-only state directory), or
 loopback TCP where every request must carry the token from an owner-only file. A client's
 nonsense gets an error reply; it never reaches the supervisor's state, never kills the loop.
+
+No client can starve it: at most MAX_CONNECTIONS at once (a new one takes the place of the
+oldest that has not yet sent a good request: a flood of idle, token-less connections cannot
+shut the operator out), a first request within FIRST_REQUEST_SECONDS, at most IDLE_SECONDS of
+silence after it, and a wrong token answered late and, after MAX_AUTH_FAILURES, not at all.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, cast
 
 from pmon import commands
-from pmon.runtime import platform
+from pmon.runtime import fdbudget, platform
 from pmon.runtime.api import Api, Extension
 from pmon.errors import PmonError, ProtocolError
 from pmon.runtime.statefile import write_atomically
@@ -28,6 +33,12 @@ if TYPE_CHECKING:
     from pmon.runtime.supervisor import Supervisor
     from pmon.states import ManagerState
 
+MAX_CONNECTIONS = fdbudget.CONTROL_CONNECTIONS  # bounds the fds clients hold
+FIRST_REQUEST_SECONDS = 5.0
+IDLE_SECONDS = 300.0
+AUTH_DELAY = 0.5  # seconds, times the failures so far on the connection
+MAX_AUTH_FAILURES = 3
+
 
 class ControlServer(Extension):
     """An extension by its lifetime (first in the app's list: up before the project starts,
@@ -39,7 +50,8 @@ class ControlServer(Extension):
     def __init__(self) -> None:
         self.server: asyncio.AbstractServer | None = None
         self.token: str | None = None
-        self._clients: set[asyncio.Task[Any]] = set()
+        # every connection's task -> whether it has sent a good request (oldest first)
+        self._clients: dict[asyncio.Task[Any], bool] = {}
         self.feed = Feed()  # `subscribe`: the event log and state changes, pushed
 
     async def start(self, api: Api) -> None:
@@ -90,13 +102,21 @@ class ControlServer(Extension):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._clients.add(task)
+        if not self._make_room():
+            writer.write(protocol.encode(protocol.error_reply(
+                "busy", f"{MAX_CONNECTIONS} clients are connected; try again in a moment")))
+            writer.close()
+            return
+        self._clients[task] = False
+        failures = 0
         try:
             while True:
+                wait = IDLE_SECONDS if self._clients[task] else FIRST_REQUEST_SECONDS
                 try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
-                    return  # the client went away
+                    async with asyncio.timeout(wait):
+                        line = await reader.readuntil(b"\n")
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    return  # the client went away, or said nothing for too long
                 except asyncio.LimitOverrunError:
                     writer.write(protocol.encode(protocol.error_reply(
                         "protocol", f"message longer than {protocol.MAX_LINE} bytes")))
@@ -106,12 +126,20 @@ class ControlServer(Extension):
                     await self._stream(line, reader, writer)
                     return
                 reply = await self._answer(line)
+                code = reply.get("error", {}).get("code")
+                if code == "auth":
+                    failures += 1
+                    await asyncio.sleep(AUTH_DELAY * failures)  # guessing costs time
+                elif code != "protocol":  # past the token check: a client of ours
+                    self._clients[task] = True
                 writer.write(protocol.encode(reply))
                 await writer.drain()
+                if failures >= MAX_AUTH_FAILURES:
+                    return
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             writer.close()
 
     def on_manager(self, manager: "Manager", old: "ManagerState | None") -> None:
@@ -151,6 +179,9 @@ class ControlServer(Extension):
                 await writer.drain()
                 return
             managers, limit = _subscribe_args(message.get("args", {}))
+            task = asyncio.current_task()
+            if task in self._clients:  # past the token check: not evicted as an idle one
+                self._clients[task] = True
         except PmonError as exc:
             writer.write(protocol.encode(protocol.error_reply(exc.code, str(exc))))
             await writer.drain()
@@ -172,6 +203,17 @@ class ControlServer(Extension):
         finally:
             self.feed.unsubscribe(subscriber)
             gone.cancel()
+    def _make_room(self) -> bool:
+        """Room for one more connection: at the limit, the oldest one that has not sent a
+        good request yet is closed. False when every connection is a good one."""
+        if len(self._clients) < MAX_CONNECTIONS:
+            return True
+        idle = next((task for task, good in self._clients.items() if not good), None)
+        if idle is None:
+            return False
+        del self._clients[idle]
+        idle.cancel()
+        return True
 
     async def _answer(self, line: bytes) -> dict[str, Any]:
         try:

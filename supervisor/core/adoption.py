@@ -50,17 +50,24 @@ class Decision:
 
     @property
     def skip(self) -> frozenset[str]:
-        """The managers the start sequence leaves down."""
-        return frozenset(self.down)
+        """The managers the start sequence leaves down (or leaves to the stop under way)."""
+        return frozenset(self.down) | frozenset(self.stopping)
 
     project_state: str = "running"
     notes: list[str] = field(default_factory=list)
+    # The project job the previous pmon had under way (Job.as_dict), resumed by this one.
+    resume: Mapping[str, Any] | None = None
+    # Adopted managers caught in a stop: seconds left until the kill, start again after it.
+    stopping: dict[str, tuple[float, bool]] = field(default_factory=dict)
+    not_ready: set[str] = field(default_factory=set)  # adopted while still starting
 
 
 def decide(
-    config: "Config", saved: Mapping[str, Any] | None, found: Iterable[Found]
+    config: "Config", saved: Mapping[str, Any] | None, found: Iterable[Found],
+    wall: float | None = None,
 ) -> Decision:
-    """What to adopt, stop, restore and start, from the saved state and the live processes."""
+    """What to adopt, stop, restore and start, from the saved state and the live processes
+    (`wall`: the wall clock now, for a kill deadline the previous pmon saved)."""
     decision = Decision()
     specs = {spec.name: spec for spec in config.managers}
     records: Mapping[str, Any] = (saved or {}).get("managers", {})
@@ -107,15 +114,30 @@ def decide(
     if project_state in ("stopped", "blocked"):  # an operator (or the block) stopped it
         decision.start_project = False
         decision.project_state = project_state
+    job = saved.get("job")
+    if isinstance(job, dict) and project_state not in ("stopped", "blocked", "running"):
+        decision.resume = job
+    going_down = decision.resume is not None and decision.resume.get("kind") in ("stop", "block")
     for name, spec in specs.items():
         record = records.get(name)
         if not isinstance(record, dict):
             continue
         decision.restore[name] = record
-        if name in decision.adopt:
-            continue
         state = record.get("state")
-        if state == S.BLOCKED.value:
+        if name in decision.adopt:
+            if state == S.STOPPING.value:
+                decision.stopping[name] = (
+                    _kill_in(record.get("kill_at"), wall, spec.seconds_to_kill),
+                    record.get("then_start") is True,
+                )
+            elif state == S.STARTING.value:
+                decision.not_ready.add(name)
+            continue
+        if spec.start is StartType.MANUAL and record.get("wanted") is False and state != S.BLOCKED.value:
+            decision.down[name] = S.STOPPED  # an operator stopped it (or never started it)
+        elif going_down and state != S.BLOCKED.value:
+            decision.down[name] = S.STOPPED  # the stop under way would have stopped it
+        elif state == S.BLOCKED.value:
             decision.down[name] = S.BLOCKED
         elif state == S.STOPPED.value and project_state == "running" and spec.run_on != "active":
             decision.down[name] = S.STOPPED  # stopped on purpose (mid-sequence: not yet)
@@ -133,7 +155,25 @@ def decide(
             decision.down[name] = S.EXITED
         if not decision.start_project and name not in decision.down:
             decision.down[name] = S.STOPPED
+    core_gone = [name for name in decision.died_away if specs[name].core]
+    kind = decision.resume.get("kind") if decision.resume is not None else "start"
+    if core_gone and decision.start_project and kind == "start":
+        # The seed's rule holds also when no pmon saw the death: the whole project restarts.
+        reason = f"core manager {core_gone[0]} died while pmon was away"
+        decision.resume = {
+            "kind": "restart", "reason": reason, "mode": "replace", "final": "running",
+            "phase": "stopping", "order": [], "cursor": 0, "skip": [],
+        }
+        decision.notes.append(f"{reason}: restarting the whole project")
     return decision
+
+
+def _kill_in(kill_at: Any, wall: float | None, seconds_to_kill: float) -> float:
+    """Seconds left of a stop's grace the previous pmon began (all of it when unknown)."""
+    if wall is None or not isinstance(kill_at, (int, float)) or isinstance(kill_at, bool):
+        return seconds_to_kill
+    left = kill_at - wall
+    return max(0.0, min(left, seconds_to_kill)) if left == left else seconds_to_kill
 
 
 def _matching(procs: list[Found], pid: Any, create_time: Any) -> Found | None:

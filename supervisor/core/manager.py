@@ -10,6 +10,8 @@ Transitions (event: from -> to):
     start:        STOPPED | EXITED | BLOCKED | BACKOFF -> (SPAWN) -> STARTING
     spawned:      STARTING -> RUNNING (ready = spawn) | STARTING (notify, delay)
     adopted:      STOPPED | EXITED | BACKOFF | BLOCKED -> RUNNING (hot restart of pmon)
+                  ... -> STARTING (it had not reported ready: notify, delay)
+    resume_stop:  RUNNING (just adopted) -> STOPPING (TERMINATE, the old kill deadline)
     ready:        STARTING -> RUNNING (ready = notify)
     stop:         STARTING (no process yet: spawn failed) -> STOPPED
                   STARTING | RUNNING -> STOPPING (TERMINATE, kill deadline)
@@ -149,8 +151,12 @@ class Manager:
             self._set_deadline(Deadline.START_TIMEOUT, now + self.spec.start_timeout)
         return []
 
-    def adopted(self, pid: int, now: float, wall: float | None) -> list[Action]:
-        """A restarted pmon found this manager's process still running and takes it over."""
+    def adopted(
+        self, pid: int, now: float, wall: float | None, *, ready: bool = True
+    ) -> list[Action]:
+        """A restarted pmon found this manager's process still running and takes it over.
+        `ready` False: the previous pmon saw it starting (no READY=1 yet, or its delay not
+        over): it starts again from here, with a fresh start_timeout / ready_seconds."""
         if self.alive:
             raise TransitionError(f"adopted in state {self.state}")
         # STOPPED | EXITED | BACKOFF | BLOCKED -> RUNNING, with no spawn: it already runs
@@ -158,7 +164,27 @@ class Manager:
         self.pid, self.exit_code, self.started_at = pid, None, wall
         self.ready_failed = False
         self._set_deadline(None)
+        if not ready and self.spec.ready is not Readiness.SPAWN:
+            self.state = S.STARTING  # -> STARTING: waits for READY=1 (or its delay) anew
+            if self.spec.ready is Readiness.DELAY:
+                self._set_deadline(Deadline.READY, now + self.spec.ready_seconds)
+            else:
+                self._set_deadline(Deadline.START_TIMEOUT, now + self.spec.start_timeout)
         return []
+
+    def resume_stop(self, now: float, kill_in: float, then_start: bool) -> list[Action]:
+        """A restarted pmon adopted it in the middle of a stop: carry the stop on and kill
+        at the deadline the previous pmon set (`kill_in` seconds from now; 0: at once)."""
+        actions = self.stop(now, operator=False)
+        if self.state is S.STOPPING:
+            self._set_deadline(Deadline.KILL, now + max(0.0, min(kill_in, self.spec.seconds_to_kill)))
+            self._restart_after_stop = then_start
+        return actions
+
+    @property
+    def restart_pending(self) -> bool:
+        """It is stopping to be started again (an operator's restart)."""
+        return self._restart_after_stop
 
     def spawn_failed(self, now: float, *, restart: bool = True) -> list[Action]:
         """The program could not be executed at all: counts as a death with no exit code

@@ -93,7 +93,30 @@ class Job:
             "id": self.id, "kind": self.kind.value, "reason": self.reason,
             "mode": self.mode.value, "phase": self.phase.value, "cursor": self.cursor,
             "steps": len(self.order), "waiting": self.waiting,
+            # what the next pmon needs to resume it where it stood (core/adoption.py)
+            "final": self.final.value, "order": list(self.order), "skip": sorted(self.skip),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], id: int) -> "Job | None":
+        """A job the previous pmon saved, or None when the record is not one."""
+        try:
+            job = cls(
+                id, JobKind(data["kind"]), str(data["reason"]), JobMode(data["mode"]),
+                ProjectState(data["final"]), Phase(data["phase"]),
+            )
+            order, cursor, skip = data["order"], data["cursor"], data.get("skip", [])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if (
+            not isinstance(order, list) or not all(isinstance(n, str) for n in order)
+            or not isinstance(cursor, int) or isinstance(cursor, bool)
+            or not 0 <= cursor <= len(order)
+            or not isinstance(skip, list) or not all(isinstance(n, str) for n in skip)
+        ):
+            return None
+        job.order, job.cursor, job.skip = tuple(order), cursor, frozenset(skip)
+        return job
 
 
 # --- effects: what the runtime performs -------------------------------------------------
@@ -457,9 +480,39 @@ class Project:
         self._advance(now)
 
     # --- a restarted pmon takes over (hot restart) ------------------------------------------
-    def adopted(self, name: str, pid: int, now: float, wall: float | None) -> None:
+    def adopted(
+        self, name: str, pid: int, now: float, wall: float | None, ready: bool = True
+    ) -> None:
         manager = self.managers[name]
-        self._do(manager, manager.adopted(pid, now, wall), now)
+        self._do(manager, manager.adopted(pid, now, wall, ready=ready), now)
+
+    def resume_stop(self, name: str, now: float, kill_in: float, then_start: bool) -> None:
+        """An adopted manager was stopping when the previous pmon went away: go on."""
+        manager = self.managers[name]
+        self._do(manager, manager.resume_stop(now, kill_in, then_start), now)
+
+    def resume(self, saved: Job, now: float, skip: Iterable[str] = ()) -> int:
+        """Carry on the job the previous pmon had under way, in the phase it stood in. The
+        phase is walked again from its first step: a step already done is nothing (a stop
+        of a manager already down, a start of one running), and a manager that died while
+        no pmon watched is not passed over. The final stop of a pmon that died is an
+        ordinary stop here: this pmon runs on, with the project stopped."""
+        job = self._job(saved.kind, saved.reason, saved.final, saved.phase)
+        job.skip = saved.skip | frozenset(skip)
+        self._record(
+            "job-resumed",
+            f"resuming the project {saved.kind.value} ({saved.reason}) where the previous "
+            f"pmon left it: {saved.phase.value} phase, step {saved.cursor + 1} of "
+            f"{len(saved.order)}",
+            job=saved.kind.value, phase=saved.phase.value, cursor=saved.cursor,
+            steps=len(saved.order), reason=saved.reason,
+        )
+        if self.job is not None:
+            self._effects.append(JobEnded(self.job.id, "replaced"))
+        self.job = job
+        self._enter(job, now)
+        self._advance(now)
+        return job.id
 
     def restored(self, name: str, record: Mapping[str, Any], now: float) -> None:
         adoption.restore(self.managers[name], record, now)

@@ -25,6 +25,7 @@ from pmon.runtime import platform, statefile
 
 if TYPE_CHECKING:
     from pmon.config import Config
+    from pmon.core.project import Job
     from pmon.runtime.supervisor import Supervisor
 
 STRAY_KILL_SECONDS = 10.0
@@ -46,7 +47,29 @@ def read_saved(config: "Config", path: Any) -> tuple[dict[str, Any] | None, str 
         )
     if not isinstance(data.get("managers"), dict):
         return None, f"state file ignored: {path} has no managers table; counters start from zero"
+    wrong = statefile.wrong_fields(data, statefile.TOP_TYPES)
+    if wrong:
+        return None, (
+            f"state file ignored: {path} has fields of the wrong type ({', '.join(wrong)}); "
+            "counters start from zero"
+        )
     return data, None
+
+
+def usable_records(saved: dict[str, Any]) -> list[str]:
+    """Drop the manager records with fields of the wrong type (each treated as unknown:
+    no state file entry); returns one warning per record dropped."""
+    notes = []
+    managers = saved["managers"]
+    for name in list(managers):
+        wrong = statefile.wrong_fields(managers[name], statefile.RECORD_TYPES)
+        if wrong:
+            del managers[name]
+            notes.append(
+                f"state file entry of {name!r} ignored: wrong type ({', '.join(wrong)}); "
+                "it is treated as unknown"
+            )
+    return notes
 
 
 def marks(config: "Config") -> dict[str, str]:
@@ -123,9 +146,10 @@ def take_over(sup: "Supervisor") -> Decision:
     `decision.skip` names the managers the start sequence leaves down."""
     began = time.perf_counter()
     saved, problem = read_saved(sup.config, sup.state_file)
-    decision = decide(sup.config, saved, scan(sup.config))
-    if problem:
-        decision.notes.insert(0, problem)
+    dropped = usable_records(saved) if saved is not None else []
+    decision = decide(sup.config, saved, scan(sup.config), time.time())
+    decision.notes[:0] = [problem] if problem else []
+    decision.notes[:0] = dropped
     for note in decision.notes:
         sup.events.write("adoption", note)
     project, now = sup.project, sup.now()
@@ -145,11 +169,15 @@ def take_over(sup: "Supervisor") -> Decision:
             manager=name,
         )
     for name, proc in decision.adopt.items():
-        sup.watch_adopted(name, proc.pid, proc.create_time)
+        ready = name not in decision.not_ready
+        sup.watch_adopted(name, proc.pid, proc.create_time, ready=ready)
         sup.events.write(
-            "adopt", f"{name} (pid {proc.pid}) adopted: still running from before",
-            manager=name, pid=proc.pid,
+            "adopt", f"{name} (pid {proc.pid}) adopted: still running from before"
+            + ("" if ready else "; not ready yet: it is starting again from here"),
+            manager=name, pid=proc.pid, ready=ready,
         )
+    for name, (kill_in, then_start) in decision.stopping.items():
+        _resume_stop(sup, name, kill_in, then_start)
     for proc in decision.strays:
         _stop_stray(sup, proc)
     if not decision.start_project:
@@ -167,6 +195,31 @@ def take_over(sup: "Supervisor") -> Decision:
         pids={name: proc.pid for name, proc in decision.adopt.items()},
     )
     return decision
+
+
+def resumable(decision: Decision) -> "Job | None":
+    """The project job the previous pmon had under way, to be resumed (None: none, or a
+    record this pmon cannot read, and then the project starts as after any restart)."""
+    from pmon.core.project import Job
+
+    if decision.resume is None:
+        return None
+    return Job.from_dict(decision.resume, 0)
+
+
+def _resume_stop(sup: "Supervisor", name: str, kill_in: float, then_start: bool) -> None:
+    """It was stopping when the previous pmon went away: the stop goes on, with the kill at
+    the deadline that pmon set."""
+    manager = sup.managers[name]
+    if manager.pid is None:
+        return  # dead meanwhile: the watcher reported it
+    sup.events.write(
+        "stop-resumed",
+        f"{name} (pid {manager.pid}) was stopping when pmon went away: the stop goes on, "
+        f"killed in {kill_in:g} s if still alive" + ("; then started again" if then_start else ""),
+        manager=name, pid=manager.pid, kill_in=round(kill_in, 3), then_start=then_start,
+    )
+    sup.project.resume_stop(name, sup.now(), kill_in, then_start)  # performed with the job
 
 
 def _stop_stray(sup: "Supervisor", found: Found) -> None:

@@ -11,7 +11,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pmon.core.manager import Manager
 
 VERSION = 2  # 2: project_state and stopped_cleanly (a file without them is not trusted)
 
@@ -27,6 +30,61 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    """fsync the directory: the rename itself survives a crash of the machine."""
+    if os.name != "posix":
+        return  # Windows: MoveFileEx is durable on NTFS, and a directory cannot be opened
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# The type of every field of a manager's record that a reader uses (None: may be null).
+RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "pid": (int, type(None)), "create_time": (int, float, type(None)), "state": (str,),
+    "restarts": (int,), "recent_restarts": (list,), "wanted": (bool,),
+    "exit_code": (int, type(None)), "reason": (str, type(None)),
+    "kill_at": (int, float, type(None)), "then_start": (bool,), "ready_failed": (bool,),
+}
+TOP_TYPES: dict[str, tuple[type, ...]] = {
+    "project": (str,), "project_state": (str,), "project_reason": (str, type(None)),
+    "stopped_cleanly": (bool,), "job": (dict, type(None)), "managers": (dict,),
+}
+
+
+def wrong_fields(record: Any, types: dict[str, tuple[type, ...]]) -> list[str]:
+    """The fields of a record that have the wrong type (a hand-edited or corrupt file);
+    a missing field is fine (an older file)."""
+    if not isinstance(record, dict):
+        return ["(not a table)"]
+    wrong = []
+    for key, allowed in types.items():
+        value = record.get(key)
+        if key in record and (
+            not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+        ):
+            wrong.append(f"{key} = {json.dumps(value)[:40]}")
+    return wrong
+
+
+def resume_fields(manager: "Manager", now: float, wall: float) -> dict[str, Any]:
+    """What a manager's record holds beyond its counters so that the next pmon can carry on
+    what this one had under way (core/adoption.py reads them; older files lack them):
+    the wall-clock time a stop kills at, and whether it starts again after the stop."""
+    from pmon.core.manager import Deadline
+
+    kill_at = None
+    if manager.deadline_kind is Deadline.KILL and manager.deadline is not None:
+        kill_at = wall + (manager.deadline - now)
+    return {
+        "kill_at": kill_at, "then_start": manager.restart_pending,
+        "ready_failed": manager.ready_failed,
+    }
 
 
 def process_start_time(pid: int) -> float | None:

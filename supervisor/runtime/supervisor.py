@@ -23,6 +23,7 @@ from pmon.core.manager import Manager
 from pmon.core.project import (
     Forget,
     JobEnded,
+    JobKind,
     Kill,
     Project,
     ProjectChanged,
@@ -32,8 +33,8 @@ from pmon.core.project import (
     Terminate,
 )
 from pmon.states import ManagerState
-from pmon.errors import PmonError, SpawnRefused
-from pmon.runtime import adopt, platform, statefile
+from pmon.errors import NotSaved, PmonError, SpawnRefused
+from pmon.runtime import adopt, fdbudget, platform, statefile
 from pmon.runtime.api import Extension
 from pmon.runtime.logs import EventLog, describe_exit
 from pmon.runtime.notify import NotifyListener
@@ -43,6 +44,7 @@ from pmon.runtime.process import ManagedProcess, log_path, manager_env
 S = ManagerState
 E = TypeVar("E", bound=Extension)
 T = TypeVar("T")
+STATE_RETRY_SECONDS = 1.0  # a state file that could not be written is tried again this often
 SETTLED_PROJECT = (ProjectState.RUNNING, ProjectState.STOPPED, ProjectState.BLOCKED)
 
 
@@ -59,6 +61,9 @@ class Supervisor:
         self._waiters: list[asyncio.Future[None]] = []
         self._start_times: dict[int, float | None] = {}
         self._state_write_pending = False
+        self._state_dirty = False  # changed since the state file was last written
+        self.changes = 0  # counts changes: a command that made none has nothing to commit
+        self._state_error: OSError | None = None  # why the last write failed
         self._reported: dict[str, ManagerState] = {}
         self._performing = False
         self.started_at = time.time()
@@ -103,13 +108,20 @@ class Supervisor:
         self.now = self.loop.time
         self._shutdown = asyncio.Event()
         platform.raise_fd_limit()
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = _lock_project(self.state_dir)
         project = self.config.project
-        self.events = EventLog(
-            self.state_dir / "log" / "events.jsonl", project.log_max_bytes, project.log_backups,
-            echo=self.echo, on_error=lambda exc: self.write_failed("the event log", exc),
-        )
+        try:
+            tightened = _prepare_state_dir(self.state_dir)
+            self._lock = _lock_project(self.state_dir)
+            self.events = EventLog(
+                self.state_dir / "log" / "events.jsonl", project.log_max_bytes,
+                project.log_backups, echo=self.echo,
+                on_error=lambda exc: self.write_failed("the event log", exc),
+            )
+        except OSError as exc:  # read-only, not ours, ...: one line, not a traceback
+            raise PmonError(
+                f"cannot use the state directory {self.state_dir}: {exc.strerror or exc}; "
+                "make it writable for this user (or set [project] state_dir)"
+            ) from None
         self.watcher = platform.ExitWatcher(self.loop, self._on_exit)
         self.notify = NotifyListener(self.state_dir / "notify.sock", self._on_notify)
         self.notify.open(self.loop)
@@ -119,6 +131,14 @@ class Supervisor:
             "pmon-started", f"pmon {os.getpid()} runs project '{project.name}' from {self.config.path}",
             pid=os.getpid(), config=str(self.config.path),
         )
+        fds = fdbudget.shortfall(self.config, fdbudget.limit(after_raise=False))
+        if fds:
+            self.events.write("fd-limit", f"warning: {fds}", needed=fdbudget.needed(self.config))
+        if tightened is not None:
+            self.events.write(
+                "state-dir", f"{self.state_dir} was mode {tightened:o}: tightened to 700 "
+                "(events, lock and sockets are the owner's only)", mode=f"{tightened:o}",
+            )
         try:
             await self._lifetime()
         except BaseExceptionGroup as failed:
@@ -152,6 +172,11 @@ class Supervisor:
             self._listening = True
             if self._shutdown.is_set():
                 pass  # told to stop before the project started: straight to the stop below
+            elif (job := adopt.resumable(taken)) is not None:
+                # a start leaves down what it left down after any hot restart; a restart
+                # starts everything again, as it would have
+                skip = taken.skip if job.kind is JobKind.START else frozenset()
+                self._perform(self.project.resume(job, self.now(), skip))
             elif taken.start_project:
                 self._perform(self.project.start(self.now(), skip=taken.skip))
             else:
@@ -265,7 +290,7 @@ class Supervisor:
                     manager = self.project.get(effect.name)
                     # stale when a plugin's advice held the restart, or a stop came first
                     if manager is not None and manager.state is S.STARTING and manager.pid is None:
-                        self._spawn(manager)
+                        self._spawn_guarded(manager)
                 elif isinstance(effect, Terminate):
                     if effect.name in self.procs:
                         self.procs[effect.name].terminate()
@@ -319,16 +344,30 @@ class Supervisor:
             log.close()
         self._reported.pop(name, None)
 
+    def _spawn_guarded(self, manager: Manager) -> None:
+        """_spawn, and whatever goes wrong in it is a start that failed, with its reason:
+        never a manager left `starting` with no pid, never the next ones not started."""
+        try:
+            self._spawn(manager)
+        except Exception as exc:
+            name = manager.spec.name
+            self.events.write(
+                "spawn-failed", f"{name} could not start: {exc!r}", manager=name, error=repr(exc)
+            )
+            if manager.pid is None:
+                self.loop.call_soon(self._spawn_failed, name)
+
     def _spawn(self, manager: Manager) -> None:
         spec = manager.spec
         try:
             wished: dict[str, str] = {}
             for extension in self.extensions:
                 wished.update(extension.spawn_env(manager))
-        except SpawnRefused as exc:
+        except Exception as exc:  # SpawnRefused: a plugin said no; anything else: its bug
+            why = str(exc) if isinstance(exc, SpawnRefused) else f"an extension failed: {exc!r}"
             self.events.write(
-                "start-refused", f"{spec.name} not started: {exc}", manager=spec.name,
-                reason=str(exc),
+                "start-refused", f"{spec.name} not started: {why}", manager=spec.name,
+                reason=why,
             )
             self.loop.call_soon(self._spawn_failed, spec.name)  # counts as a failed start
             return
@@ -346,7 +385,8 @@ class Supervisor:
             self.write_failed(f"the output log of {spec.name} ({log.path})", exc)
         try:
             proc = ManagedProcess.spawn(spec, manager_env(spec, os.environ, extra), log)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or ValueError (a NUL an extension put in the
+            # environment): never a manager left `starting` with no pid
             self.events.write(
                 "spawn-failed", f"{spec.name} could not start: {exc}", manager=spec.name,
                 error=str(exc),
@@ -493,14 +533,15 @@ class Supervisor:
             pass
         return None
 
-    def watch_adopted(self, name: str, pid: int, create_time: float) -> None:
-        """Supervise a manager's process that a previous pmon started (hot restart)."""
+    def watch_adopted(self, name: str, pid: int, create_time: float, ready: bool = True) -> None:
+        """Supervise a manager's process that a previous pmon started (hot restart);
+        `ready` False: it had not reported ready yet."""
         self.procs[name] = ManagedProcess(None, pid)
         self.by_pid[pid] = name
         self._start_times[pid] = create_time
         self._log_for(name)  # its output file is rotated like any other
         self.watcher.watch(pid)  # dead meanwhile: the watcher reports the exit at once
-        self.project.adopted(name, pid, self.now(), create_time)
+        self.project.adopted(name, pid, self.now(), create_time, ready)
         self._perform(None)
 
     # --- waiting on state ------------------------------------------------------------
@@ -509,9 +550,33 @@ class Supervisor:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             _wake(waiter)
+        self._state_dirty = True
+        self.changes += 1
+        self._write_soon(0.05)  # coalesce a burst of changes
+
+    def _write_soon(self, delay: float) -> None:
         if not self._state_write_pending:
             self._state_write_pending = True
-            self.loop.call_later(0.05, self._write_state)  # coalesce a burst of changes
+            self.loop.call_later(delay, self._write_if_dirty)
+
+    def _write_if_dirty(self) -> None:
+        self._state_write_pending = False
+        if self._state_dirty:
+            self._write_state()
+
+    def commit(self) -> None:
+        """Make what the project machine decided durable before a command is acknowledged:
+        the state file written, synced, renamed, its directory synced (a few ms; see
+        scripts/bench_durable.py). Raises NotSaved when it cannot be written: the change
+        stands, and the write is retried until it succeeds."""
+        if self._state_dirty:
+            self._write_state()
+        if self._state_error is not None:
+            raise NotSaved(
+                f"done, but not saved: cannot write the state file {self.state_file} "
+                f"({self._state_error}); pmon retries, and until then a restart of pmon "
+                "would not know of this change"
+            )
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
         """Wait until `predicate()` holds (re-checked at every change); False on timeout."""
@@ -537,7 +602,7 @@ class Supervisor:
         self._write_state()
 
     def _write_state(self) -> None:
-        self._state_write_pending = False
+        self._state_dirty = False
         managers = {}
         for name, manager in self.managers.items():
             pid = manager.pid
@@ -552,6 +617,7 @@ class Supervisor:
                 "wanted": manager.wanted,
                 "exit_code": manager.exit_code,
                 "reason": manager.last_decision,
+                **statefile.resume_fields(manager, self.now(), time.time()),
             }
         live = {m.pid for m in self.managers.values() if m.pid}
         self._start_times = {p: t for p, t in self._start_times.items() if p in live}
@@ -571,7 +637,15 @@ class Supervisor:
                 },
             )
         except OSError as exc:
-            self.write_failed(f"the state file {self.state_file}", exc)
+            self._state_dirty = True
+            self._write_soon(STATE_RETRY_SECONDS)  # until the disk has room again
+            if self._state_error is None:  # reported once per outage, not every retry
+                self.write_failed(f"the state file {self.state_file}", exc)
+            self._state_error = exc
+            return
+        if self._state_error is not None:
+            self._state_error = None
+            self.events.write("write-recovered", f"the state file {self.state_file} is written again")
 
     def write_failed(self, what: str, exc: OSError) -> None:
         """pmon could not write its state or a log (disk full, ...): report it, and with
@@ -595,12 +669,14 @@ class Supervisor:
     # `wait=False` returns once the change is under way (PMON TCP answers at once).
     async def start_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager, job = self._perform(self.project.start_manager(target, self.now()))
+        self.commit()  # the decision on disk before the wait: a pmon killed meanwhile keeps it
         if wait:
             await (self.finish(job) if job is not None else self._settle(manager))
         return manager
 
     async def stop_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager = self._perform(self.project.stop_manager(target, self.now()))
+        self.commit()
         if wait:
             await self._settle(manager)
         return manager
@@ -608,12 +684,14 @@ class Supervisor:
     async def kill_manager(self, target: str | int, wait: bool = True) -> Manager:
         """Stop a manager without the polite signal: kill its process group now."""
         manager = self._perform(self.project.kill_manager(target, self.now()))
+        self.commit()
         if wait:
             await self._settle(manager)
         return manager
 
     async def restart_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager, job = self._perform(self.project.restart_manager(target, self.now()))
+        self.commit()
         if wait:
             await (self.finish(job) if job is not None else self._settle(manager))
         return manager
@@ -638,6 +716,7 @@ class Supervisor:
             if write is not None:
                 write(new)
             touched = self._perform(self.project.change(new, plan, self.now(), source))
+            self.commit()
             if plan.project:
                 self._take_log_limits()
             job = self.project.job
@@ -706,6 +785,20 @@ def _settle_seconds(manager: Manager) -> float:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _prepare_state_dir(state_dir: Path) -> int | None:
+    """Create the state directory owner-only, or tighten an existing one to 0700 (its
+    events, lock and sockets are nobody else's business). Returns the old mode when it
+    was tightened."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if platform.IS_WINDOWS:
+        return None
+    mode = state_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        os.chmod(state_dir, 0o700)
+        return mode
+    return None
 
 
 def _lock_project(state_dir: Path) -> Any:

@@ -4,8 +4,9 @@ Lockstep per connection: read one line, answer it in one write, wait for the nex
 Connections stay open across commands. What a client cannot do to pmon: run anything
 without the credentials, hold a connection while saying nothing (dropped after
 idle_timeout), send an endless line (an error, then dropped), open more than max_clients
-connections (the surplus is closed at once), or crash the loop with a command (a failure
-answers as an error).
+connections (the surplus is closed at once), guess passwords fast (each wrong one is
+answered later than the last; the third closes the connection), or crash the loop with a
+command (a failure answers as an error).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 DISCARD_SECONDS = 2.0  # how long the rest of an overlong line is read before closing
 NOTE_EVERY = 10.0  # seconds between two notes of the same kind in the event log
+AUTH_DELAY = 0.5  # a wrong password is answered this many seconds late, times the failures
+MAX_AUTH_FAILURES = 3  # ... and after this many on one connection, it is closed
 
 
 class PmonTcpService(Extension):
@@ -92,6 +95,7 @@ class PmonTcpService(Extension):
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        failures = 0
         try:
             while True:
                 last = False
@@ -107,7 +111,11 @@ class PmonTcpService(Extension):
                     await self._send(writer, p.ERR_TOO_LONG)
                     await self._discard(reader, writer)
                     return
-                if not await self._send(writer, await self._answer(line, peer)) or last:
+                reply = await self._answer(line, peer)
+                if reply is p.ERR_AUTH:  # guessing costs time, then the connection
+                    failures += 1
+                    await asyncio.sleep(AUTH_DELAY * failures)
+                if not await self._send(writer, reply) or last or failures >= MAX_AUTH_FAILURES:
                     return
         except (ConnectionError, asyncio.CancelledError):
             pass
