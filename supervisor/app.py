@@ -18,6 +18,7 @@ def build_extensions(config: Config) -> list[Extension]:
     """The extensions of this project, in start order (one line per kind)."""
     from pmon.commands.changes import ReloadOnHangup
     from pmon.control.server import ControlServer
+    from pmon.extensions.explain import Explainer
     from pmon.extensions.periodic import LogRotation, WriteProbe
     from pmon.extensions.plugin_host import PluginHost
     from pmon.extensions.sdnotify import SystemdNotifier
@@ -28,6 +29,7 @@ def build_extensions(config: Config) -> list[Extension]:
 
         extensions.append(RedundancyService(config))
     extensions += [PluginHost(config), LogRotation(), ReloadOnHangup(), SystemdNotifier(), WriteProbe()]
+    extensions.append(Explainer())  # reads only: why each manager is where it is
     if config.pmon_tcp is not None:
         from pmon.extensions.pmon_tcp.server import PmonTcpService
 

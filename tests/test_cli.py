@@ -25,7 +25,8 @@ def test_status_table_and_json(tmp_path, pmon):
     table = pmon_cli(config, "status")
     assert table.returncode == 0
     lines = table.stdout.splitlines()
-    assert lines[1].split() == ["#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "SINCE"]
+    assert lines[1].split() == ["#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "UPTIME",
+                                "CPU", "RSS", "LAST", "EXIT"]
     assert lines[2].split()[:5] == ["1", "data", "running", str(instance.manager("data")["pid"]), "always"]
     assert lines[4].split()[:5] == ["3", "tool", "stopped", "-", "manual"]
     data = json.loads(pmon_cli(config, "status", "--json").stdout)

@@ -57,17 +57,25 @@ def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
     sys.exit(code)
 
 
-def call(config_path: Path | None, command: str, **args: Any) -> Any:
+def call(config_path: Path | None, command: str, *, as_json: bool = False, **args: Any) -> Any:
+    """One command to the running pmon. On failure: the line on stderr and the exit code;
+    with `as_json`, also a JSON error object on stdout, for the script that reads it."""
     from pmon.control.client import Endpoint, call as remote_call
+
+    def failed(exc: Exception, code: int) -> NoReturn:
+        if as_json:
+            kind = getattr(exc, "code", "error")
+            click.echo(json.dumps({"ok": False, "error": {"code": kind, "message": str(exc), "exit_code": code}}))
+        fail(str(exc), code)
 
     try:
         return remote_call(Endpoint.read(default_config(config_path)), command, **args)
     except ConfigError as exc:
-        fail(str(exc), EXIT_CONFIG)
+        failed(exc, EXIT_CONFIG)
     except NotRunning as exc:
-        fail(str(exc), EXIT_NOT_RUNNING)
+        failed(exc, EXIT_NOT_RUNNING)
     except (PmonError, OSError) as exc:
-        fail(str(exc), EXIT_CONFIG if getattr(exc, "code", None) == "config" else EXIT_REFUSED)
+        failed(exc, EXIT_CONFIG if getattr(exc, "code", None) == "config" else EXIT_REFUSED)
 
 
 def target_arg(value: str) -> str | int:
@@ -117,58 +125,10 @@ def validate(config_path: Path | None) -> None:
     )
 
 
-def _since(started_at: float | None) -> str:
-    if not started_at:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at))
-
-
-def print_table(status: dict[str, Any]) -> None:
-    click.echo(f"project {status['project']}: {status['project_state']}")
-    rows = [("#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "SINCE")]
-    for m in status["managers"]:
-        state = m["state"]
-        if m["state"] == "exited" and m["exit_code"] is not None:
-            state += f" ({m['exit_code']})"
-        if m.get("ready_failed"):
-            state += " (not ready)"
-        rows.append((
-            str(m["index"]), m["name"], state, str(m["pid"] or "-"), m["start"],
-            "yes" if m["core"] else "", str(m["restarts"]), _since(m["started_at"]),
-        ))
-    echo_rows(rows)
-    for m in status["managers"]:
-        if m.get("held"):  # a condition holds it back (run_on = "active" on a passive server)
-            click.echo(f"{m['name']} waits: {m['held']}")
-    if status.get("verdicts"):
-        click.echo(f"monitor verdicts (error state {status.get('plugin_error_state', 0):g}):")
-        for v in status["verdicts"]:
-            click.echo(f"  {v['severity']:<8} {v['target'] or 'project'}: {v['message']} ({v['plugin']})")
-
-
 def echo_rows(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
-@main.command()
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(config_path: Path | None, as_json: bool) -> None:
-    """One row per manager: index, name, state, pid, start type, core, restarts, since."""
-    result = call(config_path, "status")
-    if as_json:
-        result = {"project": result["project"], "managers": [
-            {k: m.get(k) for k in ("index", "name", "state", "pid", "start", "core", "restarts",
-                                   "exit_code", "started_at", "reason", "held")}
-            for m in result["managers"]
-        ], "project_state": result["project_state"],
-           "project_reason": result.get("project_reason", ""),
-           "verdicts": result.get("verdicts", [])}
-        click.echo(json.dumps(result, indent=1))
-    else:
-        print_table(result)
 
 
 def _manager_command(name: str, verb: str, all_command: str, all_help: str) -> None:
@@ -381,3 +341,8 @@ _register_redu(main, call, config_option)  # `pmon redu ...`
 from pmon.cli.events import register as _register_events  # noqa: E402
 
 _register_events(main, config_option, fail, default_config)  # `pmon events`
+
+
+from pmon.cli.status import register as _register_status  # noqa: E402
+
+_register_status(main, config_option, call, fail)  # `pmon status`

@@ -12,7 +12,7 @@ import json
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -41,11 +41,6 @@ def parse_since(text: str, now: float | None = None) -> float:
             f"{text!r}: give a time ago (90s, 10m, 2h, 1d), a time today (03:10) "
             "or an ISO 8601 date/time (2026-12-02 03:10)", param_hint="--since"
         ) from None
-
-
-def iso(ts: float) -> str:
-    """ISO 8601 in local time with its offset (what a person and a script both read)."""
-    return datetime.fromtimestamp(ts, timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
 def local(ts: float) -> str:
@@ -84,7 +79,9 @@ def matches(record: dict[str, Any], patterns: tuple[str, ...]) -> bool:
 
 def render(record: dict[str, Any], as_json: bool) -> str:
     if as_json:
-        return json.dumps({"time": iso(record["ts"]), **record})
+        from pmon.control.protocol import iso8601
+
+        return json.dumps({"time": iso8601(record["ts"]), **record})
     who = record.get("manager") or "-"
     return f"{local(record['ts'])}  {who:<14} {record.get('message', record.get('event', ''))}"
 
