@@ -67,22 +67,39 @@ def test_backoff_says_when_it_retries_and_the_last_exit(tmp_path, pmon):
     assert row["pid"] is None and row["uptime"] is None
 
 
+def vanishing_program(tmp_path):
+    """An executable that exists when pmon checks the file, and is gone when pmon restarts it
+    (deleted, then its process killed): a start that fails for real."""
+    program = tmp_path / "ctrl2.sh"
+    program.write_text("#!/bin/sh\nexec sleep 3600\n")
+    program.chmod(0o755)
+    return program
+
+
+def make_it_vanish(instance, program, name="ctrl2"):
+    pid = instance.wait_state(name, "running")["pid"]
+    program.unlink()
+    os.kill(pid, signal.SIGKILL)
+    instance.wait_state(name, "blocked")
+
+
 def test_could_not_start_names_the_program_and_no_pid_none_anywhere(tmp_path, pmon):
+    program = vanishing_program(tmp_path)
     config = write_project(tmp_path, [
         {"name": "data", "command": child(), "core": True},
-        {"name": "ctrl2", "command": ["pyhton3", "ctrl.py"], "restart_count": 2},
+        {"name": "ctrl2", "command": [str(program)], "restart_count": 2},
     ])
     instance = pmon(config)
-    instance.wait_state("ctrl2", "blocked")
+    make_it_vanish(instance, program)
     code, by_name = rows(config, "ctrl2")
     row = by_name["ctrl2"]
-    assert code == 1 and row["why"] == "could not start: No such file or directory: 'pyhton3'"
+    assert code == 1 and row["why"] == f"could not start: No such file or directory: '{program}'"
     assert "pmon reload" in row["hint"] and row["exit_code"] is None and row["last_exit"]["code"] is None
     text = pmon_cli(config, "status").stdout
     assert "could not start" in text and "None" not in text
     assert not [e for e in instance.events() if "pid None" in e["message"]]
-    assert any(e["message"] == "ctrl2 could not start: blocked: 2 restarts within 60 s"
-               or e["message"].startswith("ctrl2 could not start: blocked") for e in instance.events())
+    assert any(e["message"].startswith("ctrl2 could not start: blocked: 2 restarts")
+               for e in instance.events())
 
 
 def test_hung_manager_is_named_hung_with_its_silence(tmp_path, pmon):
@@ -187,12 +204,13 @@ def test_a_terminal_shows_colour_a_pipe_and_no_color_do_not(tmp_path, pmon):
     import subprocess
     import time
 
+    program = vanishing_program(tmp_path)
     config = write_project(tmp_path, [
         {"name": "data", "command": child(), "core": True},
-        {"name": "ctrl2", "command": ["pyhton3"], "restart_count": 1},
+        {"name": "ctrl2", "command": [str(program)], "restart_count": 1},
     ])
     instance = pmon(config)
-    instance.wait_state("ctrl2", "blocked")
+    make_it_vanish(instance, program)
 
     def on_a_terminal(env):
         leader, follower = pty.openpty()

@@ -101,6 +101,9 @@ def run(config_path: Path | None, quiet: bool) -> None:
 
     config = load_config(config_path)
     try:
+        from pmon.config import check_programs
+
+        check_programs(config)  # a typo in a command is an error now, not a backoff later
         sys.exit(run_project(config, echo=not quiet))
     except ConfigError as exc:  # e.g. a plugin that does not load or rejects its settings
         fail(str(exc), EXIT_CONFIG)
@@ -114,8 +117,11 @@ def validate(config_path: Path | None) -> None:
     """Check the project file as `run` would, plugins included; start nothing."""
     from pmon import plugins
 
+    from pmon.config import check_programs
+
     config = load_config(config_path)
     try:
+        check_programs(config)
         loaded = plugins.load(config)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
@@ -129,32 +135,6 @@ def echo_rows(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
-def _manager_command(name: str, verb: str, all_command: str, all_help: str) -> None:
-    @main.command(name=name, help=f"{verb} a manager (NAME or index), or --all: {all_help}.")
-    @config_option
-    @click.argument("target", required=False)
-    @click.option("--all", "all_", is_flag=True, help=all_help)
-    @click.option("--force", is_flag=True, hidden=name == "start",
-                  help="Stop or restart even the active server of a pair whose partner is not available.")
-    def handler(config_path: Path | None, target: str | None, all_: bool, force: bool) -> None:
-        if all_ == (target is not None):
-            raise click.UsageError(f"give a manager NAME (or index), or --all: pmon {name} NAME")
-        forced = {"force": True} if force else {}
-        if force and not (name == "restart" or (all_ and name == "stop")):
-            raise click.UsageError("--force goes with `pmon stop --all` and `pmon restart` only")
-        if all_:
-            result = call(config_path, all_command, **forced)
-            click.echo(f"project {result['project']}: {result['project_state']}")
-        else:
-            row = call(config_path, name, target=target_arg(target or ""), **forced)
-            click.echo(f"{row['name']}: {row['state']}" + (f" (pid {row['pid']})" if row["pid"] else ""))
-
-
-_manager_command("start", "Start", "start-all", "start the project in order")
-_manager_command("stop", "Stop", "stop-all", "stop every manager in reverse order, pmon stays")
-_manager_command("restart", "Restart", "restart-all", "restart the whole project")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -346,3 +326,8 @@ _register_events(main, config_option, fail, default_config)  # `pmon events`
 from pmon.cli.status import register as _register_status  # noqa: E402
 
 _register_status(main, config_option, call, fail)  # `pmon status`
+
+
+from pmon.cli.targets import register as _register_targets  # noqa: E402
+
+_register_targets(main, config_option, call, fail)  # start, stop, restart, kill, signal

@@ -123,6 +123,8 @@ def _served(sup: "Supervisor", new: Config) -> Config:
     no loaded plugin reads is refused, as `pmon run` refuses such a file). ConfigError."""
     from pmon.extensions.plugin_host import PluginHost
 
+    before = {spec.name: spec for spec in sup.config.managers}
+    config_module.check_programs(new, [m.name for m in new.managers if before.get(m.name) != m])
     host = sup.extension(PluginHost)
     if host is not None:
         host.check_change(new)
