@@ -111,7 +111,7 @@ def test_unknown_manager_is_one_clear_line(tmp_path, pmon):
     pmon(config)
     for args in (("start", "nope"), ("stop", "9"), ("restart", "nope")):
         result = pmon_cli(config, *args)
-        assert result.returncode == 1
+        assert result.returncode == 4  # supervisorctl's "no such process"
         assert result.stderr.count("\n") == 1 and "no manager" in result.stderr
         assert "data, driver, tool" in result.stderr
 

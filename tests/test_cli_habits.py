@@ -96,3 +96,53 @@ def test_stop_that_would_switch_the_pair_over_needs_force(tmp_path, pmon):
         poll_for(lambda: a.call("redu-status")["role"] == "passive", 15, "the pair to switch over")
     finally:
         relay.close()
+
+
+def run_cli(*args, env=None, cwd=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "pmon.cli", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_config_before_the_command_and_after_it(tmp_path, pmon):
+    config, _ = project(tmp_path)
+    instance = pmon(config)
+    before = run_cli("-c", str(config), "status", "driver1")
+    assert before.returncode == 0 and " driver1 " in before.stdout
+    after = run_cli("status", "driver1", "-c", str(config))
+    assert after.returncode == 0 and " driver1 " in after.stdout
+    (tmp_path / "elsewhere").mkdir()
+    other = tmp_path / "elsewhere" / "pmon.toml"
+    other.write_text('[project]\nname = "nothing-runs-here"\n')
+    assert run_cli("-c", str(other), "status", "-c", str(config)).returncode == 0  # after wins
+    assert run_cli("-c", str(config), "stop", "driver2").returncode == 0
+    assert instance.manager("driver2")["state"] == "stopped"
+    assert run_cli("-c", str(other), "status").returncode == 3
+
+
+def test_shell_completion_offers_the_running_projects_manager_names(tmp_path, pmon):
+    config, _ = project(tmp_path)
+    pmon(config)
+    words = f"pmon -c {config} restart dri"
+    out = run_cli(env={"_PMON_COMPLETE": "bash_complete", "COMP_WORDS": words, "COMP_CWORD": "4"})
+    assert out.stdout.split() == ["plain,driver1", "plain,driver2"]
+    out = run_cli(env={"_PMON_COMPLETE": "bash_complete", "COMP_WORDS": "pmon status ",
+                       "COMP_CWORD": "2", "PMON_CONFIG": str(config)})
+    assert out.stdout.split() == ["plain,data", "plain,driver1", "plain,driver2", "plain,ctrl"]
+    script = run_cli(env={"_PMON_COMPLETE": "bash_source"})
+    assert "_pmon_completion" in script.stdout
+
+
+def test_shutdown_wait_returns_once_pmon_and_every_manager_are_gone(tmp_path, pmon):
+    import psutil
+
+    config, _ = project(tmp_path)
+    instance = pmon(config)
+    pids = [m["pid"] for m in instance.status()["managers"]]
+    out = pmon_cli(config, "shutdown", "--wait")
+    assert out.returncode == 0 and out.stdout.strip() == "pmon has stopped: every manager is down"
+    assert instance.proc.poll() is not None or instance.proc.wait(5) == 0  # already gone, or going
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]

@@ -23,15 +23,24 @@ if TYPE_CHECKING:
 EXIT_REFUSED, EXIT_CONFIG, EXIT_NOT_RUNNING = 1, 2, 3
 
 
+def _config_before_command(ctx: click.Context, _param: Any, value: Path | None) -> Path | None:
+    """-c after the command wins; else the -c given before it (`pmon -c FILE status`)."""
+    if value is not None:
+        return value
+    root = ctx.find_root()
+    given = root.params.get("config_path") if root is not ctx else None
+    return given if isinstance(given, Path) else None
+
+
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "-c",
         "--config",
         "config_path",
-        envvar="PMON_CONFIG",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="The project's TOML file (default: $PMON_CONFIG, else ./pmon.toml).",
+        callback=_config_before_command,
+        help="The project's TOML file (default: -c before the command, $PMON_CONFIG, ./pmon.toml).",
     )(func)
 
 
@@ -84,7 +93,10 @@ def target_arg(value: str) -> str | int:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pmon")
-def main() -> None:
+@click.option("-c", "--config", "config_path", envvar="PMON_CONFIG", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The project's TOML file, for every command (default: $PMON_CONFIG, ./pmon.toml).")
+def main(config_path: Path | None) -> None:
     """pmon: a process monitor for control-system servers.
 
     `pmon run -c FILE` runs a project in the foreground; the other commands talk to it.
@@ -235,10 +247,34 @@ def plugins(config_path: Path | None, as_json: bool) -> None:
 @main.command()
 @config_option
 @click.option("--force", is_flag=True, help="Stop even the active server of a pair whose partner is not available.")
-def shutdown(config_path: Path | None, force: bool) -> None:
+@click.option("--wait", "wait", is_flag=True, help="Return only once pmon has exited (every manager down).")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="With --wait: give up after this many seconds (exit 1).")
+def shutdown(config_path: Path | None, force: bool, wait: bool, timeout: float) -> None:
     """Stop every manager in reverse order, then pmon itself."""
+    from pmon.control.client import Endpoint
+
+    where = Endpoint.read(default_config(config_path))
     call(config_path, "shutdown", **({"force": True} if force else {}))
-    click.echo("pmon is shutting down")
+    if not wait:
+        click.echo("pmon is shutting down")
+        return
+    if not _wait_until_gone(where.state_dir, timeout):
+        fail(f"pmon did not exit within {timeout:g} s; see `pmon status` and `pmon events -n 20`")
+    click.echo("pmon has stopped: every manager is down")
+
+
+def _wait_until_gone(state_dir: Path, timeout: float) -> bool:
+    """True once the project's lock is free: it dies with the pmon process, after its final
+    stop, whatever way it ended."""
+    from pmon.runtime import platform
+
+    deadline = time.monotonic() + timeout
+    with open(state_dir / "pmon.lock", "a+") as handle:
+        while not platform.lock_exclusively(handle):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    return True
 
 
 @main.command()

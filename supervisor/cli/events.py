@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import click
 
+from pmon.cli.status import complete_managers
+
 EXIT_REFUSED, EXIT_CONFIG, EXIT_NOT_RUNNING = 1, 2, 3
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -92,7 +94,7 @@ def register(
 ) -> None:
     @main.command()
     @config_option
-    @click.argument("names", nargs=-1, metavar="[NAME|GLOB]...")
+    @click.argument("names", nargs=-1, metavar="[NAME|GLOB]...", shell_complete=complete_managers)
     @click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they happen (needs a running pmon).")
     @click.option("--since", "since", metavar="TIME", help="Only events from TIME on: 10m, 2h, 03:10, 2026-12-02 03:10.")
     @click.option("-n", "--lines", "count", type=int, default=None, help="Only the last N events (default 50 without --since).")

@@ -49,16 +49,48 @@ def select(managers: Sequence[dict[str, Any]], patterns: Iterable[str]) -> tuple
     return [m for m in managers if m["name"] in picked], unmatched
 
 
+def complete_managers(ctx: click.Context, _param: Any, incomplete: str) -> list[str]:
+    """Shell completion: the manager names of the running project (from its status), else
+    of its file; nothing at all when neither can be read. Never raises (a shell calls it)."""
+    try:
+        from pmon.control.client import Endpoint, call
+
+        given = ctx.params.get("config_path") or ctx.find_root().params.get("config_path")
+        path = Path(given or os.environ.get("PMON_CONFIG") or "pmon.toml")
+        where = Endpoint.read(path)
+        try:
+            names = [m["name"] for m in call(where, "status", timeout=2.0)["managers"]]
+        except Exception:
+            import tomllib
+
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            names = [m["name"] for m in data.get("managers", []) if isinstance(m.get("name"), str)]
+    except Exception:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 def no_match_message(pattern: str, names: Sequence[str]) -> str:
     import difflib
 
     close = difflib.get_close_matches(pattern, names, n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    listed = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else f"; managers: {listed}"
     return f"no manager matches {pattern!r}{hint}"
 
 
 def shown_state(row: dict[str, Any]) -> str:
     return "hung" if str(row.get("why", "")).startswith("hung:") else str(row["state"])
+
+
+def table_state(row: dict[str, Any]) -> str:
+    """The STATE cell: an exited manager shows its exit code, as it always did."""
+    state = shown_state(row)
+    if state == "exited" and row.get("exit_code") is not None:
+        state += f" ({row['exit_code']})"
+    if row.get("ready_failed"):
+        state += " (not ready)"
+    return state
 
 
 def _duration(seconds: float | None) -> str:
@@ -113,7 +145,7 @@ def print_status(status: dict[str, Any], rows: Sequence[dict[str, Any]], colour:
     table = [("#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "UPTIME", "CPU", "RSS", "LAST EXIT")]
     for m in rows:
         table.append((
-            str(m["index"]), m["name"], shown_state(m), str(m["pid"] or "-"), m["start"],
+            str(m["index"]), m["name"], table_state(m), str(m["pid"] or "-"), m["start"],
             "yes" if m["core"] else "",
             f"{m.get('recent_restarts', m['restarts'])}/{m.get('restart_limit', '-')}",
             _duration(m.get("uptime")),
@@ -126,7 +158,7 @@ def print_status(status: dict[str, Any], rows: Sequence[dict[str, Any]], colour:
         if n == 0:
             cells = [paint(c, bold=True) for c in cells]
         else:
-            fg = _COLOURS.get(row[2])
+            fg = _COLOURS.get(row[2].split()[0])
             if fg:
                 cells[2] = paint(cells[2], fg=fg, bold=True) if fg == "red" else paint(cells[2], fg=fg)
         click.echo("  ".join(cells).rstrip(), color=colour)
@@ -156,7 +188,7 @@ def register(main: click.Group, config_option: Callable[..., Any], call: Callabl
              fail: Callable[..., Any]) -> None:
     @main.command()
     @config_option
-    @click.argument("names", nargs=-1, metavar="[NAME|GLOB|INDEX]...")
+    @click.argument("names", nargs=-1, metavar="[NAME|GLOB|INDEX]...", shell_complete=complete_managers)
     @click.option("--state", "states", multiple=True, type=click.Choice(STATES),
                   help="Only managers in this state (repeatable; 'hung': running, no alive sign).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (ISO 8601 times beside the epoch numbers).")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from pmon.cli.status import EXIT_NO_SUCH, no_match_message, select
+from pmon.cli.status import EXIT_NO_SUCH, complete_managers, no_match_message, select
 
 EXIT_FAILED = 1
 # What a command's success looks like, by the state the manager settled in.
@@ -56,7 +56,7 @@ def register(main: click.Group, config_option: Callable[..., Any], call: Callabl
     def manager_command(verb: str, all_command: str | None, all_help: str, help_text: str) -> None:
         @main.command(name=verb, help=help_text)
         @config_option
-        @click.argument("targets", nargs=-1, metavar="[NAME|GLOB|INDEX]...")
+        @click.argument("targets", nargs=-1, metavar="[NAME|GLOB|INDEX]...", shell_complete=complete_managers)
         @click.option("--all", "all_", is_flag=True, hidden=all_command is None, help=all_help)
         @click.option("--force", is_flag=True, hidden=verb not in ("stop", "restart"),
                       help="Go ahead even where pmon would refuse: the active server of a pair "
@@ -114,7 +114,7 @@ def register(main: click.Group, config_option: Callable[..., Any], call: Callabl
 
     @main.command(name="signal")
     @config_option
-    @click.argument("target")
+    @click.argument("target", shell_complete=complete_managers)
     @click.argument("signame")
     def send_signal(config_path: Path | None, target: str, signame: str) -> None:
         """Send signal SIGNAME (HUP, USR1, SIGTERM, 10, ...) to manager TARGET's process group."""
