@@ -164,7 +164,7 @@ def add(config_path: Path | None, name: str, command: tuple[str, ...], start_typ
 
     Example: pmon add driver3 --start always -- python3 driver.py -num 5
 
-    The TOML file is rewritten (with tomli-w): comments in it are not kept.
+    The TOML file keeps its comments and layout (only the change is written, with tomlkit).
     """
     table: dict[str, Any] = {"name": name, "command": list(command), "start": start_type}
     table.update({key: value for key, value in limits.items() if value is not None})
@@ -182,7 +182,7 @@ def add(config_path: Path | None, name: str, command: tuple[str, ...], start_typ
 @config_option
 @click.argument("target")
 def remove(config_path: Path | None, target: str) -> None:
-    """Remove a stopped, non-core manager from the project and its TOML file (comments are not kept)."""
+    """Remove a stopped, non-core manager from the project and its TOML file (its comments and layout stay)."""
     result = call(config_path, "remove", target=target_arg(target))
     click.echo(f"{result['removed']}: removed")
 
@@ -201,7 +201,7 @@ def edit(config_path: Path | None, target: str, settings: tuple[str, ...]) -> No
 
     Example: pmon edit driver1 'command=["python3", "driver.py", "-num", "2"]' restart_count=5
 
-    The TOML file is rewritten (with tomli-w): comments in it are not kept.
+    The TOML file keeps its comments and layout (only the change is written, with tomlkit).
     """
     changes = dict(_setting(item) for item in settings)
     row = call(config_path, "edit", target=target_arg(target), changes=changes)
