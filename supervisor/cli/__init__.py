@@ -367,3 +367,8 @@ _register_status(main, config_option, call, fail)  # `pmon status`
 from pmon.cli.targets import register as _register_targets  # noqa: E402
 
 _register_targets(main, config_option, call, fail)  # start, stop, restart, kill, signal
+
+
+from pmon.cli.logs import register as _register_logs  # noqa: E402
+
+_register_logs(main, config_option, fail, default_config)  # `pmon logs`

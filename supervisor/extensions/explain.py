@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pmon.runtime.api import Api, Extension
 from pmon.runtime.logs import describe_exit
+from pmon.runtime.output import note
+from pmon.runtime.process import log_path
 from pmon.states import ManagerState
 
 if TYPE_CHECKING:
@@ -50,6 +52,9 @@ class Explainer(Extension):
             return
         self.recent.setdefault(name, deque(maxlen=RECENT_EVENTS)).append(record)
         kind = record.get("event")
+        line = _log_line(record)
+        if line and name in self.api.managers:
+            note(log_path(self.api.state_dir, name), line, float(record.get("ts") or time.time()))
         if kind == "exited":
             code = record.get("exit_code")
             self.last_exit[name] = {
@@ -193,6 +198,24 @@ def _tree(table: Mapping[int, tuple[int, float, int]], children: Mapping[int, li
         rss, cpu = rss + size, cpu + used
         stack.extend(children.get(pid, ()))
     return rss, cpu
+
+
+def _log_line(record: Mapping[str, Any]) -> str:
+    """What pmon writes into the manager's own log about this event ('' for nothing)."""
+    kind = record.get("event")
+    if kind == "started":
+        return f"started as pid {record.get('pid')}"
+    if kind == "exited":
+        code, pid = record.get("exit_code"), record.get("pid")
+        if pid is None:
+            return f"not started: {record.get('action', '')}"
+        if code is None:
+            return f"pid {pid} ended (exit status unknown: adopted): {record.get('action', '')}"
+        how = describe_exit(code).replace("signal ", "with signal ").replace("exit code", "with exit code")
+        return f"pid {pid} exited {how}: {record.get('action', '')}"
+    if kind in ("spawn-failed", "start-refused", "signalled", "plugin-restart", "adopt", "ready"):
+        return str(record.get("message", ""))
+    return ""
 
 
 def _last_exit_text(last: Mapping[str, Any] | None) -> str:
