@@ -227,9 +227,11 @@ def _setting(item: str) -> tuple[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def plugins(config_path: Path | None, as_json: bool) -> None:
     """The loaded plugins: where each comes from, its hooks, its failure streak."""
-    result = call(config_path, "plugins")
+    result = call(config_path, "plugins", as_json=as_json)
     if as_json:
-        click.echo(json.dumps(result, indent=1))
+        from pmon.control.protocol import with_iso
+
+        click.echo(json.dumps(with_iso(result), indent=1))
         return
     rows = [("NAME", "SOURCE", "HOOKS", "EVERY", "CALLS", "FAILED", "STREAK", "VERDICTS")]
     for p in result["plugins"]:
@@ -372,3 +374,8 @@ _register_targets(main, config_option, call, fail)  # start, stop, restart, kill
 from pmon.cli.logs import register as _register_logs  # noqa: E402
 
 _register_logs(main, config_option, fail, default_config)  # `pmon logs`
+
+
+from pmon.cli.describe import register as _register_describe  # noqa: E402
+
+_register_describe(main, config_option, call)  # `pmon describe`
