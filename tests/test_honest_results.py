@@ -67,3 +67,27 @@ def test_start_and_restart_exit_non_zero_and_say_why_a_manager_did_not_come_up(t
     assert out.returncode == 1 and "quits did not come up" in out.stderr, out
     assert "last exit code 4" in out.stderr
     assert pmon_cli(config, "start", "data").returncode == 0  # running already: fine
+
+
+def test_reload_and_start_all_exit_1_naming_what_did_not_come_up(tmp_path, pmon):
+    import tomllib
+
+    import tomli_w
+
+    config = write_project(tmp_path, [
+        {"name": "data", "command": child(), "core": True},
+        {"name": "fine", "command": child()},
+    ])
+    instance = pmon(config)
+    data = tomllib.loads(config.read_text())
+    data["managers"].append({"name": "bad", "command": child("--exit-after", "0.2", "--code", "5"),
+                             "restart_count": 0, "ready": "delay", "ready_seconds": 1})
+    config.write_text(tomli_w.dumps(data))
+    out = pmon_cli(config, "reload")
+    assert out.returncode == 1, out
+    assert "add      bad" in out.stdout
+    assert "bad did not come up: blocked: 0 restarts in 300 s, last exit code 5" in out.stderr
+    assert instance.manager("fine")["state"] == "running"
+    out = pmon_cli(config, "restart", "--all")
+    assert out.returncode == 1 and "pmon: bad did not come up" in out.stderr, out
+    assert "fine" not in out.stderr

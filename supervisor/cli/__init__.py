@@ -299,6 +299,21 @@ def reload(config_path: Path | None, dry_run: bool) -> None:
     click.echo(f"{'would reload' if dry_run else 'reloaded'} {result['config']}:")
     for line in describe(result):
         click.echo(line)
+    if not dry_run:
+        _fail_if_not_up(config_path, [*result["added"], *result["changed"]])
+
+
+def _fail_if_not_up(config_path: Path | None, names: Sequence[str]) -> None:
+    """Exit 1 naming each of `names` that did not come up, with why and what to type."""
+    from pmon.cli.targets import failure
+
+    rows = [m for m in call(config_path, "status")["managers"] if m["name"] in names]
+    bad = [m for m in rows if not m.get("ok", True) and not m.get("held")
+           and not (m["state"] == "stopped" and m["start"] == "manual")]
+    for m in bad:
+        click.echo(f"pmon: {failure('start', m)}", err=True)
+    if bad:
+        sys.exit(EXIT_REFUSED)
 
 
 @main.command()
@@ -376,6 +391,6 @@ from pmon.cli.logs import register as _register_logs  # noqa: E402
 _register_logs(main, config_option, fail, default_config)  # `pmon logs`
 
 
-from pmon.cli.describe import register as _register_describe  # noqa: E402
+from pmon.cli.manager_info import register as _register_describe  # noqa: E402
 
 _register_describe(main, config_option, call)  # `pmon describe`
