@@ -88,8 +88,11 @@ class EventLog:
             print(f"pmon: cannot write the event log: {exc}", file=sys.stderr)
             if self.on_error is not None:
                 self.on_error(exc)
-        for listener in self.listeners:  # the control channel's feed; it never blocks
-            listener(record)
+        for listener in self.listeners:  # the feed, the explainer: they never block
+            try:
+                listener(record)
+            except Exception as exc:  # a listener's bug must not reach the code that decided
+                print(f"pmon: an event listener failed: {exc!r}", file=sys.stderr)
         if self.echo:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             print(f"{stamp} {message}", file=sys.stderr, flush=True)
