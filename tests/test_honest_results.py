@@ -91,3 +91,23 @@ def test_reload_and_start_all_exit_1_naming_what_did_not_come_up(tmp_path, pmon)
     out = pmon_cli(config, "restart", "--all")
     assert out.returncode == 1 and "pmon: bad did not come up" in out.stderr, out
     assert "fine" not in out.stderr
+
+
+def test_a_reload_that_changes_a_core_manager_says_the_project_restarted(tmp_path, pmon):
+    import tomllib
+
+    import tomli_w
+
+    config = write_project(tmp_path, [
+        {"name": "data", "command": child(), "core": True},
+        {"name": "fine", "command": child()},
+    ])
+    instance = pmon(config)
+    pid = instance.manager("fine")["pid"]
+    data = tomllib.loads(config.read_text())
+    data["managers"][0]["env"] = {"NEW": "1"}
+    config.write_text(tomli_w.dumps(data))
+    out = pmon_cli(config, "reload")
+    assert out.returncode == 0, out
+    assert "data changed (core): the whole project was restarted (data, fine)" in out.stdout
+    assert instance.manager("fine")["pid"] != pid

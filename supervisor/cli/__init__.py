@@ -300,14 +300,21 @@ def reload(config_path: Path | None, dry_run: bool) -> None:
     for line in describe(result):
         click.echo(line)
     if not dry_run:
-        _fail_if_not_up(config_path, [*result["added"], *result["changed"]])
+        _fail_if_not_up(config_path, [*result["added"], *result["changed"]], list(result["changed"]))
 
 
-def _fail_if_not_up(config_path: Path | None, names: Sequence[str]) -> None:
-    """Exit 1 naming each of `names` that did not come up, with why and what to type."""
+def _fail_if_not_up(config_path: Path | None, names: Sequence[str], changed: Sequence[str] = ()) -> None:
+    """Exit 1 naming each of `names` that did not come up, with why and what to type; say
+    so when a changed core manager restarted the whole project."""
     from pmon.cli.targets import failure
 
-    rows = [m for m in call(config_path, "status")["managers"] if m["name"] in names]
+    every = call(config_path, "status")["managers"]
+    cores = [m["name"] for m in every if m["core"] and m["name"] in changed]
+    if cores:
+        click.echo(f"{', '.join(cores)} changed (core): the whole project was restarted "
+                   f"({', '.join(m['name'] for m in every)})")
+        names = [m["name"] for m in every]
+    rows = [m for m in every if m["name"] in names]
     bad = [m for m in rows if not m.get("ok", True) and not m.get("held")
            and not (m["state"] == "stopped" and m["start"] == "manual")]
     for m in bad:
