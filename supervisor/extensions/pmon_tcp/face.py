@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[["Supervisor", str], Awaitable[bytes]]
 
-# pmon's states as PMON's: 0 stopped, 1 init, 2 running, 3 blocked.
+# pmon's states as PMON's: 0 stopped (and blocked, with pid -2), 1 init, 2 running, 3 hung.
 # WinCC OA's numbers: 3 is "no alive sign" (a hung manager, told by the alive monitor); a
 # manager pmon gave up restarting (blocked) is 0 with pid -2, as WinCC OA shows one.
 STATE_NUMBERS = {"starting": 1, "running": 2}
