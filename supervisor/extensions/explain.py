@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, cast
 
 from pmon.runtime.api import Api, Extension
 from pmon.runtime.logs import describe_exit
@@ -24,6 +24,7 @@ from pmon.states import ManagerState
 
 if TYPE_CHECKING:
     from pmon.core.manager import Manager
+    from pmon.runtime.supervisor import Supervisor
 
 S = ManagerState
 RECENT_EVENTS = 20  # per manager, for `pmon describe`
@@ -43,7 +44,9 @@ class Explainer(Extension):
         self._sampled_at = 0.0
 
     async def start(self, api: Api) -> None:
-        self.api = api
+        # Like the control server, it reads more than the Api offers (the project machine's
+        # conditions and held set, the plugin host's verdicts); it changes nothing.
+        self.api = self.sup = cast("Supervisor", api)
         api.events.listeners.append(self._heard)
 
     def _heard(self, record: dict[str, Any]) -> None:
@@ -57,11 +60,9 @@ class Explainer(Extension):
             note(log_path(self.api.state_dir, name), line, float(record.get("ts") or time.time()))
         if kind == "exited":
             code = record.get("exit_code")
-            self.last_exit[name] = {
-                "code": code, "text": describe_exit(code) if code is not None or name not in self.spawn_error
-                else f"could not start: {self.spawn_error[name]}",
-                "at": record.get("ts"), "pid": record.get("pid"),
-            }
+            failed = code is None and name in self.spawn_error
+            text = f"could not start: {self.spawn_error[name]}" if failed else describe_exit(code)
+            self.last_exit[name] = {"code": code, "text": text, "at": record.get("ts"), "pid": record.get("pid")}
         elif kind == "spawn-failed":
             self.spawn_error[name] = _ERRNO.sub("", str(record.get("error", "")))
         elif kind == "start-refused":
@@ -91,7 +92,7 @@ class Explainer(Extension):
 
     def explain(self, manager: "Manager", last: Mapping[str, Any] | None) -> tuple[str, str, bool]:
         """(reason, the command that gets out of it, whether this is as it should be)."""
-        sup: Any = self.api
+        sup = self.sup
         spec, state, name = manager.spec, manager.state, manager.spec.name
         exit_text = _last_exit_text(last)
         project = sup.project
@@ -142,16 +143,15 @@ class Explainer(Extension):
         """The alive monitor's verdict on this manager ('no WATCHDOG=1 for 13 s'), or ''."""
         from pmon.extensions.plugin_host import PluginHost
 
-        sup: Any = self.api
-        host = sup.extension(PluginHost)
+        host = self.sup.extension(PluginHost)
         if host is None or manager.state is not S.RUNNING:
             return ""
         for verdict in host.verdict_rows():
             if verdict["target"] == manager.spec.name and verdict["key"] == "alive":
-                last = host.manager_view(manager).last_watchdog
-                since = manager.started_at and (time.time() - manager.started_at)
-                silent = sup.loop.time() - last if last is not None else since
-                return f"no WATCHDOG=1 for {silent:.0f} s" if silent else str(verdict["message"])
+                last = host.manager_view(manager).last_watchdog  # loop time; None: never sent
+                if last is not None:
+                    return f"no WATCHDOG=1 for {self.sup.loop.time() - last:.0f} s"
+                return str(verdict["message"]).removeprefix("hung: ")
         return ""
 
     def _usage_of(self, manager: "Manager") -> tuple[int | None, float | None]:
