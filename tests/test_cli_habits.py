@@ -34,6 +34,9 @@ def test_several_names_and_globs_per_command_and_did_you_mean(tmp_path, pmon):
     assert instance.manager("driver2")["state"] == "stopped"  # nothing done on a miss
     out = pmon_cli(config, "restart", "driver2", "nothing*")
     assert out.returncode == 4 and instance.manager("driver2")["state"] == "stopped"
+    out = pmon_cli(config, "start", "driver2", "--force")
+    assert out.returncode == 2 and "--force goes with" in out.stderr
+    assert pmon_cli(config, "kill").returncode == 2  # no NAME: a usage error, nothing killed
 
 
 def test_kill_and_signal(tmp_path, pmon):

@@ -64,6 +64,8 @@ def register(main: click.Group, config_option: Callable[..., Any], call: Callabl
         def handler(config_path: Path | None, targets: tuple[str, ...], all_: bool, force: bool) -> None:
             if all_ == bool(targets) or (all_ and all_command is None):
                 raise click.UsageError(f"give one or more manager NAMEs (globs, indexes), or --all: pmon {verb} NAME")
+            if force and verb not in ("stop", "restart"):
+                raise click.UsageError("--force goes with `pmon stop` and `pmon restart` only")
             forced = {"force": True} if force else {}
             if all_:
                 assert all_command is not None
