@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import psutil
 
@@ -22,11 +22,13 @@ _TICK = os.sysconf("SC_CLK_TCK") if _LINUX else 1
 Table = dict[int, tuple[int, float, int]]  # pid -> (parent pid, cpu seconds, rss bytes)
 
 
-def scan() -> Table:
-    return _scan_proc() if _LINUX else _scan_psutil()
+def scan(reaped: bool = False) -> Table:
+    """Every process. `reaped`: its CPU seconds include those of the children it waited
+    for, so that a tree's sum only grows (a counter) while its processes come and go."""
+    return _scan_proc(reaped) if _LINUX else _scan_psutil(reaped)
 
 
-def _scan_proc() -> Table:
+def _scan_proc(reaped: bool = False) -> Table:
     table: Table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -40,25 +42,30 @@ def _scan_proc() -> Table:
         except OSError:  # ended while we looked
             continue
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after
-        # the last ')'. Fields after it: 0 state, 1 ppid, 11 utime, 12 stime, 21 rss (pages).
+        # the last ')'. Fields after it: 0 state, 1 ppid, 11 utime, 12 stime, 13 cutime,
+        # 14 cstime, 21 rss (pages).
         rest = data[data.rfind(b")") + 2 :].split()
         try:
-            table[int(entry)] = (
-                int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK, int(rest[21]) * _PAGE
-            )
+            ticks = int(rest[11]) + int(rest[12])
+            if reaped:
+                ticks += int(rest[13]) + int(rest[14])
+            table[int(entry)] = (int(rest[1]), ticks / _TICK, int(rest[21]) * _PAGE)
         except (IndexError, ValueError):
             continue
     return table
 
 
-def _scan_psutil() -> Table:
+def _scan_psutil(reaped: bool = False) -> Table:
     table: Table = {}
     for proc in psutil.process_iter(["ppid", "cpu_times", "memory_info"]):
         info = proc.info
         if info["ppid"] is None or info["cpu_times"] is None or info["memory_info"] is None:
             continue
         cpu = info["cpu_times"]
-        table[proc.pid] = (info["ppid"], cpu.user + cpu.system, info["memory_info"].rss)
+        used = cpu.user + cpu.system
+        if reaped:  # not on Windows, which does not count children
+            used += getattr(cpu, "children_user", 0.0) + getattr(cpu, "children_system", 0.0)
+        table[proc.pid] = (info["ppid"], used, info["memory_info"].rss)
     return table
 
 
@@ -73,9 +80,7 @@ class TreeSampler:
         """name -> (rss bytes of the tree, cpu % of the tree or None on its first sample)."""
         table = scan()
         now = time.monotonic()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _cpu, _rss) in table.items():
-            children.setdefault(ppid, []).append(pid)
+        children = _children(table)
         seen: dict[int, float] = {}
         out: dict[str, tuple[int, float | None]] = {}
         elapsed = None if self._at is None else now - self._at
@@ -83,15 +88,42 @@ class TreeSampler:
             if root not in table:
                 continue
             rss, used, known = 0, 0.0, root in self._cpu
-            stack = [root]
-            while stack:
-                pid = stack.pop()
+            for pid in _tree(root, children):
                 _ppid, cpu, size = table[pid]
                 rss += size
                 used += cpu - self._cpu.get(pid, cpu)  # a process new since the last sample: 0
                 seen[pid] = cpu
-                stack.extend(children.get(pid, ()))
             percent = 100.0 * used / elapsed if known and elapsed else None
             out[name] = (rss, percent)
         self._cpu, self._at = seen, now
         return out
+
+
+def totals(roots: Mapping[str, int]) -> dict[str, tuple[int, float]]:
+    """name -> (rss bytes, cpu seconds so far) of each root's tree, in one scan; the CPU
+    seconds include the children the tree reaped, so the figure only grows while the root
+    lives (the metrics' counter)."""
+    table = scan(reaped=True)
+    children = _children(table)
+    out: dict[str, tuple[int, float]] = {}
+    for name, root in roots.items():
+        if root in table:
+            tree = [table[pid] for pid in _tree(root, children)]
+            out[name] = (sum(size for _p, _c, size in tree), sum(cpu for _p, cpu, _s in tree))
+    return out
+
+
+def _children(table: Table) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _cpu, _rss) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    return children
+
+
+def _tree(root: int, children: Mapping[int, list[int]]) -> Iterator[int]:
+    """The root and all its descendants."""
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        yield pid
+        stack.extend(children.get(pid, ()))

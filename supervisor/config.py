@@ -73,6 +73,14 @@ class PmonTcpSpec:
 
 
 @dataclass(frozen=True)
+class MetricsSpec:
+    """The Prometheus exporter ([metrics]); no section = no exporter, nothing imported."""
+
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass(frozen=True)
 class ProjectSpec:
     name: str
     state_dir: Path
@@ -90,6 +98,7 @@ class Config:
     raw: Mapping[str, Any]  # the parsed TOML, for write-back by `add` / `remove`
     pmon_tcp: PmonTcpSpec | None = None
     redundancy: RedundancySpec | None = None  # None: a standalone server
+    metrics: MetricsSpec | None = None  # None: no Prometheus exporter
 
     def start_order(self) -> tuple[ManagerSpec, ...]:
         """List order, with the redundancy manager moved first (PMON's rule)."""
@@ -260,7 +269,8 @@ PMON_TCP_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 # Top-level sections; other modules (redundancy, plugins, ...) extend this with theirs.
-SECTIONS = {"project", "defaults", "managers", "control", "pmon_tcp", "plugins", "redundancy"}
+SECTIONS = {"project", "defaults", "managers", "control", "pmon_tcp", "plugins", "redundancy",
+            "metrics"}
 
 
 class _Errors:
@@ -339,6 +349,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
 
     managers = _managers(data, defaults, base, errors)
     pmon_tcp = _pmon_tcp(data, base, errors)
+    metrics = _metrics(data, errors)
     from pmon.redundancy import settings as redundancy_settings  # late: it imports this module
 
     redundancy = redundancy_settings.parse(data, path, errors)
@@ -356,7 +367,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     )
     return Config(
         path=path, project=project_spec, managers=managers, raw=data, pmon_tcp=pmon_tcp,
-        redundancy=redundancy,
+        redundancy=redundancy, metrics=metrics,
     )
 
 
@@ -401,6 +412,38 @@ def _pmon_tcp(data: Mapping[str, Any], base: Path, errors: _Errors) -> PmonTcpSp
             '(set password or password_file), or use address = "127.0.0.1"',
         )
     return PmonTcpSpec(**values)
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    """ "HOST:PORT" (an IP address, or localhost) or ":PORT" / "PORT" (loopback)."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str):
+        raise ValueError('an address "127.0.0.1:9464" (or ":9464" for loopback)')
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError('an address "HOST:PORT" with a port 0..65535, e.g. "127.0.0.1:9464"')
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            # A name may resolve to a network address nobody meant to open.
+            raise ValueError(
+                'an IP address and a port, e.g. "127.0.0.1:9464" (loopback), or "0.0.0.0:9464" '
+                "to let every network scrape it (no host names)"
+            ) from None
+    return host, int(port)
+
+
+def _metrics(data: Mapping[str, Any], errors: _Errors) -> MetricsSpec | None:
+    """[metrics]: off unless present; loopback unless `listen` names another address."""
+    if "metrics" not in data:
+        return None
+    table = _table(data, "metrics", errors)
+    errors.unknown_keys("[metrics]", table, {"listen"})
+    values = errors.convert("[metrics]", table, {"listen": _listen})
+    host, port = values.get("listen", (MetricsSpec.host, MetricsSpec.port))
+    return MetricsSpec(host=host, port=port)
 
 
 def _is_loopback(address: str) -> bool:

@@ -97,7 +97,7 @@ def test_pmon_tells_systemd_ready_after_the_start_sequence_and_keeps_the_watchdo
         while watchdogs < 2:
             watchdogs += sock.recv(4096) == b"WATCHDOG=1"
         instance.stop()
-        poll_for(lambda: sock.recv(4096) == b"STOPPING=1", what="STOPPING=1")
+        poll_for(lambda: sock.recv(4096).startswith(b"STOPPING=1\n"), what="STOPPING=1")
     finally:
         sock.close()
 

@@ -62,7 +62,10 @@ def load_config(path: Path | None) -> "config_module.Config":
 
 
 def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
-    click.echo(f"pmon: {message}", err=True)
+    from pmon.runtime import journal  # under systemd (`pmon run`), an error for journalctl -p
+
+    text = f"pmon: {message}"
+    click.echo(journal.prefixed(journal.ERR, text) if journal.connected() else text, err=True)
     sys.exit(code)
 
 
@@ -401,3 +404,21 @@ _register_logs(main, config_option, fail, default_config)  # `pmon logs`
 from pmon.cli.manager_info import register as _register_describe  # noqa: E402
 
 _register_describe(main, config_option, call)  # `pmon describe`
+
+
+@main.command()
+@config_option
+def console(config_path: Path | None) -> None:
+    """A full-screen live console: the managers, the project, the pair, events, logs."""
+    from pmon.control.client import Endpoint
+
+    try:
+        where = Endpoint.read(default_config(config_path))
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    try:
+        from pmon.cli import console_app as live  # textual: only here (the `console` extra)
+    except ImportError as exc:
+        fail(f"pmon console needs textual ({exc}); install it with pip install 'pmon[console]'",
+             EXIT_CONFIG)
+    sys.exit(live.run(where))

@@ -1,12 +1,19 @@
-"""The commands on the whole project and on pmon itself."""
+"""The commands on the whole project and on pmon itself, and the hot-restart signal."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import signal
+from typing import TYPE_CHECKING, Any, cast
 
 from pmon.commands.registry import command
 from pmon.core.project import BUSY
 from pmon.errors import CommandError
+from pmon.runtime import platform
+from pmon.runtime.api import Api, Extension
+
+# The signal that means "hot restart": pmon detaches (the managers run on) and exits; the
+# next pmon adopts them. systemd's unit sends it on `systemctl restart` (RestartKillSignal=).
+HOT_RESTART_SIGNAL = "SIGUSR2"
 
 if TYPE_CHECKING:
     from pmon.runtime.supervisor import Supervisor
@@ -78,9 +85,62 @@ async def detach(sup: "Supervisor") -> dict[str, Any]:
             f"the project is {sup.project_state.value}; detach once it is running or stopped "
             "(`pmon status` shows when)"
         )
-    sup.leave_running = True
-    sup.request_shutdown("pmon detach: the managers run on")
+    _detach(sup, "pmon detach: the managers run on")
     return {"detached": True, "managers": sum(1 for m in sup.managers.values() if m.alive)}
+
+
+def _detach(sup: "Supervisor", reason: str) -> None:
+    sup.leave_running = True
+    sup.request_shutdown(reason)
+
+
+class DetachOnSignal(Extension):
+    """HOT_RESTART_SIGNAL detaches, as `pmon detach` does. A signal has no one to refuse to:
+    while a project job runs it waits for the job to end (the next pmon could not know how
+    far it got), then detaches; during pmon's own final stop it is ignored (the stop goes
+    on, and the event log says so)."""
+
+    name = "hot restart on " + HOT_RESTART_SIGNAL
+
+    def __init__(self) -> None:
+        self._sup: "Supervisor | None" = None
+        self._armed = False
+        self._pending = False
+
+    async def start(self, api: Api) -> None:
+        self._sup = cast("Supervisor", api)  # commands take the supervisor itself
+        number = getattr(signal, HOT_RESTART_SIGNAL, None)
+        self._armed = number is not None and platform.add_signal_handler(
+            api.loop, number, self._signalled
+        )
+
+    async def stop(self) -> None:
+        if self._armed and self._sup is not None:
+            self._sup.loop.remove_signal_handler(getattr(signal, HOT_RESTART_SIGNAL))
+
+    def _signalled(self) -> None:
+        sup = self._sup
+        if sup is None or self._pending or sup.leave_running:
+            return
+        if sup.project.closing:
+            sup.events.write(
+                "hot-restart-ignored",
+                f"{HOT_RESTART_SIGNAL} ignored: pmon is already stopping every manager",
+            )
+            return
+        self._pending = True
+        sup.background(self, self._when_settled(sup))
+
+    async def _when_settled(self, sup: "Supervisor") -> None:
+        if sup.project_state in BUSY:
+            sup.events.write(
+                "hot-restart-waits",
+                f"{HOT_RESTART_SIGNAL}: detaching once the project is no longer "
+                f"{sup.project_state.value}",
+            )
+            await sup.wait_for(lambda: sup.project_state not in BUSY or sup.project.closing)
+        if not sup.project.closing:
+            _detach(sup, f"{HOT_RESTART_SIGNAL} (hot restart): the managers run on")
 
 
 @command("plugins")

@@ -1,7 +1,8 @@
 """The one extension interface, and the small API of the supervisor that extensions see.
 
 Everything that runs beside the supervisor (the redundancy service, the plugin host, PMON
-TCP, the systemd notifier, log rotation, the write probe, reload on SIGHUP) is an
+TCP, the systemd notifier, log rotation, the write probe, reload on SIGHUP, the hot restart
+on SIGUSR2) is an
 `Extension`: one declared interface, every method with a do-nothing default, so an extension
 implements only what it needs and nothing is probed with getattr. Extensions are built from
 an explicit list (app.py), started in that order before the project starts,
@@ -93,6 +94,10 @@ class Extension(Protocol):
 
     def on_switchover(self, active: str, previous: str | None, reason: str) -> None:
         """The pair switched: `active` is the active server now."""
+        return None
+
+    def on_shutdown(self, reason: str, managers_run_on: bool) -> None:
+        """pmon itself begins to go down: the final stop, or a detach (its managers run on)."""
         return None
 
     def spawn_env(self, manager: "Manager") -> Mapping[str, str]:

@@ -68,7 +68,9 @@ def describe_exit(code: int | None) -> str:
 
 
 class EventLog:
-    """pmon's own log: one JSON object a line in a file, and a readable line on stderr."""
+    """pmon's own log: one JSON object a line in a file, and a readable line on stderr
+    (under systemd, when stderr is the journal: a priority prefix instead of a timestamp,
+    see journal.py)."""
 
     def __init__(
         self, path: Path, max_bytes: int, backups: int, echo: bool = True,
@@ -77,6 +79,9 @@ class EventLog:
         self._file = RotatingFile(path, max_bytes, backups)
         self.echo = echo
         self.on_error = on_error  # told when a record cannot be written (disk full, ...)
+        from pmon.runtime import journal
+
+        self._journal = journal if echo and journal.connected() else None
         self.listeners: list[Callable[[dict[str, Any]], None]] = []  # told of every record
 
     def write(self, event: str, message: str, **fields: Any) -> None:
@@ -93,7 +98,10 @@ class EventLog:
                 listener(record)
             except Exception as exc:  # a listener's bug must not reach the code that decided
                 print(f"pmon: an event listener failed: {exc!r}", file=sys.stderr)
-        if self.echo:
+        if self._journal is not None:
+            level = self._journal.priority(event, fields)
+            print(self._journal.prefixed(level, message), file=sys.stderr, flush=True)
+        elif self.echo:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
             print(f"{stamp} {message}", file=sys.stderr, flush=True)
 

@@ -1,8 +1,10 @@
 """The platform seam: every call that differs between POSIX and Windows sits here.
 
 POSIX: a manager runs in its own session and process group, so one signal reaches it and
-every grandchild; its death is noticed through a pidfd (Linux) or SIGCHLD. Windows: a new
-process group (CTRL_BREAK reaches it) and a thread blocked on the process handle.
+every grandchild; its death is noticed through a pidfd (Linux) or SIGCHLD. Windows: a Job
+object per manager (its whole tree is killed with it), a named stop event for the polite
+stop (a service has no console for CTRL_BREAK), and a thread blocked on the process handle
+(winproc.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import os
 import signal
 import subprocess
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pmon.config import HAS_NOTIFY_SOCKET as HAS_NOTIFY_SOCKET  # config checks it too
 
@@ -30,27 +32,50 @@ def popen_kwargs() -> dict[str, Any]:
     return {"start_new_session": True}
 
 
+def spawn_env(env: Mapping[str, str]) -> dict[str, str]:
+    """What a manager about to start needs from the platform: on Windows the names of its
+    stop event and its job (winproc.py); nothing on POSIX."""
+    if IS_WINDOWS:
+        from pmon.runtime import winproc
+
+        return winproc.names(env)
+    return {}
+
+
+def contain(pid: int, env: Mapping[str, str]) -> None:
+    """Right after the spawn: on Windows, the manager's own Job object (POSIX: its session
+    and process group did it already)."""
+    if IS_WINDOWS:  # pragma: no cover (Windows only)
+        from pmon.runtime import winproc
+
+        try:
+            winproc.contain(pid, env, winproc.kernel32())
+        except OSError:
+            pass  # no job: the kill walks the process tree instead
+
+
 def terminate_group(pid: int) -> None:
-    """The polite stop: SIGTERM to the whole group (CTRL_BREAK on Windows)."""
+    """The polite stop: SIGTERM to the whole group (Windows: the manager's stop event, and
+    CTRL_BREAK where pmon has a console)."""
     try:
-        if IS_WINDOWS:
-            os.kill(pid, signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
+        if IS_WINDOWS:  # pragma: no cover (Windows only)
+            from pmon.runtime import winproc
+
+            winproc.stop_politely(pid, winproc.kernel32())
         else:
             os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
+    except OSError:  # gone, not ours, or (Windows) no console to deliver CTRL_BREAK
         pass
 
 
 def kill_group(pid: int) -> None:
-    """Kill the manager's whole process group, grandchildren included."""
-    if IS_WINDOWS:
-        import psutil
+    """Kill the manager's whole process group, grandchildren included (Windows: its job)."""
+    if IS_WINDOWS:  # pragma: no cover (Windows only)
+        from pmon.runtime import winproc
 
         try:
-            root = psutil.Process(pid)
-            for proc in [*root.children(recursive=True), root]:
-                proc.kill()
-        except psutil.Error:
+            winproc.kill_tree(pid, winproc.kernel32())
+        except OSError:
             pass
         return
     try:

@@ -32,12 +32,13 @@ class ManagedProcess:
         session and process group keep pmon's signals (a terminal's Ctrl-C, a kill of
         pmon's group) away from it.
         """
+        env = {**env, **platform.spawn_env(env)}
         fd = log.open_for_child()
         try:
             popen = subprocess.Popen(
                 list(spec.command),
                 cwd=spec.cwd,
-                env=dict(env),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=fd,
                 stderr=subprocess.STDOUT,
@@ -45,6 +46,7 @@ class ManagedProcess:
             )
         finally:
             os.close(fd)
+        platform.contain(popen.pid, env)
         return cls(popen, popen.pid)
 
     def reap(self) -> int | None:
@@ -63,8 +65,13 @@ class ManagedProcess:
         platform.kill_group(self.pid)
 
 
-# What systemd hands to pmon's own service: meant for pmon, never for its managers.
-SYSTEMD_OWN = frozenset({"WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"})
+# What systemd hands to pmon's own service: meant for pmon, never for its managers (their
+# output goes to a file, not to pmon's journal stream; the unit's invocation is pmon's).
+SYSTEMD_UNIT_ENV = "PMON_SYSTEMD_UNIT"  # set by pmon's own unit (service/systemd.py)
+SYSTEMD_OWN = frozenset({
+    "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+    "INVOCATION_ID", "JOURNAL_STREAM", "SYSTEMD_EXEC_PID", SYSTEMD_UNIT_ENV,
+})
 
 
 def manager_env(spec: ManagerSpec, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:

@@ -169,7 +169,9 @@ class Supervisor:
         self.project.close()
         if not self._shutdown.is_set():
             self._shutdown.set()
-            self.events.write("shutdown", f"stopping the project and pmon ({reason})", reason=reason)
+            what = "pmon stops, its managers run on" if self.leave_running else "stopping the project and pmon"
+            self.events.write("shutdown", f"{what} ({reason})", reason=reason)
+            self._tell("on_shutdown", reason, self.leave_running)  # systemd's STOPPING=1
 
     def background(self, owner: Extension, coro: Coroutine[Any, Any, None]) -> None:
         """Run an extension's task in the supervisor's task group, until its owner stops."""

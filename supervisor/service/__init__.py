@@ -8,11 +8,21 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from pmon.runtime.process import SYSTEMD_UNIT_ENV
+
 if TYPE_CHECKING:
     from pmon.config import Config
 
 # Beyond the managers' own seconds_to_kill: pmon's start-up, the pidfd wake-ups, slack.
 STOP_MARGIN_SECONDS = 10.0
+
+# Under a systemd unit (the unit sets PMON_SYSTEMD_UNIT), `pmon run` ends a final stop
+# (`pmon shutdown`, `systemctl stop`, SIGTERM) with this status, which the unit lists in
+# SuccessExitStatus= (a clean stop) and RestartPreventExitStatus= (Restart=always does not
+# bring the project back). A detach (the hot restart) still exits 0: systemd starts the
+# next pmon, which adopts the managers. Outside systemd every clean end is 0.
+EXIT_STOPPED = 40
+UNIT_ENV = SYSTEMD_UNIT_ENV
 
 
 def service_name(config: "Config") -> str:
