@@ -1,10 +1,10 @@
 """Alive heartbeat: a manager must send WATCHDOG=1 on its notify socket at least every
-`alive_seconds`, or it is blocked (WinCC OA's alive counter, systemd's WatchdogSec).
+`alive_seconds`, or it is hung (WinCC OA's alive counter, systemd's WatchdogSec).
 
     [plugins.alive]             # for every manager once it has sent its first WATCHDOG=1
     interval = 1
     alive_seconds = 10
-    restart = true              # stop the blocked manager; the restart policy restarts it
+    restart = true              # stop the hung manager; the restart policy restarts it
     severity = "error"
     error_state = 1
 
@@ -56,7 +56,7 @@ class AliveMonitor:
             if silent > config["alive_seconds"]:
                 verdicts.append(Verdict(
                     view.name, config["severity"],
-                    f"blocked: no WATCHDOG=1 for {silent:.1f} s "
+                    f"hung: no WATCHDOG=1 for {silent:.1f} s "
                     f"(alive_seconds = {config['alive_seconds']:g})",
                     error_state=config["error_state"],
                     action="restart" if config["restart"] else None, key="alive",

@@ -19,6 +19,7 @@ def build_extensions(config: Config) -> list[Extension]:
     from pmon.commands.changes import ReloadOnHangup
     from pmon.commands.project import DetachOnSignal
     from pmon.control.server import ControlServer
+    from pmon.extensions.explain import Explainer
     from pmon.extensions.periodic import LogRotation, WriteProbe
     from pmon.extensions.plugin_host import PluginHost
     from pmon.extensions.sdnotify import SystemdNotifier
@@ -32,6 +33,7 @@ def build_extensions(config: Config) -> list[Extension]:
         extensions.append(redundancy)
     extensions += [PluginHost(config), LogRotation(), ReloadOnHangup(), DetachOnSignal(),
                    SystemdNotifier(), WriteProbe()]
+    extensions.append(Explainer())  # reads only: why each manager is where it is
     if config.pmon_tcp is not None:
         from pmon.extensions.pmon_tcp.server import PmonTcpService
 

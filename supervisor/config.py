@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from pmon.errors import ConfigError
 from pmon.states import Readiness, StartType
@@ -572,3 +572,36 @@ def _managers(
     if sum(spec.redundancy for spec in specs) > 1:
         errors.add("managers", "more than one manager has redundancy = true; a project has one")
     return tuple(specs)
+
+
+# --- can the managers' programs be started? (pmon validate, run, reload, add, edit) ---------
+def check_programs(config: Config, names: Iterable[str] | None = None) -> None:
+    """Raise ConfigError naming manager and key for every program that is not found or not
+    executable, and every `cwd` that is not a directory (of `names` only, if given). Kept out
+    of `parse`: the file's shape is valid anywhere, its programs only on this machine."""
+    import shutil
+
+    errors = _Errors(config.path)
+    wanted = None if names is None else set(names)
+    for spec in config.managers:
+        if wanted is not None and spec.name not in wanted:
+            continue
+        where = f"manager '{spec.name}' (managers[{spec.index}])"
+        if not spec.cwd.is_dir():
+            errors.add(f"{where}, key 'cwd'", f"{spec.cwd} is not a directory; create it or fix cwd")
+            continue
+        program = spec.command[0]
+        if os.sep in program or (os.altsep and os.altsep in program):
+            path = spec.cwd / program  # relative to cwd, as the spawn resolves it
+            if not path.is_file():
+                errors.add(f"{where}, key 'command'", f"program {program!r} not found ({path} does not exist)")
+            elif not os.access(path, os.X_OK):
+                errors.add(f"{where}, key 'command'", f"program {path} is not executable (chmod +x it, or run it through its interpreter)")
+            continue
+        search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
+        if shutil.which(program, path=search) is None:
+            errors.add(
+                f"{where}, key 'command'",
+                f"program {program!r} not found on PATH; fix its spelling, install it or give its full path",
+            )
+    errors.raise_if_any()

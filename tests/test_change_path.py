@@ -33,7 +33,7 @@ WAIT = 15  # deadlines are generous (a shared machine); the tests are fast when 
 def status_json(config: Path) -> dict[str, Any]:
     """`pmon status --json`, as a script reads it."""
     result = pmon_cli(config, "status", "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode in (0, 1), result.stderr  # 1: something that should run does not
     return json.loads(result.stdout)
 
 
@@ -576,7 +576,7 @@ def test_an_unwritable_project_file_refuses_the_change_and_touches_nothing(tmp_p
         instance.wait_ready(WAIT)
         original = config.read_text()
         pid = instance.manager("a")["pid"]
-        for args in (("edit", "a", "restart_count=5"), ("edit", "a", 'command=["x"]'),
+        for args in (("edit", "a", "restart_count=5"), ("edit", "a", 'command=["true"]'),
                      ("add", "extra", "--", *child()), ("remove", "tool")):
             result = pmon_cli(config, *args)
             assert result.returncode == 1, (args, result.stdout, result.stderr)

@@ -25,7 +25,8 @@ def test_status_table_and_json(tmp_path, pmon):
     table = pmon_cli(config, "status")
     assert table.returncode == 0
     lines = table.stdout.splitlines()
-    assert lines[1].split() == ["#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "SINCE"]
+    assert lines[1].split() == ["#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "UPTIME",
+                                "CPU", "RSS", "LAST", "EXIT"]
     assert lines[2].split()[:5] == ["1", "data", "running", str(instance.manager("data")["pid"]), "always"]
     assert lines[4].split()[:5] == ["3", "tool", "stopped", "-", "manual"]
     data = json.loads(pmon_cli(config, "status", "--json").stdout)
@@ -110,7 +111,7 @@ def test_unknown_manager_is_one_clear_line(tmp_path, pmon):
     pmon(config)
     for args in (("start", "nope"), ("stop", "9"), ("restart", "nope")):
         result = pmon_cli(config, *args)
-        assert result.returncode == 1
+        assert result.returncode == 4  # supervisorctl's "no such process"
         assert result.stderr.count("\n") == 1 and "no manager" in result.stderr
         assert "data, driver, tool" in result.stderr
 

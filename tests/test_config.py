@@ -113,6 +113,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_validate_says_valid(tmp_path):
+    (tmp_path / "sub").mkdir()  # driver1's cwd: validate checks that it exists
     result = pmon_cli(write(tmp_path, GOOD), "validate")
     assert result.returncode == 0 and "valid" in result.stdout and "3 managers" in result.stdout
 

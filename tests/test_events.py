@@ -167,3 +167,36 @@ def test_a_subscriber_loses_only_what_overflows_and_says_how_much(limit, ops):
         assert len(numbers) + lost == sent
         assert all(a["event"] != "lost" or b["event"] != "lost" for a, b in zip(got, got[1:]))
     asyncio.run(scenario())
+
+
+def test_pmon_events_follow_sees_a_switchover(tmp_path, pmon):
+    from relay import Relay
+    from support import write_pair
+
+    relay = Relay(links=2)
+    follower = None
+    try:
+        def managers(server):
+            return [{"name": "w", "command": child()},
+                    {"name": "drv", "command": child(), "weight": 3}]
+        config_a, config_b = write_pair(tmp_path, relay, managers)
+        a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+        a.wait_ready(15), b.wait_ready(15)
+        poll_for(lambda: a.call("redu-status")["role"] == "active"
+                 and a.call("redu-status")["partner_error_state"] == 0, 15, "a active, b healthy")
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "pmon.cli", "events", "-c", str(config_b), "-f", "-n", "1", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        json.loads(follower.stdout.readline())  # one past record: it subscribed before reading
+        assert pmon_cli(config_a, "stop", "drv", "--force").returncode == 0
+        seen = []
+        poll_for(lambda: seen.append(json.loads(follower.stdout.readline())) or
+                 seen[-1]["event"] == "switchover", 20, "the switchover in b's followed events")
+        assert seen[-1]["active"] == "b" and "T" in seen[-1]["time"]
+    finally:
+        if follower is not None:
+            follower.terminate()
+            follower.wait(10)
+        relay.close()
+

@@ -117,7 +117,7 @@ def test_port_that_closes(tmp_path, pmon):
     assert verdict["detail"].startswith(f"partner (127.0.0.1:{partner_port}) refuses connections")
 
 
-def test_manager_that_stops_sending_watchdog_is_blocked_and_restarted(tmp_path, pmon):
+def test_manager_that_stops_sending_watchdog_is_hung_and_restarted(tmp_path, pmon):
     config = write_project(
         tmp_path,
         [{"name": "stalls", "command": child("--watchdog-every", "0.1", "--watchdog-for", "1.5"),
@@ -129,7 +129,7 @@ def test_manager_that_stops_sending_watchdog_is_blocked_and_restarted(tmp_path, 
     instance = pmon(config)
     first = instance.wait_state("stalls", "running")["pid"]
     verdict = instance.wait_event("verdict", plugin="alive", target="stalls", timeout=15)
-    assert verdict["detail"].startswith("blocked: no WATCHDOG=1 for ")
+    assert verdict["detail"].startswith("hung: no WATCHDOG=1 for ")
     assert instance.wait_event("plugin-restart", manager="stalls")["pid"] == first
     poll_for(lambda: instance.manager("stalls")["pid"] not in (None, first), 10, "restart")
     targets = {e["target"] for e in instance.events() if e["event"] == "verdict"}

@@ -88,7 +88,7 @@ def expected_stati(instance: Pmon, numbers: list[int], mode: str) -> bytes:
     pmon_pid = status["pmon_pid"]
     rows = [f"2;{pmon_pid:5d};0;{stamp(psutil.Process(pmon_pid).create_time())};  1"]
     for m, number in zip(status["managers"], numbers):
-        state = {"starting": 1, "running": 2, "blocked": 3}.get(m["state"], 0)
+        state = 3 if m.get("why", "").startswith("hung:") else {"starting": 1, "running": 2}.get(m["state"], 0)
         pid = m["pid"] or (-2 if m["state"] in ("backoff", "blocked") else -1)
         start = ["manual", "once", "always"].index(m["start"])
         rows.append(f"{state};{pid:5d};{start};{stamp(m['started_at'])};{number:3d}")
@@ -313,3 +313,20 @@ def test_the_registry_commands_it_added_serve_the_control_channel_too(tmp_path, 
         instance.call("add", manager={"name": "x", "command": child()}, position=9)
     killed = instance.call("kill", target="first")
     assert (killed["state"], killed["exit_code"]) == ("stopped", -9)
+
+
+def test_a_blocked_manager_is_state_0_pid_minus_2_and_a_hung_one_state_3(tmp_path, pmon):
+    """WinCC OA's meaning: 3 is "no alive sign"; a manager pmon gave up on is 0 with pid -2."""
+    config = write_project(tmp_path, [
+        {"name": "quits", "command": child("--exit-after", "0", "--code", "1"), "restart_count": 1},
+        {"name": "stalls", "command": child("--watchdog-every", "0.1", "--watchdog-for", "0.5"),
+         "monitor": {"alive": {"alive_seconds": 0.6}}},
+    ], pmon_tcp={"port": 0}, plugins={"alive": {"interval": 0.1, "alive_seconds": 0.6}})
+    instance = pmon(config, wait=False)
+    instance.wait_state("quits", "blocked", timeout=15)
+    instance.wait_event("verdict", plugin="alive", target="stalls", timeout=15)
+    client = Client(instance)
+    rows = client.ask("MGRLIST:STATI").decode().splitlines()
+    quits, stalls = rows[2].split(";"), rows[3].split(";")
+    assert (quits[0], quits[1].strip()) == ("0", "-2")
+    assert (stalls[0], stalls[1].strip()) == ("3", str(instance.manager("stalls")["pid"]))

@@ -165,7 +165,7 @@ def test_killing_the_active_server_makes_the_passive_take_over_once(tmp_path, pm
 def test_a_stopped_weighted_manager_hands_the_active_role_over(tmp_path, pmon, relay):
     a, b = start_pair(pmon, tmp_path, relay)
     wait_roles(a, b, "active", "passive")
-    a.call("stop", target="w")
+    a.call("stop", target="w", force=True)  # a stop that switches the pair over needs force
     wait_roles(a, b, "passive", "active")
     status = redu(b)
     assert status["partner_error_breakdown"] == {"manager w": 1}

@@ -23,15 +23,24 @@ if TYPE_CHECKING:
 EXIT_REFUSED, EXIT_CONFIG, EXIT_NOT_RUNNING = 1, 2, 3
 
 
+def _config_before_command(ctx: click.Context, _param: Any, value: Path | None) -> Path | None:
+    """-c after the command wins; else the -c given before it (`pmon -c FILE status`)."""
+    if value is not None:
+        return value
+    root = ctx.find_root()
+    given = root.params.get("config_path") if root is not ctx else None
+    return given if isinstance(given, Path) else None
+
+
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "-c",
         "--config",
         "config_path",
-        envvar="PMON_CONFIG",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="The project's TOML file (default: $PMON_CONFIG, else ./pmon.toml).",
+        callback=_config_before_command,
+        help="The project's TOML file (default: -c before the command, $PMON_CONFIG, ./pmon.toml).",
     )(func)
 
 
@@ -60,17 +69,25 @@ def fail(message: str, code: int = EXIT_REFUSED) -> NoReturn:
     sys.exit(code)
 
 
-def call(config_path: Path | None, command: str, **args: Any) -> Any:
+def call(config_path: Path | None, command: str, *, as_json: bool = False, **args: Any) -> Any:
+    """One command to the running pmon. On failure: the line on stderr and the exit code;
+    with `as_json`, also a JSON error object on stdout, for the script that reads it."""
     from pmon.control.client import Endpoint, call as remote_call
+
+    def failed(exc: Exception, code: int) -> NoReturn:
+        if as_json:
+            kind = getattr(exc, "code", "error")
+            click.echo(json.dumps({"ok": False, "error": {"code": kind, "message": str(exc), "exit_code": code}}))
+        fail(str(exc), code)
 
     try:
         return remote_call(Endpoint.read(default_config(config_path)), command, **args)
     except ConfigError as exc:
-        fail(str(exc), EXIT_CONFIG)
+        failed(exc, EXIT_CONFIG)
     except NotRunning as exc:
-        fail(str(exc), EXIT_NOT_RUNNING)
+        failed(exc, EXIT_NOT_RUNNING)
     except (PmonError, OSError) as exc:
-        fail(str(exc), EXIT_CONFIG if getattr(exc, "code", None) == "config" else EXIT_REFUSED)
+        failed(exc, EXIT_CONFIG if getattr(exc, "code", None) == "config" else EXIT_REFUSED)
 
 
 def target_arg(value: str) -> str | int:
@@ -79,7 +96,10 @@ def target_arg(value: str) -> str | int:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pmon")
-def main() -> None:
+@click.option("-c", "--config", "config_path", envvar="PMON_CONFIG", default=None,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="The project's TOML file, for every command (default: $PMON_CONFIG, ./pmon.toml).")
+def main(config_path: Path | None) -> None:
     """pmon: a process monitor for control-system servers.
 
     `pmon run -c FILE` runs a project in the foreground; the other commands talk to it.
@@ -96,6 +116,9 @@ def run(config_path: Path | None, quiet: bool) -> None:
 
     config = load_config(config_path)
     try:
+        from pmon.config import check_programs
+
+        check_programs(config)  # a typo in a command is an error now, not a backoff later
         sys.exit(run_project(config, echo=not quiet))
     except ConfigError as exc:  # e.g. a plugin that does not load or rejects its settings
         fail(str(exc), EXIT_CONFIG)
@@ -109,8 +132,11 @@ def validate(config_path: Path | None) -> None:
     """Check the project file as `run` would, plugins included; start nothing."""
     from pmon import plugins
 
+    from pmon.config import check_programs
+
     config = load_config(config_path)
     try:
+        check_programs(config)
         loaded = plugins.load(config)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
@@ -125,84 +151,10 @@ def validate(config_path: Path | None) -> None:
         click.echo(f"pmon: warning: {fds}", err=True)
 
 
-def _since(started_at: float | None) -> str:
-    if not started_at:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started_at))
-
-
-def print_table(status: dict[str, Any]) -> None:
-    click.echo(f"project {status['project']}: {status['project_state']}")
-    rows = [("#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "SINCE")]
-    for m in status["managers"]:
-        state = m["state"]
-        if m["state"] == "exited" and m["exit_code"] is not None:
-            state += f" ({m['exit_code']})"
-        if m.get("ready_failed"):
-            state += " (not ready)"
-        rows.append((
-            str(m["index"]), m["name"], state, str(m["pid"] or "-"), m["start"],
-            "yes" if m["core"] else "", str(m["restarts"]), _since(m["started_at"]),
-        ))
-    echo_rows(rows)
-    for m in status["managers"]:
-        if m.get("held"):  # a condition holds it back (run_on = "active" on a passive server)
-            click.echo(f"{m['name']} waits: {m['held']}")
-    if status.get("verdicts"):
-        click.echo(f"monitor verdicts (error state {status.get('plugin_error_state', 0):g}):")
-        for v in status["verdicts"]:
-            click.echo(f"  {v['severity']:<8} {v['target'] or 'project'}: {v['message']} ({v['plugin']})")
-
-
 def echo_rows(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
-@main.command()
-@config_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def status(config_path: Path | None, as_json: bool) -> None:
-    """One row per manager: index, name, state, pid, start type, core, restarts, since."""
-    result = call(config_path, "status")
-    if as_json:
-        result = {"project": result["project"], "managers": [
-            {k: m.get(k) for k in ("index", "name", "state", "pid", "start", "core", "restarts",
-                                   "exit_code", "started_at", "reason", "held")}
-            for m in result["managers"]
-        ], "project_state": result["project_state"],
-           "project_reason": result.get("project_reason", ""),
-           "verdicts": result.get("verdicts", [])}
-        click.echo(json.dumps(result, indent=1))
-    else:
-        print_table(result)
-
-
-def _manager_command(name: str, verb: str, all_command: str, all_help: str) -> None:
-    @main.command(name=name, help=f"{verb} a manager (NAME or index), or --all: {all_help}.")
-    @config_option
-    @click.argument("target", required=False)
-    @click.option("--all", "all_", is_flag=True, help=all_help)
-    @click.option("--force", is_flag=True, hidden=name == "start",
-                  help="Stop or restart even the active server of a pair whose partner is not available.")
-    def handler(config_path: Path | None, target: str | None, all_: bool, force: bool) -> None:
-        if all_ == (target is not None):
-            raise click.UsageError(f"give a manager NAME (or index), or --all: pmon {name} NAME")
-        forced = {"force": True} if force else {}
-        if force and not (name == "restart" or (all_ and name == "stop")):
-            raise click.UsageError("--force goes with `pmon stop --all` and `pmon restart` only")
-        if all_:
-            result = call(config_path, all_command, **forced)
-            click.echo(f"project {result['project']}: {result['project_state']}")
-        else:
-            row = call(config_path, name, target=target_arg(target or ""), **forced)
-            click.echo(f"{row['name']}: {row['state']}" + (f" (pid {row['pid']})" if row["pid"] else ""))
-
-
-_manager_command("start", "Start", "start-all", "start the project in order")
-_manager_command("stop", "Stop", "stop-all", "stop every manager in reverse order, pmon stays")
-_manager_command("restart", "Restart", "restart-all", "restart the whole project")
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -220,7 +172,7 @@ def add(config_path: Path | None, name: str, command: tuple[str, ...], start_typ
 
     Example: pmon add driver3 --start always -- python3 driver.py -num 5
 
-    The TOML file is rewritten (with tomli-w): comments in it are not kept.
+    The TOML file keeps its comments and layout (only the change is written, with tomlkit).
     """
     table: dict[str, Any] = {"name": name, "command": list(command), "start": start_type}
     table.update({key: value for key, value in limits.items() if value is not None})
@@ -238,7 +190,7 @@ def add(config_path: Path | None, name: str, command: tuple[str, ...], start_typ
 @config_option
 @click.argument("target")
 def remove(config_path: Path | None, target: str) -> None:
-    """Remove a stopped, non-core manager from the project and its TOML file (comments are not kept)."""
+    """Remove a stopped, non-core manager from the project and its TOML file (its comments and layout stay)."""
     result = call(config_path, "remove", target=target_arg(target))
     click.echo(f"{result['removed']}: removed")
 
@@ -257,7 +209,7 @@ def edit(config_path: Path | None, target: str, settings: tuple[str, ...]) -> No
 
     Example: pmon edit driver1 'command=["python3", "driver.py", "-num", "2"]' restart_count=5
 
-    The TOML file is rewritten (with tomli-w): comments in it are not kept.
+    The TOML file keeps its comments and layout (only the change is written, with tomlkit).
     """
     changes = dict(_setting(item) for item in settings)
     row = call(config_path, "edit", target=target_arg(target), changes=changes)
@@ -283,9 +235,11 @@ def _setting(item: str) -> tuple[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def plugins(config_path: Path | None, as_json: bool) -> None:
     """The loaded plugins: where each comes from, its hooks, its failure streak."""
-    result = call(config_path, "plugins")
+    result = call(config_path, "plugins", as_json=as_json)
     if as_json:
-        click.echo(json.dumps(result, indent=1))
+        from pmon.control.protocol import with_iso
+
+        click.echo(json.dumps(with_iso(result), indent=1))
         return
     rows = [("NAME", "SOURCE", "HOOKS", "EVERY", "CALLS", "FAILED", "STREAK", "VERDICTS")]
     for p in result["plugins"]:
@@ -303,10 +257,34 @@ def plugins(config_path: Path | None, as_json: bool) -> None:
 @main.command()
 @config_option
 @click.option("--force", is_flag=True, help="Stop even the active server of a pair whose partner is not available.")
-def shutdown(config_path: Path | None, force: bool) -> None:
+@click.option("--wait", "wait", is_flag=True, help="Return only once pmon has exited (every manager down).")
+@click.option("--timeout", type=float, default=300.0, show_default=True, help="With --wait: give up after this many seconds (exit 1).")
+def shutdown(config_path: Path | None, force: bool, wait: bool, timeout: float) -> None:
     """Stop every manager in reverse order, then pmon itself."""
+    from pmon.control.client import Endpoint
+
+    where = Endpoint.read(default_config(config_path))
     call(config_path, "shutdown", **({"force": True} if force else {}))
-    click.echo("pmon is shutting down")
+    if not wait:
+        click.echo("pmon is shutting down")
+        return
+    if not _wait_until_gone(where.state_dir, timeout):
+        fail(f"pmon did not exit within {timeout:g} s; see `pmon status` and `pmon events -n 20`")
+    click.echo("pmon has stopped: every manager is down")
+
+
+def _wait_until_gone(state_dir: Path, timeout: float) -> bool:
+    """True once the project's lock is free: it dies with the pmon process, after its final
+    stop, whatever way it ended."""
+    from pmon.runtime import platform
+
+    deadline = time.monotonic() + timeout
+    with open(state_dir / "pmon.lock", "a+") as handle:
+        while not platform.lock_exclusively(handle):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    return True
 
 
 @main.command()
@@ -329,6 +307,28 @@ def reload(config_path: Path | None, dry_run: bool) -> None:
     click.echo(f"{'would reload' if dry_run else 'reloaded'} {result['config']}:")
     for line in describe(result):
         click.echo(line)
+    if not dry_run:
+        _fail_if_not_up(config_path, [*result["added"], *result["changed"]], list(result["changed"]))
+
+
+def _fail_if_not_up(config_path: Path | None, names: Sequence[str], changed: Sequence[str] = ()) -> None:
+    """Exit 1 naming each of `names` that did not come up, with why and what to type; say
+    so when a changed core manager restarted the whole project."""
+    from pmon.cli.targets import failure
+
+    every = call(config_path, "status")["managers"]
+    cores = [m["name"] for m in every if m["core"] and m["name"] in changed]
+    if cores:
+        click.echo(f"{', '.join(cores)} changed (core): the whole project was restarted "
+                   f"({', '.join(m['name'] for m in every)})")
+        names = [m["name"] for m in every]
+    rows = [m for m in every if m["name"] in names]
+    bad = [m for m in rows if not m.get("ok", True) and not m.get("held")
+           and not (m["state"] == "stopped" and m["start"] == "manual")]
+    for m in bad:
+        click.echo(f"pmon: {failure('start', m)}", err=True)
+    if bad:
+        sys.exit(EXIT_REFUSED)
 
 
 @main.command()
@@ -389,6 +389,26 @@ _register_redu(main, call, config_option)  # `pmon redu ...`
 from pmon.cli.events import register as _register_events  # noqa: E402
 
 _register_events(main, config_option, fail, default_config)  # `pmon events`
+
+
+from pmon.cli.status import register as _register_status  # noqa: E402
+
+_register_status(main, config_option, call, fail)  # `pmon status`
+
+
+from pmon.cli.targets import register as _register_targets  # noqa: E402
+
+_register_targets(main, config_option, call, fail)  # start, stop, restart, kill, signal
+
+
+from pmon.cli.logs import register as _register_logs  # noqa: E402
+
+_register_logs(main, config_option, fail, default_config)  # `pmon logs`
+
+
+from pmon.cli.manager_info import register as _register_describe  # noqa: E402
+
+_register_describe(main, config_option, call)  # `pmon describe`
 
 
 @main.command()

@@ -2,4 +2,4 @@
 
 from pmon.cli import main
 
-main()
+main(prog_name="pmon")  # help, usage and shell completion (_PMON_COMPLETE) say pmon

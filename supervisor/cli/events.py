@@ -12,11 +12,13 @@ import json
 import re
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import click
+
+from pmon.cli.status import complete_managers
 
 EXIT_REFUSED, EXIT_CONFIG, EXIT_NOT_RUNNING = 1, 2, 3
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
@@ -41,11 +43,6 @@ def parse_since(text: str, now: float | None = None) -> float:
             f"{text!r}: give a time ago (90s, 10m, 2h, 1d), a time today (03:10) "
             "or an ISO 8601 date/time (2026-12-02 03:10)", param_hint="--since"
         ) from None
-
-
-def iso(ts: float) -> str:
-    """ISO 8601 in local time with its offset (what a person and a script both read)."""
-    return datetime.fromtimestamp(ts, timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
 def local(ts: float) -> str:
@@ -84,7 +81,9 @@ def matches(record: dict[str, Any], patterns: tuple[str, ...]) -> bool:
 
 def render(record: dict[str, Any], as_json: bool) -> str:
     if as_json:
-        return json.dumps({"time": iso(record["ts"]), **record})
+        from pmon.control.protocol import iso8601
+
+        return json.dumps({"time": iso8601(record["ts"]), **record})
     who = record.get("manager") or "-"
     return f"{local(record['ts'])}  {who:<14} {record.get('message', record.get('event', ''))}"
 
@@ -95,7 +94,7 @@ def register(
 ) -> None:
     @main.command()
     @config_option
-    @click.argument("names", nargs=-1, metavar="[NAME|GLOB]...")
+    @click.argument("names", nargs=-1, metavar="[NAME|GLOB]...", shell_complete=complete_managers)
     @click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they happen (needs a running pmon).")
     @click.option("--since", "since", metavar="TIME", help="Only events from TIME on: 10m, 2h, 03:10, 2026-12-02 03:10.")
     @click.option("-n", "--lines", "count", type=int, default=None, help="Only the last N events (default 50 without --since).")

@@ -62,9 +62,11 @@ def register(main: click.Group, call: Callable[..., Any], config_option: Callabl
     @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
     def status(config_path: Path | None, as_json: bool) -> None:
         """This server's role, both error states, the links, the partner, the last switchover."""
-        result = call(config_path, "redu-status")
+        result = call(config_path, "redu-status", as_json=as_json)
         if as_json:
-            click.echo(json.dumps(result, indent=1))
+            from pmon.control.protocol import with_iso
+
+            click.echo(json.dumps(with_iso(result), indent=1))
         else:
             print_status(result)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pmon.commands import changes, managers, project, redundancy
+from pmon.commands import changes, describe, managers, project, redundancy
 from pmon.commands.registry import Command, collect, execute as _execute
 
 if TYPE_CHECKING:
     from pmon.runtime.supervisor import Supervisor
 
-MODULES = (managers, project, changes, redundancy)
+MODULES = (managers, project, changes, redundancy, describe)
 REGISTRY: dict[str, Command] = collect(MODULES)
 
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, cast
 
 import tomli_w
 
+from pmon.commands.tomlfile import updated_text
+
 from pmon import config as config_module
 from pmon.commands.registry import command
 from pmon.config import Config
@@ -41,8 +43,8 @@ async def add(
     `position` (1-based) inserts it there, moving the managers from there on one index up;
     without it the manager is appended. It starts at once unless its start type is manual
     or a condition holds it back (run_on = "active" on a passive server: it starts when
-    this server becomes active). The file is rewritten with tomli-w: comments in it are
-    not kept.
+    this server becomes active). Only the change is written into the file: its comments and
+    layout stay (commands/tomlfile.py).
     """
     await _commit(sup, lambda raw: change.with_added(raw, manager, position), "add", wait)
     return sup.row(sup.find(manager["name"]))
@@ -111,7 +113,8 @@ async def _commit(
             # through a symlink to the file it names: replacing the link itself would leave
             # the real file unchanged and the link gone
             target = Path(os.path.realpath(sup.config.path))
-            write_atomically(target, tomli_w.dumps(dict(new.raw)).encode())
+            text = updated_text(target.read_text(encoding="utf-8"), sup.config.raw, new.raw)
+            write_atomically(target, text.encode())
         except OSError as exc:
             raise CommandError(f"cannot write {sup.config.path}: {exc}") from None
 
@@ -123,6 +126,8 @@ def _served(sup: "Supervisor", new: Config) -> Config:
     no loaded plugin reads is refused, as `pmon run` refuses such a file). ConfigError."""
     from pmon.extensions.plugin_host import PluginHost
 
+    before = {spec.name: spec for spec in sup.config.managers}
+    config_module.check_programs(new, [m.name for m in new.managers if before.get(m.name) != m])
     host = sup.extension(PluginHost)
     if host is not None:
         host.check_change(new)

@@ -21,9 +21,43 @@ async def start(sup: "Supervisor", target: str | int, wait: bool = True) -> dict
 
 
 @command("stop")
-async def stop(sup: "Supervisor", target: str | int, wait: bool = True) -> dict[str, Any]:
-    """Stop a manager: SIGTERM to its group, SIGKILL after seconds_to_kill."""
+async def stop(
+    sup: "Supervisor", target: str | int, wait: bool = True, force: bool = False
+) -> dict[str, Any]:
+    """Stop a manager: SIGTERM to its group, SIGKILL after seconds_to_kill. On the active
+    server of a pair, a stop that would switch the pair over is refused unless forced."""
+    if not force:
+        why = switchover_by_stop(sup, target)
+        if why:
+            from pmon.errors import CommandError
+
+            raise CommandError(f"stop {target} refused: {why}; add --force to stop it anyway")
     return sup.row(await sup.stop_manager(target, wait=wait))
+
+
+def switchover_by_stop(sup: "Supervisor", target: str | int) -> str | None:
+    """Why stopping this manager would switch the pair over, or None: on the active server,
+    its weight would raise this server's error state above the partner's."""
+    from pmon.extensions.redundancy import RedundancyService
+
+    service = sup.extension(RedundancyService)
+    manager = sup.find(target)
+    if service is None or service.role != "active" or not manager.alive:
+        return None
+    spec = manager.spec
+    weight = spec.weight if spec.weight is not None else service.spec.manager_weight
+    if not weight or not service.should_run(manager):
+        return None
+    report = service.status()
+    partner_error = report.get("partner_error_state")
+    if not report.get("partner_available") or partner_error is None:
+        return None  # no partner to take over: the pair cannot switch
+    mine = float(report.get("error_state") or 0)
+    if mine + weight <= float(partner_error):
+        return None
+    return (f"this server ({service.spec.name}) is active; stopping {spec.name} (weight {weight:g}) "
+            f"raises its error state from {mine:g} to {mine + weight:g}, above the partner's "
+            f"({float(partner_error):g}): the pair would switch over to {service.spec.partner}")
 
 
 @command("kill")
@@ -40,3 +74,30 @@ async def restart(
     if sup.find(target).spec.core:
         refuse_unsafe_stop(sup, f"restart {target} (a core manager: the whole project)", force)
     return sup.row(await sup.restart_manager(target, wait=wait))
+
+
+@command("signal")
+async def send_signal(sup: "Supervisor", target: str | int, signal: int) -> dict[str, Any]:
+    """Send a signal (a number) to a running manager's process group; pmon's machine then
+    sees whatever follows (a death goes through the restart policy like any other)."""
+    import signal as signals
+
+    from pmon.errors import CommandError
+    from pmon.runtime import platform
+
+    manager = sup.find(target)
+    if manager.pid is None:
+        raise CommandError(f"{manager.spec.name} is not running ({manager.state}); nothing to signal")
+    try:
+        name = signals.Signals(signal).name
+    except ValueError:
+        raise CommandError(f"{signal} is not a signal on this system") from None
+    try:
+        platform.signal_group(manager.pid, signal)
+    except OSError as exc:
+        raise CommandError(f"cannot signal {manager.spec.name}: {exc}") from None
+    sup.events.write(
+        "signalled", f"{manager.spec.name} (pid {manager.pid}) sent {name} by an operator",
+        manager=manager.spec.name, pid=manager.pid, signal=name,
+    )
+    return {"name": manager.spec.name, "pid": manager.pid, "signal": name}

@@ -44,3 +44,26 @@ def token_path(state_dir: Path) -> Path:
 def address_path(state_dir: Path) -> Path:
     """Where a TCP control server writes the address it bound (the port may be 0 = any)."""
     return state_dir / "control.addr"
+
+
+def with_iso(value: Any) -> Any:
+    """A copy of a reply where every epoch time (`ts`, `at`, `*_at`, `last_switchover`) gets
+    an ISO 8601 twin beside it (`ts_iso`, ...), in local time with its offset: a script
+    reads the number, a person the text."""
+    if isinstance(value, list):
+        return [with_iso(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out[key] = with_iso(item)
+        if (key in ("ts", "at") or key.endswith("_at")) and isinstance(item, (int, float)) \
+                and not isinstance(item, bool) and item > 0:
+            out[f"{key}_iso"] = iso8601(item)
+    return out
+
+
+def iso8601(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).astimezone().isoformat(timespec="milliseconds")

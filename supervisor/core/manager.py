@@ -189,7 +189,7 @@ class Manager:
     def spawn_failed(self, now: float, *, restart: bool = True) -> list[Action]:
         """The program could not be executed at all: counts as a death with no exit code
         (`restart` False: the project is going down or down, as for `exited`)."""
-        self.pid = None
+        self.pid, self.exit_code = None, None  # not the previous instance's exit code
         if not restart:
             return self.exited(None, now, restart=False)
         return self._died(None, now)

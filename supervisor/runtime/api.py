@@ -121,3 +121,7 @@ class Extension(Protocol):
     def status(self) -> Mapping[str, Any]:
         """Keys this extension adds to `pmon status`."""
         return {}
+
+    def row(self, manager: "Manager") -> Mapping[str, Any]:
+        """Keys this extension adds to one manager's row (status, start, stop, ... replies)."""
+        return {}

@@ -93,8 +93,11 @@ class EventLog:
             print(f"pmon: cannot write the event log: {exc}", file=sys.stderr)
             if self.on_error is not None:
                 self.on_error(exc)
-        for listener in self.listeners:  # the control channel's feed; it never blocks
-            listener(record)
+        for listener in self.listeners:  # the feed, the explainer: they never block
+            try:
+                listener(record)
+            except Exception as exc:  # a listener's bug must not reach the code that decided
+                print(f"pmon: an event listener failed: {exc!r}", file=sys.stderr)
         if self._journal is not None:
             level = self._journal.priority(event, fields)
             print(self._journal.prefixed(level, message), file=sys.stderr, flush=True)

@@ -69,3 +69,25 @@ class ManagerLog:
 
     def close(self) -> None:
         """Nothing to close: pmon holds no descriptor of a manager's output."""
+
+
+def note(path: Path, text: str, at: float) -> None:
+    """Append one of pmon's own lines about the manager to its output file
+    (`-- pmon 2026-12-02 03:01:12.345: exited with signal SIGKILL: restarted`), so that the
+    log shows what happened between its lines, a SIGKILL included. One O_APPEND write: it
+    lands between the manager's lines, never inside a line the manager wrote whole. A
+    failure (disk full) is ignored: the event log has the same facts."""
+    import time
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f".{int(at * 1000) % 1000:03d}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, f"{NOTE_PREFIX}{stamp}: {text}\n".encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+NOTE_PREFIX = "-- pmon "  # how `pmon logs` tells pmon's lines from the manager's

@@ -84,6 +84,14 @@ def kill_group(pid: int) -> None:
         pass
 
 
+def signal_group(pid: int, sig: int) -> None:
+    """An operator's signal to the manager's whole group (`pmon signal`). Windows has no
+    signals to send but CTRL_BREAK: refused there with a clear message."""
+    if IS_WINDOWS:
+        raise OSError("pmon signal works only on POSIX systems; use pmon stop or kill")
+    os.killpg(pid, sig)
+
+
 def add_signal_handler(
     loop: asyncio.AbstractEventLoop, sig: int, callback: Callable[..., Any], *args: Any
 ) -> bool:

@@ -501,9 +501,11 @@ class Supervisor:
         name = manager.spec.name
         # An adopted manager is not pmon's child: its exit status went to its new parent.
         how = "an exit status pmon cannot know (adopted)" if adopted else describe_exit(code)
+        # A spawn that failed had no process: no pid to name (its error was logged just before).
+        who = f"{name} (pid {pid}) ended with {how}" if pid is not None else f"{name} {how}"
         self.events.write(
             "exited",
-            f"{name} (pid {pid}) ended with {how}: {manager.last_decision}",
+            f"{who}: {manager.last_decision}",
             manager=name, pid=pid, exit_code=code, action=manager.last_decision,
             state=manager.state.value,
         )
@@ -756,7 +758,7 @@ class Supervisor:
     def row(self, manager: Manager) -> dict[str, Any]:
         snap = manager.snapshot()
         held = self.project.refusal(manager.spec) if manager.spec.name in self.project.held else None
-        return {
+        row: dict[str, Any] = {
             "index": snap.index,
             "name": snap.name,
             "state": snap.state,
@@ -770,6 +772,9 @@ class Supervisor:
             "reason": snap.reason,
             "held": held,
         }
+        for extension in self.extensions:  # the explainer: last exit, usage, why, what to type
+            row.update(extension.row(manager))
+        return row
 
 
 def _settled(manager: Manager) -> bool:

@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 
 Handler = Callable[["Supervisor", str], Awaitable[bytes]]
 
-# pmon's states as PMON's: 0 stopped, 1 init, 2 running, 3 blocked.
-STATE_NUMBERS = {"starting": 1, "running": 2, "blocked": 3}
+# pmon's states as PMON's: 0 stopped (and blocked, with pid -2), 1 init, 2 running, 3 hung.
+# WinCC OA's numbers: 3 is "no alive sign" (a hung manager, told by the alive monitor); a
+# manager pmon gave up restarting (blocked) is 0 with pid -2, as WinCC OA shows one.
+STATE_NUMBERS = {"starting": 1, "running": 2}
+HUNG = 3
 # The project line: mode number, mode name, emergency.
 PROJECT_MODES = {
     "stopped": (0, "WAIT_MODE", False),
@@ -75,6 +78,12 @@ async def _mgrlist_list(sup: "Supervisor") -> bytes:
     return p.list_reply(rows)
 
 
+def _state_number(row: dict[str, Any]) -> int:
+    if row["state"] == "running" and str(row.get("why", "")).startswith("hung:"):
+        return HUNG
+    return STATE_NUMBERS.get(row["state"], 0)
+
+
 def _pid(row: dict[str, Any]) -> int:
     """The pid; -1 no process; -2 one that should run but failed (and waits or is blocked)."""
     if row["pid"]:
@@ -97,7 +106,7 @@ async def _mgrlist_stati(sup: "Supervisor") -> bytes:
     rows = [p.stati_row(2, pmon_pid, "manual", _started(pmon_pid), 1)]
     for row, spec in zip(status["managers"], sup.config.managers):
         rows.append(p.stati_row(
-            STATE_NUMBERS.get(row["state"], 0), _pid(row), row["start"], row["started_at"],
+            _state_number(row), _pid(row), row["start"], row["started_at"],
             p.manager_number(spec.command[1:], spec.num),
         ))
     number, name, emergency = PROJECT_MODES[status["project_state"]]
