@@ -393,11 +393,13 @@ def test_any_listen_value_is_taken_or_refused_with_the_key_named(tmp_path):
         try:
             spec = config_module.parse(data, tmp_path / "pmon.toml").metrics
         except ConfigError as exc:
-            assert "[metrics], key 'listen'" in str(exc) and "expected" in str(exc)
+            # a NUL is refused by the strict check common to every text value
+            assert "[metrics], key 'listen'" in str(exc)
+            assert "expected" in str(exc) or "NUL" in str(exc)
             return
         assert spec is not None and 0 <= spec.port <= 65535
         text = str(value)
-        assert text.rpartition(":")[2] == str(spec.port)
+        assert int(text.rpartition(":")[2]) == spec.port  # "00" is port 0 too
         if spec.host != "localhost":
             ipaddress.ip_address(spec.host)  # an IP address, never a name
         written = text.rpartition(":")[0].strip("[]")
