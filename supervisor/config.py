@@ -303,7 +303,9 @@ class _Errors:
 
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a project file. Raises ConfigError naming every problem."""
-    path = Path(path).absolute()
+    # The project's identity is its canonical path: a symlink or a `../` spelling of the
+    # same file must find the same state directory, lock and managers.
+    path = Path(path).resolve()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -345,7 +347,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     managers = redundancy_settings.check_managers(managers, redundancy, path, errors)
     errors.raise_if_any()
 
-    state_dir = base / project.get("state_dir", "var")
+    state_dir = (base / project.get("state_dir", "var")).resolve()  # canonical, as `path`
     project_spec = ProjectSpec(
         name=project["name"],
         state_dir=state_dir,

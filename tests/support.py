@@ -66,13 +66,16 @@ def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.Comple
 class Pmon:
     """A real `pmon run` in the background, for one test."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        """`config` as `pmon run -c` gets it; relative to `cwd` (pmon's working directory)."""
         self.config_path = config
-        self.config = config_module.load(config)
+        self.config = config_module.load(config if cwd is None else cwd / config)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=None if env is None else {**os.environ, **env},
+            env=None if env is None else {**os.environ, **env}, cwd=cwd,
         )
 
     def call(self, command: str, **args: Any) -> Any:

@@ -32,9 +32,10 @@ from pmon.core.project import (
     Terminate,
 )
 from pmon.states import ManagerState
-from pmon.errors import PmonError, SpawnRefused
+from pmon.errors import SpawnRefused
 from pmon.runtime import adopt, platform, statefile
 from pmon.runtime.api import Extension
+from pmon.runtime.instance import ProjectLock
 from pmon.runtime.logs import EventLog, describe_exit
 from pmon.runtime.notify import NotifyListener
 from pmon.runtime.output import ManagerLog
@@ -104,7 +105,8 @@ class Supervisor:
         self._shutdown = asyncio.Event()
         platform.raise_fd_limit()
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock = _lock_project(self.state_dir)
+        self._lock = ProjectLock(self.state_dir)
+        self._lock.acquire()  # a second pmon on the same project is refused
         project = self.config.project
         self.events = EventLog(
             self.state_dir / "log" / "events.jsonl", project.log_max_bytes, project.log_backups,
@@ -704,21 +706,3 @@ def _settle_seconds(manager: Manager) -> float:
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _lock_project(state_dir: Path) -> Any:
-    """Hold a lock for as long as pmon runs: a second pmon on the same project is refused."""
-    handle = open(state_dir / "pmon.lock", "a+")
-    if not platform.lock_exclusively(handle):
-        handle.seek(0)
-        other = handle.read().strip() or "?"
-        raise PmonError(
-            f"another pmon (pid {other}) already runs the project in {state_dir}; "
-            "talk to it with `pmon status`, or stop it first"
-        )
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
