@@ -124,7 +124,10 @@ def _since(started_at: float | None) -> str:
 
 
 def print_table(status: dict[str, Any]) -> None:
-    click.echo(f"project {status['project']}: {status['project_state']}")
+    header = f"project {status['project']}: {status['project_state']}"
+    if status.get("containment"):  # which containment is in force (runtime/containment.py)
+        header += f"; containment: {status['containment']['detail']}"
+    click.echo(header)
     rows = [("#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "SINCE")]
     for m in status["managers"]:
         state = m["state"]

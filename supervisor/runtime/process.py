@@ -1,5 +1,5 @@
-"""One OS process of a manager: spawn it in its own process group with its output going to
-its log file, signal it, stop-then-kill it, reap it.
+"""One OS process of a manager: spawn it in its own process group (and its cgroup, see
+containment.py) with its output going to its log file, signal it, stop-then-kill it, reap it.
 """
 
 from __future__ import annotations
@@ -11,19 +11,24 @@ from typing import Mapping
 
 from pmon.runtime import platform
 from pmon.config import ManagerSpec
+from pmon.runtime.containment import Containment
 from pmon.runtime.output import ManagerLog
 
 
 class ManagedProcess:
     """A manager's OS process: spawned by this pmon, or adopted from a pmon before it."""
 
-    def __init__(self, popen: subprocess.Popen[bytes] | None, pid: int) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes] | None, pid: int, name: str, containment: Containment
+    ) -> None:
         self.popen = popen  # None for a process pmon adopted instead of spawning
         self.pid = pid
+        self.name = name
+        self.containment = containment  # its cgroup, or its process group
 
     @classmethod
     def spawn(
-        cls, spec: ManagerSpec, env: Mapping[str, str], log: ManagerLog
+        cls, spec: ManagerSpec, env: Mapping[str, str], log: ManagerLog, containment: Containment
     ) -> "ManagedProcess":
         """Start the manager. Raises OSError when the program cannot be executed.
 
@@ -34,18 +39,19 @@ class ManagedProcess:
         """
         fd = log.open_for_child()
         try:
-            popen = subprocess.Popen(
-                list(spec.command),
-                cwd=spec.cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=subprocess.STDOUT,
-                **platform.popen_kwargs(),
-            )
+            with containment.spawning(spec.name):  # born in its cgroup, if any
+                popen = subprocess.Popen(
+                    list(spec.command),
+                    cwd=spec.cwd,
+                    env=dict(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=fd,
+                    stderr=subprocess.STDOUT,
+                    **platform.popen_kwargs(),
+                )
         finally:
             os.close(fd)
-        return cls(popen, popen.pid)
+        return cls(popen, popen.pid, spec.name, containment)
 
     def reap(self) -> int | None:
         """The exit code of a dead child (negative: the signal). None if not ours to reap."""
@@ -57,10 +63,11 @@ class ManagedProcess:
         return code
 
     def terminate(self) -> None:
-        platform.terminate_group(self.pid)
+        self.containment.terminate(self.name, self.pid)
 
     def kill(self) -> None:
-        platform.kill_group(self.pid)
+        """Kill it and everything it started (its cgroup, or its group and orphans)."""
+        self.containment.kill(self.name, self.pid)
 
 
 # What systemd hands to pmon's own service: meant for pmon, never for its managers.

@@ -33,7 +33,7 @@ from pmon.core.project import (
 )
 from pmon.states import ManagerState
 from pmon.errors import SpawnRefused
-from pmon.runtime import adopt, platform, statefile
+from pmon.runtime import adopt, containment, platform, statefile
 from pmon.runtime.api import Extension
 from pmon.runtime.instance import ProjectLock
 from pmon.runtime.logs import EventLog, describe_exit
@@ -59,6 +59,7 @@ class Supervisor:
         self._job_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._start_times: dict[int, float | None] = {}
+        self._identities: dict[int, dict[str, Any]] = {}  # uid, exe (containment.identity)
         self._state_write_pending = False
         self._reported: dict[str, ManagerState] = {}
         self._performing = False
@@ -115,6 +116,10 @@ class Supervisor:
         self.watcher = platform.ExitWatcher(self.loop, self._on_exit)
         self.notify = NotifyListener(self.state_dir / "notify.sock", self._on_notify)
         self.notify.open(self.loop)
+        # cgroups where writable, else process groups and the subreaper (containment.py)
+        self.containment = containment.choose(project.name, self.state_dir, self.notify.address)
+        if self.containment.kind == "process-group":
+            self.watcher.on_sigchld(self._sweep)
         for sig in (signal.SIGTERM, signal.SIGINT):
             platform.add_signal_handler(self.loop, sig, self.request_shutdown, sig.name)
         self.events.write(
@@ -129,6 +134,9 @@ class Supervisor:
             raise failed.exceptions[0] from None
         self.notify.close(self.loop)
         self.watcher.close()
+        if not self.leave_running:
+            self._sweep()  # every manager is down: nothing of theirs outlives pmon
+            self.containment.release()
         self._write_state()
         if self.leave_running:
             self.events.write("pmon-stopped", "pmon stopped; its managers run on (adopted at the next start)")
@@ -281,6 +289,7 @@ class Supervisor:
                 elif isinstance(effect, Forget):
                     self._report(effect.name, effect.manager)  # its last state, then gone
                     self._forget(effect.name)
+                    self.containment.forget(effect.name)
                 elif isinstance(effect, JobEnded):
                     for waiter in self._job_waiters.pop(effect.job, []):
                         _wake(waiter)
@@ -345,7 +354,9 @@ class Supervisor:
         except OSError as exc:
             self.write_failed(f"the output log of {spec.name} ({log.path})", exc)
         try:
-            proc = ManagedProcess.spawn(spec, manager_env(spec, os.environ, extra), log)
+            proc = ManagedProcess.spawn(
+                spec, manager_env(spec, os.environ, extra), log, self.containment
+            )
         except OSError as exc:
             self.events.write(
                 "spawn-failed", f"{spec.name} could not start: {exc}", manager=spec.name,
@@ -427,7 +438,22 @@ class Supervisor:
             return
         proc = self.procs.pop(name)
         code = proc.reap()
-        proc.kill()  # leftovers of its process group: no grandchild outlives its manager
+        proc.kill()  # what is left of it (cgroup, group, orphans): no grandchild outlives it
+        self._once_empty(name, lambda: self._exited(name, pid, proc, code))
+
+    def _once_empty(self, name: str, then: Callable[[], None], until: float | None = None) -> None:
+        """Run `then` once nothing of manager `name` runs any more: a manager is down only
+        when its cgroup is empty (bounded: after 5 s pmon says so and goes on)."""
+        if self.containment.empty(name):
+            then()
+        elif until is not None and self.now() > until:
+            self.events.write("kill", f"{name}: processes left in its cgroup after 5 s", manager=name)
+            then()
+        else:
+            self.loop.call_later(0.005, self._once_empty, name, then, until or self.now() + 5)
+
+    def _exited(self, name: str, pid: int, proc: ManagedProcess, code: int | None) -> None:
+        self._sweep()
         before = self.project.get(name)
         was = before.state if before is not None else None
         manager = self.project.exited(name, code, self.now())
@@ -493,9 +519,15 @@ class Supervisor:
             pass
         return None
 
+    def _sweep(self) -> None:
+        """Kill and reap what outlived its manager (the subreaper's orphans; fallback only)."""
+        self.containment.sweep(
+            {name: (pid, self._start_times.get(pid)) for pid, name in self.by_pid.items()}
+        )
+
     def watch_adopted(self, name: str, pid: int, create_time: float) -> None:
         """Supervise a manager's process that a previous pmon started (hot restart)."""
-        self.procs[name] = ManagedProcess(None, pid)
+        self.procs[name] = ManagedProcess(None, pid, name, self.containment)
         self.by_pid[pid] = name
         self._start_times[pid] = create_time
         self._log_for(name)  # its output file is rotated like any other
@@ -543,7 +575,10 @@ class Supervisor:
             pid = manager.pid
             if pid is not None and pid not in self._start_times:
                 self._start_times[pid] = statefile.process_start_time(pid)
+            if pid is not None and pid not in self._identities:
+                self._identities[pid] = self.containment.identity(pid)  # for adoption
             managers[name] = {
+                **(self._identities.get(pid, {}) if pid else {}),
                 "pid": pid,
                 "create_time": self._start_times.get(pid) if pid else None,
                 "state": manager.state.value,
@@ -555,6 +590,7 @@ class Supervisor:
             }
         live = {m.pid for m in self.managers.values() if m.pid}
         self._start_times = {p: t for p, t in self._start_times.items() if p in live}
+        self._identities = {p: i for p, i in self._identities.items() if p in live}
         job = self.project.job
         try:
             statefile.save(
@@ -661,6 +697,7 @@ class Supervisor:
             "project_reason": self.project.reason,
             "config": str(self.config.path),
             "pmon_pid": os.getpid(),
+            "containment": self.containment.describe(),
             "managers": [self.row(m) for m in self.managers.values()],
             "verdicts": [],
             "plugin_error_state": 0.0,

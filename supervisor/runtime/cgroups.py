@@ -1,0 +1,197 @@
+"""cgroup v2, the file interface: where pmon may make cgroups, and what it does with one.
+
+Each manager runs in a cgroup of its own, `<base>/manager-<name>`. Membership is kept by
+the kernel: every descendant of the manager is in it however it daemonised, no process can
+leave it without write access to the tree, and it survives a restart of pmon, so it is
+the manager's identity (runtime/containment.py).
+
+Where `<base>` is (the same on every start of the same project, so that a restarted pmon
+finds its managers):
+
+- under systemd with `Delegate=yes` (pmon runs in its unit's cgroup, writable): the unit's
+  cgroup; pmon itself moves into its leaf `pmon-supervisor` (cgroup v2 lets controllers be
+  enabled only for a cgroup without processes of its own), the managers under `managers/`;
+- pmon as root with a writable cgroup2 mount (as here: the v2 hierarchy of a hybrid
+  system): `<mount>/pmon/<project>-<hash of the canonical state directory>`;
+- otherwise none: containment falls back to process groups and the subreaper.
+
+Nothing here decides: the supervisor's containment calls these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SUPERVISOR_LEAF = "pmon-supervisor"
+PREFIX = "manager-"
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Where this project's manager cgroups live, and where pmon itself sits."""
+
+    base: Path  # holds one cgroup per manager
+    home: Path  # pmon's own cgroup (it returns there after each spawn)
+    how: str  # for `pmon status`: "delegated by systemd" | "root"
+
+    def of(self, name: str) -> Path:
+        return self.base / f"{PREFIX}{name}"
+
+
+def mount_point() -> Path | None:
+    """The cgroup2 mount (the unified hierarchy), from /proc/self/mountinfo."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        if right.split(" ", 1)[0] == "cgroup2":
+            return Path(left.split(" ")[4])
+    return None
+
+
+def own_cgroup() -> str | None:
+    """This process's cgroup v2 path ("0::/..."), relative to the mount."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    except OSError:
+        pass
+    return None
+
+
+def project_key(name: str, state_dir: Path) -> str:
+    """A cgroup name per project: its name, and a hash of its canonical state directory
+    (two projects of one name in two folders are two projects)."""
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}-{digest}"
+
+
+def find_tree(project: str, state_dir: Path) -> tuple[Tree | None, str]:
+    """The project's cgroup tree (made if missing), or None and why not."""
+    mount = mount_point()
+    own = own_cgroup()
+    if mount is None or own is None:
+        return None, "no cgroup2 hierarchy mounted"
+    here = mount / own.lstrip("/")
+    if own != "/" and os.environ.get("INVOCATION_ID") and os.access(here / "cgroup.procs", os.W_OK):
+        unit = here.parent if here.name == SUPERVISOR_LEAF else here
+        try:
+            home = unit / SUPERVISOR_LEAF
+            home.mkdir(exist_ok=True)
+            write_pid(home, os.getpid())
+            base = unit / "managers"
+            base.mkdir(exist_ok=True)
+        except OSError as exc:
+            return None, f"the delegated cgroup {unit} is not usable ({exc})"
+        return Tree(base, home, "delegated by systemd"), ""
+    if not os.access(mount / "cgroup.procs", os.W_OK):
+        return None, f"no permission to make cgroups under {mount} (not root, no delegation)"
+    base = mount / "pmon" / project_key(project, state_dir)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return None, f"cannot make {base} ({exc})"
+    return Tree(base, here, "root"), ""
+
+
+def write_pid(cgroup: Path, pid: int) -> None:
+    """Move a process (all its threads) into `cgroup`."""
+    fd = os.open(cgroup / "cgroup.procs", os.O_WRONLY)
+    try:
+        os.write(fd, str(pid).encode())
+    finally:
+        os.close(fd)
+
+
+def procs(cgroup: Path) -> list[int]:
+    """The live processes in `cgroup` (zombies are not listed); [] if it does not exist."""
+    try:
+        return [int(line) for line in (cgroup / "cgroup.procs").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def populated(cgroup: Path) -> bool:
+    try:
+        text = (cgroup / "cgroup.events").read_text()
+    except FileNotFoundError:
+        return False
+    return "populated 1" in text
+
+
+def signal_all(cgroup: Path, sig: int) -> None:
+    for pid in procs(cgroup):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill(cgroup: Path) -> None:
+    """SIGKILL every process in `cgroup`: cgroup.kill (Linux 5.14+) does it atomically, also
+    to processes forking meanwhile; without it, kill every listed pid until none is left."""
+    try:
+        (cgroup / "cgroup.kill").write_text("1")
+        return
+    except FileNotFoundError:
+        if not cgroup.exists():
+            return
+    except OSError:
+        pass
+    for _ in range(100):  # a fork bomb outruns one pass; each pass kills what it lists
+        pids = procs(cgroup)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def remove(cgroup: Path) -> bool:
+    """rmdir an empty cgroup; False while it still has processes (or is gone already)."""
+    try:
+        cgroup.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def kill_and_wait(cgroup: Path, timeout: float = 5.0) -> bool:
+    """Kill the cgroup and wait (bounded) until it is empty. True: empty."""
+    kill(cgroup)
+    deadline = time.monotonic() + timeout
+    while populated(cgroup):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def kill_manager(project: str, state_dir: Path, name: str, timeout: float = 5.0) -> bool:
+    """Kill every process of manager `name` of a project, whatever pmon runs it, and wait
+    until its cgroup is empty (fencing, for redundancy). True: nothing of it runs any more;
+    False: no cgroups here, or processes left after `timeout`."""
+    mount = mount_point()
+    own = own_cgroup()
+    if mount is None or own is None:
+        return False
+    here = mount / own.lstrip("/")
+    unit = here.parent if here.name == SUPERVISOR_LEAF else here
+    candidates = [mount / "pmon" / project_key(project, state_dir.resolve()), unit / "managers"]
+    cgroup = next((c / f"{PREFIX}{name}" for c in candidates if (c / f"{PREFIX}{name}").exists()), None)
+    if cgroup is None:
+        return True  # never ran here under cgroups
+    return kill_and_wait(cgroup, timeout)

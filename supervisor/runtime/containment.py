@@ -1,0 +1,402 @@
+"""Containment: what holds a manager and every process it starts, and how pmon recognises
+its managers after a restart of its own.
+
+Two kinds, chosen once when pmon starts (`choose`); `pmon status` names the one in force:
+
+- `CgroupContainment` (cgroup v2 writable, see cgroups.py): a cgroup per manager. A stop
+  signals every process in it; a kill or the manager's death kills the whole cgroup; the
+  manager is down only once its cgroup is empty. After a restart pmon reads the cgroups:
+  the manager is the process the state file names (pid and start time) if it is in that
+  manager's cgroup, and without a state file the first-started process at the top of it.
+- `GroupContainment` (no cgroups: no permission, another OS, or PMON_NO_CGROUPS=1): the
+  process group, and pmon as the child subreaper (Linux), so that an orphaned descendant
+  (a setsid helper, a double-forked daemon) becomes pmon's child: pmon kills it with its
+  manager and reaps it. Which manager an orphan came from is read from the marks pmon gave
+  its manager (inherited); an orphan older than its manager's current process belongs to an
+  earlier one, and is killed. After a restart pmon adopts only a process that matches what
+  it spawned, as the state file recorded it: pid, start time, owner uid and executable.
+  Marked processes that are not adopted are killed only if they belong to a manager that
+  is not running and to pmon's user (a stranger's forged marks get it nothing).
+
+Both give the same small interface to the supervisor and to adoption (adopt.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from pmon.core.adoption import START_TIME_TOLERANCE, Found
+from pmon.runtime import cgroups, platform
+
+# PMON_NO_CGROUPS=1 forces the fallback (as PMON_NO_PIDFD forces the SIGCHLD watcher).
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def choose(project: str, state_dir: Path, notify_address: str) -> "Containment":
+    if platform.IS_WINDOWS:
+        return GroupContainment(notify_address, "Windows: no cgroups")
+    if os.environ.get("PMON_NO_CGROUPS"):
+        return GroupContainment(notify_address, "PMON_NO_CGROUPS is set")
+    tree, why = cgroups.find_tree(project, state_dir)
+    if tree is None:
+        return GroupContainment(notify_address, why)
+    return CgroupContainment(tree, notify_address)
+
+
+class Containment:
+    kind = ""
+
+    def __init__(self, notify_address: str) -> None:
+        self.notify_address = notify_address
+
+    def describe(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def spawning(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Wraps the spawn of manager `name`: the child is born contained."""
+        return contextlib.nullcontext()
+
+    def terminate(self, name: str, pid: int, sig: int = signal.SIGTERM) -> None:
+        raise NotImplementedError
+
+    def kill(self, name: str, pid: int) -> None:
+        raise NotImplementedError
+
+    def empty(self, name: str) -> bool:
+        """Nothing of manager `name` runs any more (after its main process ended)."""
+        return True
+
+    def forget(self, name: str) -> None:
+        """The manager left the project."""
+
+    def identity(self, pid: int) -> dict[str, Any]:
+        """What the state file keeps about a spawned manager's process, for adoption."""
+        return {}
+
+    def find(
+        self, names: set[str], records: Mapping[str, Any]
+    ) -> tuple[list[Found], list[str]]:
+        """The running managers of this project (Found), and notes for the event log."""
+        raise NotImplementedError
+
+    def stop_stray(self, found: Found) -> None:
+        """A process of this project that is not adopted: stop it (killed later by
+        `kill_stray` if it is still the same process)."""
+        self.terminate(found.name, found.pid)
+
+    def kill_stray(self, found: Found) -> None:
+        self.kill(found.name, found.pid)
+
+    def sweep(self, live: Mapping[str, tuple[int, float | None]]) -> None:
+        """Something died: kill and reap what outlived its manager (fallback only)."""
+
+    def release(self) -> None:
+        """pmon stops and every manager is down: remove what containment made."""
+
+
+class CgroupContainment(Containment):
+    kind = "cgroup"
+
+    def __init__(self, tree: cgroups.Tree, notify_address: str) -> None:
+        super().__init__(notify_address)
+        self.tree = tree
+
+    def describe(self) -> dict[str, str]:
+        return {"kind": "cgroup", "detail": f"cgroup v2 {self.tree.base} ({self.tree.how})"}
+
+    @contextlib.contextmanager
+    def spawning(self, name: str) -> Iterator[None]:
+        # No CLONE_INTO_CGROUP from Python's subprocess, and a preexec_fn doubles the cost
+        # of a spawn (fork instead of vfork): pmon steps into the manager's cgroup for the
+        # spawn and back, so the child is born in it (no window in which it could fork
+        # outside it). pmon's loop is single-threaded: nothing kills that cgroup meanwhile.
+        cgroup = self.tree.of(name)
+        try:
+            cgroup.mkdir()
+        except FileExistsError:
+            if cgroups.populated(cgroup):  # leftovers of an earlier process: never two
+                cgroups.kill_and_wait(cgroup)
+        cgroups.write_pid(cgroup, os.getpid())
+        try:
+            yield
+        finally:
+            cgroups.write_pid(self.tree.home, os.getpid())
+
+    def terminate(self, name: str, pid: int, sig: int = signal.SIGTERM) -> None:
+        cgroups.signal_all(self.tree.of(name), sig)  # every process, as systemd does
+
+    def kill(self, name: str, pid: int) -> None:
+        cgroups.kill(self.tree.of(name))
+
+    def empty(self, name: str) -> bool:
+        return not cgroups.populated(self.tree.of(name))
+
+    def forget(self, name: str) -> None:
+        cgroups.remove(self.tree.of(name))
+
+    def identity(self, pid: int) -> dict[str, Any]:
+        return {}
+
+    def find(
+        self, names: set[str], records: Mapping[str, Any]
+    ) -> tuple[list[Found], list[str]]:
+        import psutil
+
+        found: list[Found] = []
+        notes: list[str] = []
+        try:
+            entries = sorted(p for p in self.tree.base.iterdir() if p.name.startswith(cgroups.PREFIX))
+        except OSError:
+            return [], []
+        for cgroup in entries:
+            name = cgroup.name[len(cgroups.PREFIX):]
+            pids = cgroups.procs(cgroup)
+            if not pids:
+                cgroups.remove(cgroup)
+                continue
+            record = records.get(name)
+            saved_pid = record.get("pid") if isinstance(record, dict) else None
+            times = _start_times(pids)
+            if isinstance(record, dict) and record:
+                ctime = record.get("create_time")
+                if (
+                    isinstance(saved_pid, int) and saved_pid in times
+                    and isinstance(ctime, (int, float))
+                    and abs(times[saved_pid] - ctime) <= START_TIME_TOLERANCE
+                ):
+                    found.append(Found(name, saved_pid, times[saved_pid]))
+                    continue
+                # Its process is gone; what is left in its cgroup (helpers) goes with it.
+                notes.append(
+                    f"{name}: its process (pid {saved_pid}) is gone; killing what is left in "
+                    f"its cgroup (pid {', '.join(map(str, pids))})"
+                )
+                cgroups.kill_and_wait(cgroup)
+                continue
+            # No record of it (no usable state file): the first-started process at the top.
+            top = [p for p in pids if p in times and _ppid(p, psutil) not in pids]
+            if top:
+                first = min(top, key=lambda p: times[p])
+                found.append(Found(name, first, times[first]))
+        return found, notes
+
+    def release(self) -> None:
+        for cgroup in self.tree.base.glob(f"{cgroups.PREFIX}*"):
+            cgroups.kill_and_wait(cgroup)
+            cgroups.remove(cgroup)
+        if self.tree.how == "root":
+            cgroups.remove(self.tree.base)
+
+    def stop_stray(self, found: Found) -> None:
+        cgroups.signal_all(self.tree.of(found.name), signal.SIGTERM)
+
+    def kill_stray(self, found: Found) -> None:
+        cgroups.kill_and_wait(self.tree.of(found.name))
+        cgroups.remove(self.tree.of(found.name))
+
+
+def _start_times(pids: list[int]) -> dict[int, float]:
+    import psutil
+
+    times = {}
+    for pid in pids:
+        try:
+            times[pid] = psutil.Process(pid).create_time()
+        except psutil.Error:
+            continue
+    return times
+
+
+def _ppid(pid: int, psutil: Any) -> int | None:
+    try:
+        return int(psutil.Process(pid).ppid())
+    except psutil.Error:
+        return None
+
+
+class GroupContainment(Containment):
+    kind = "process-group"
+
+    def __init__(self, notify_address: str, why: str) -> None:
+        super().__init__(notify_address)
+        self.why = why
+        self.subreaper = _become_subreaper()
+        self._mark = f"\0NOTIFY_SOCKET={notify_address}\0".encode()
+        self._reap: set[int] = set()  # orphans pmon killed: reaped when they are zombies
+        self._outside: dict[str, list[tuple[int, float]]] = {}  # found at adoption
+
+    def describe(self) -> dict[str, str]:
+        how = "process group + subreaper" if self.subreaper else "process group"
+        return {"kind": "process-group", "detail": f"{how} (no cgroups: {self.why})"}
+
+    def terminate(self, name: str, pid: int, sig: int = signal.SIGTERM) -> None:
+        if sig == signal.SIGTERM:
+            platform.terminate_group(pid)  # CTRL_BREAK on Windows
+            return
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def kill(self, name: str, pid: int) -> None:
+        platform.kill_group(pid)
+        for opid, ctime in self._outside.pop(name, []):  # its helpers, seen at adoption
+            if _start_time(opid) == ctime:
+                self._kill_tree(opid)
+
+    def identity(self, pid: int) -> dict[str, Any]:
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            return {"uid": proc.uids().real, "exe": proc.exe()}
+        except (psutil.Error, OSError):
+            return {}
+
+    def find(
+        self, names: set[str], records: Mapping[str, Any]
+    ) -> tuple[list[Found], list[str]]:
+        """Only what the state file says pmon spawned, checked four ways; then the marks, to
+        find the helpers of dead managers (killed) and of adopted ones (kept, and killed with
+        their manager)."""
+        import psutil
+
+        found: list[Found] = []
+        notes: list[str] = []
+        for name, record in records.items():
+            if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+                continue
+            pid, why = record["pid"], None
+            try:
+                proc = psutil.Process(pid)
+                ctime = proc.create_time()
+                saved_ctime = record.get("create_time")
+                if not isinstance(saved_ctime, (int, float)) or abs(ctime - saved_ctime) > START_TIME_TOLERANCE:
+                    why = "another process now (start time)"
+                elif "uid" in record and proc.uids().real != record["uid"]:
+                    why = f"owned by uid {proc.uids().real}, not {record['uid']}"
+                elif "exe" in record and proc.exe() != record["exe"]:
+                    why = f"runs {proc.exe()}, not {record['exe']}"
+                elif "uid" not in record or "exe" not in record:
+                    why = "the state file does not say who it was (written by an older pmon)"
+            except (psutil.Error, OSError):
+                continue  # gone: decide() says so
+            if why:
+                notes.append(f"{name}: pid {pid} is not adopted: {why}")
+                continue
+            found.append(Found(name, pid, ctime))
+        adopted = {f.name for f in found}
+        me = os.getuid() if hasattr(os, "getuid") else None
+        mine = {f.pid for f in found}
+        for pid, name in self._marked(exclude=mine):
+            try:
+                proc = psutil.Process(pid)
+                ctime, uid = proc.create_time(), proc.uids().real
+            except (psutil.Error, OSError):
+                continue
+            if name in adopted:
+                self._outside.setdefault(name, []).append((pid, ctime))
+            elif uid == me:
+                notes.append(f"{name}: pid {pid} outlived its manager: killing it")
+                self._kill_tree(pid)
+        return found, notes
+
+    def sweep(self, live: Mapping[str, tuple[int, float | None]]) -> None:
+        for pid in list(self._reap):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self._reap.discard(pid)
+        managers = {pid for pid, _ in live.values()}
+        for pid in _children():
+            if pid in managers or pid in self._reap:
+                continue
+            name = self._owner(pid)
+            if name is None:
+                continue
+            current = live.get(name)
+            ctime = _start_time(pid)
+            if current is None or (current[1] is not None and ctime is not None and ctime < current[1]):
+                self._kill_tree(pid)  # outlived its manager (an earlier process of it)
+            else:
+                self._reap.add(pid)  # its manager's: reaped whenever it ends
+
+    def _kill_tree(self, pid: int) -> None:
+        """SIGKILL an orphan and the process group it leads (a daemon's setsid group)."""
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self._reap.add(pid)
+
+    def _owner(self, pid: int) -> str | None:
+        """The manager an orphan came from: PMON_MANAGER in its inherited marks."""
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                raw = b"\0" + handle.read() + b"\0"
+        except OSError:
+            return None
+        if self._mark not in raw:
+            return None
+        start = raw.find(b"\0PMON_MANAGER=")
+        if start < 0:
+            return None
+        start += len(b"\0PMON_MANAGER=")
+        return raw[start:raw.index(b"\0", start)].decode(errors="replace") or None
+
+    def _marked(self, exclude: set[int]) -> Iterator[tuple[int, str]]:
+        """Every process carrying this project's marks (a byte search in /proc/*/environ)."""
+        if not os.path.isdir("/proc"):
+            return
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in exclude or int(entry) == me:
+                continue
+            name = self._owner(int(entry))
+            if name is not None:
+                yield int(entry), name
+
+
+def _become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants are reparented to pmon (Linux)."""
+    if not os.path.exists("/proc/self/task"):
+        return False
+    try:
+        import ctypes
+
+        prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+        return bool(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _children() -> list[int]:
+    """pmon's own children (Linux: /proc/self/task/*/children), zombies included."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children") as handle:
+                out.extend(int(p) for p in handle.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
