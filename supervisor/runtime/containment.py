@@ -226,7 +226,7 @@ class GroupContainment(Containment):
         self.why = why
         self.subreaper = _become_subreaper()
         self._mark = f"\0NOTIFY_SOCKET={notify_address}\0".encode()
-        self._reap: set[int] = set()  # orphans pmon killed: reaped when they are zombies
+        self._reap: set[int] = set()  # orphans seen: reaped (waitpid) once they have ended
         self._outside: dict[str, list[tuple[int, float]]] = {}  # found at adoption
 
     def describe(self) -> dict[str, str]:
@@ -315,7 +315,7 @@ class GroupContainment(Containment):
                 self._reap.discard(pid)
         managers = {pid for pid, _ in live.values()}
         for pid in _children():
-            if pid in managers or pid in self._reap:
+            if pid in managers:
                 continue
             name = self._owner(pid)
             if name is None:

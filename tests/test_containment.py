@@ -1,0 +1,229 @@
+"""Containment with real processes, in both modes: cgroups (root, a writable cgroup2
+hierarchy) and the fallback (PMON_NO_CGROUPS=1: process groups and the subreaper).
+
+The manager is tests/children/daemonizer.py: it leaves a helper in a session of its own and a
+double-forked daemon behind, as real managers do. None of them may outlive a stop, the
+manager's death, or pmon's shutdown; across a hot restart the helper is never taken for the
+manager, and a running manager's helpers are left alone. A seeded chaos run (SIGKILL of pmon
+at random moments, restarts through random spellings of the path) checks the two rules:
+never two copies of a manager, no stray descendants."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pmon.runtime import cgroups
+from support import poll_for, write_project
+
+DAEMONIZER = str(Path(__file__).parent / "children" / "daemonizer.py")
+
+
+def _cgroups_writable() -> str | None:
+    """None when this machine lets pmon make cgroups, else why not (the skip reason)."""
+    mount = cgroups.mount_point()
+    if mount is None or cgroups.own_cgroup() is None:
+        return "no cgroup2 hierarchy mounted"
+    if not os.access(mount / "cgroup.procs", os.W_OK):
+        return "needs root (a writable cgroup2 hierarchy)"
+    return None
+
+
+@pytest.fixture(params=["cgroup", "process-group"])
+def mode(request) -> str:
+    if request.param == "cgroup" and (why := _cgroups_writable()):
+        pytest.skip(why)
+    return request.param
+
+
+def _env(mode: str) -> dict[str, str]:
+    return {"PMON_NO_CGROUPS": "1"} if mode == "process-group" else {}
+
+
+def _project(tmp_path: Path, names=("m",)) -> Path:
+    return write_project(tmp_path, [
+        {"name": n, "command": [sys.executable, DAEMONIZER, str(tmp_path / f"{n}.rec")],
+         "seconds_to_kill": 3} for n in names
+    ])
+
+
+def _recorded(tmp_path: Path, name: str = "m") -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    try:
+        for line in (tmp_path / f"{name}.rec").read_text().splitlines():
+            kind, pid = line.split()
+            out.setdefault(kind, []).append(int(pid))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie counts as dead: this machine's PID 1 reaps orphans slowly)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _started(tmp_path: Path, name: str = "m", count: int = 1) -> dict[str, list[int]]:
+    """Wait until the manager's `count`-th process has left both helpers behind."""
+    return poll_for(
+        lambda: (r := _recorded(tmp_path, name)) and len(r.get("manager", [])) >= count
+        and len(r.get("daemon", [])) >= count and r,
+        15, f"{name} and its helpers to start",
+    )
+
+
+def _helpers(record: dict[str, list[int]]) -> list[int]:
+    return record.get("setsid", []) + record.get("daemon", [])
+
+
+def _all_dead(pids: list[int], what: str) -> None:
+    try:
+        poll_for(lambda: not [p for p in pids if _alive(p)], 10, what)
+    except AssertionError:
+        left = [(p, psutil.Process(p).cmdline(), psutil.Process(p).ppid()) for p in pids if _alive(p)]
+        raise AssertionError(f"{what}: still alive {left}") from None
+
+
+def test_status_says_which_containment_is_in_force(tmp_path, pmon, mode):
+    instance = pmon(_project(tmp_path), env=_env(mode))
+    assert instance.status()["containment"]["kind"] == mode
+    from support import pmon_cli
+
+    header = pmon_cli(instance.config_path, "status").stdout.splitlines()[0]
+    assert "containment: " + ("cgroup v2" if mode == "cgroup" else "process group") in header
+
+
+def test_helpers_go_with_a_stop(tmp_path, pmon, mode):
+    instance = pmon(_project(tmp_path), env=_env(mode))
+    record = _started(tmp_path)
+    instance.call("stop", target="m")
+    instance.wait_state("m", "stopped")
+    _all_dead(record["manager"] + _helpers(record), "the manager and its helpers to die")
+
+
+def test_helpers_go_with_their_manager_and_do_not_pile_up(tmp_path, pmon, mode):
+    instance = pmon(_project(tmp_path), env=_env(mode))
+    first = _started(tmp_path)
+    os.kill(first["manager"][0], signal.SIGKILL)
+    _all_dead(_helpers(first), "the dead manager's helpers to die")
+    second = _started(tmp_path, count=2)
+    instance.wait_state("m", "running")
+    live = [p for p in _helpers(second) if _alive(p)]
+    assert sorted(live) == sorted(set(_helpers(second)) - set(_helpers(first)))  # 2, new ones
+
+
+def test_nothing_outlives_pmon_shutdown(tmp_path, pmon, mode):
+    instance = pmon(_project(tmp_path, ("m", "n")), env=_env(mode))
+    records = [_started(tmp_path, "m"), _started(tmp_path, "n")]
+    assert instance.stop() == 0
+    _all_dead([p for r in records for p in r["manager"] + _helpers(r)], f"every process to die {records}")
+
+
+def test_hot_restart_adopts_the_manager_not_a_helper_and_spares_its_helpers(tmp_path, pmon, mode):
+    config = _project(tmp_path)
+    first = pmon(config, env=_env(mode))
+    record = _started(tmp_path)
+    manager = record["manager"][0]
+    poll_for(lambda: _saved_pid(first) == manager, what="the state file")
+    first.kill()
+
+    second = pmon(config, env=_env(mode))
+    second.wait_event("adopted")
+    assert second.manager("m")["pid"] == manager  # the manager, never its setsid helper
+    assert all(_alive(p) for p in _helpers(record))  # not stopped as "a second copy"
+    assert not [e for e in second.events() if e["event"] == "stray"]
+    second.call("stop", target="m")
+    second.wait_state("m", "stopped")
+    _all_dead([manager, *_helpers(record)], "the adopted manager and its helpers to die")
+
+
+def test_a_manager_that_died_while_pmon_was_away_takes_its_helpers_along(tmp_path, pmon, mode):
+    config = _project(tmp_path)
+    first = pmon(config, env=_env(mode))
+    record = _started(tmp_path)
+    poll_for(lambda: _saved_pid(first) == record["manager"][0], what="the state file")
+    first.kill()
+    os.kill(record["manager"][0], signal.SIGKILL)  # its helpers live on, unwatched
+
+    second = pmon(config, env=_env(mode))
+    _all_dead(_helpers(record), "the dead manager's helpers to be killed")
+    again = _started(tmp_path, count=2)
+    running = second.wait_state("m", "running")
+    assert running["pid"] == again["manager"][1]  # started again, not a helper adopted
+
+
+def _saved_pid(instance, name: str = "m") -> int | None:
+    import json
+
+    try:
+        data = json.loads((instance.config.project.state_dir / "state.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data.get("managers", {}).get(name, {}).get("pid")
+
+
+def test_chaos_never_two_copies_and_no_strays(tmp_path, pmon, mode):
+    """Seeded: SIGKILL pmon at random moments (also mid-start), start it again through a
+    random spelling of the path, kill managers at random. After each restart has settled,
+    each manager runs once with at most its own two helpers; after the end, nothing runs.
+    PMON_CHAOS_SEED / PMON_CHAOS_ROUNDS replay or lengthen a run."""
+    seed = int(os.environ.get("PMON_CHAOS_SEED", random.randrange(1 << 30)))
+    rounds = int(os.environ.get("PMON_CHAOS_ROUNDS", "5"))
+    rng = random.Random(seed)
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    names = ("m", "n")
+    _project(real, names)
+    (tmp_path / "link").symlink_to(real)
+    spellings = [(real / "pmon.toml", None), (tmp_path / "link" / "pmon.toml", None),
+                 (Path("../pmon.toml"), real / "sub")]
+    instance = None
+    for round_ in range(rounds):
+        path, cwd = rng.choice(spellings)
+        instance = pmon(path, wait=False, env=_env(mode), cwd=cwd)
+        instance.wait_ready(project_state=None)
+        if rng.random() < 0.5:  # let it settle, check, then make trouble
+            instance.wait_ready(project_state="running")
+            _check_once(real, names, seed, round_, instance)
+            if rng.random() < 0.5:
+                victim = rng.choice(names)
+                pid = instance.manager(victim)["pid"]
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+        if round_ < rounds - 1:
+            instance.kill()
+    assert instance is not None
+    instance.wait_ready(project_state="running")
+    _check_once(real, names, seed, rounds, instance)
+    every = [p for n in names for r in [_recorded(real, n)] for p in r.get("manager", []) + _helpers(r)]
+    assert instance.stop() == 0
+    _all_dead(every, f"every process to die after the end (seed {seed})")
+
+
+def _check_once(real: Path, names, seed: int, round_: int, instance) -> None:
+    for name in names:
+        def settled():
+            record = _recorded(real, name)
+            managers = [p for p in record.get("manager", []) if _alive(p)]
+            helpers = [p for p in _helpers(record) if _alive(p)]
+            running = instance.manager(name)
+            return (len(managers) == 1 and running["state"] == "running"
+                    and running["pid"] == managers[0] and len(helpers) <= 2 and managers)
+        try:
+            poll_for(settled, 15, f"{name} to run once")
+        except AssertionError:
+            record = _recorded(real, name)
+            raise AssertionError(
+                f"seed {seed}, round {round_}: {name} live managers "
+                f"{[p for p in record.get('manager', []) if _alive(p)]}, live helpers "
+                f"{[p for p in _helpers(record) if _alive(p)]}, status {instance.manager(name)}"
+            ) from None
