@@ -118,6 +118,7 @@ class Supervisor:
         self.notify.open(self.loop)
         # cgroups where writable, else process groups and the subreaper (containment.py)
         self.containment = containment.choose(project.name, self.state_dir, self.notify.address)
+        self.containment.managers = lambda: self.by_pid
         if self.containment.kind == "process-group":
             self.watcher.on_sigchld(self._sweep)
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -256,6 +257,7 @@ class Supervisor:
             self._drain()
         finally:
             self._performing = False
+            self.containment.settle()  # pmon leaves the last manager cgroup it spawned in
         self._arm_job_timer()
         if self._listening and self.project.state in SETTLED_PROJECT:
             self.project_ready.set()  # settled, however the first job ended (systemd READY=1)
