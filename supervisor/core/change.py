@@ -22,7 +22,8 @@ from pmon.errors import CommandError
 # Keys a running process cannot pick up: a manager whose one of these changed restarts.
 RESTART_KEYS = frozenset(
     {"command", "env", "cwd", "start", "core", "redundancy", "ready", "ready_seconds", "num",
-     "run_on"}  # run_on: the start gate may now refuse (or allow) it
+     "run_on",  # run_on: the start gate may now refuse (or allow) it
+     "user", "group", "umask", "rlimits", "env_file"}  # execution settings; a stop's apply in place
 )
 # Position is not a property of the manager: reordering the file restarts nothing.
 IGNORED_KEYS = frozenset({"index"})

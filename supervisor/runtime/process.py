@@ -5,11 +5,12 @@ containment.py) with its output going to its log file, signal it, stop-then-kill
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Mapping
 
-from pmon.runtime import platform
+from pmon.runtime import execution, platform
 from pmon.config import ManagerSpec
 from pmon.runtime.containment import Containment
 from pmon.runtime.output import ManagerLog
@@ -39,6 +40,7 @@ class ManagedProcess:
         """
         fd = log.open_for_child()
         try:
+            execution.own_log(spec, log.path)
             with containment.spawning(spec.name):  # born in its cgroup, if any
                 popen = subprocess.Popen(
                     list(spec.command),
@@ -48,7 +50,10 @@ class ManagedProcess:
                     stdout=fd,
                     stderr=subprocess.STDOUT,
                     **platform.popen_kwargs(),
+                    **execution.popen_settings(spec),  # user, group, umask, rlimits
                 )
+        except subprocess.SubprocessError as exc:  # only a preexec_fn raises this
+            raise OSError(f"cannot apply rlimits {dict(spec.rlimits)}: {exc}") from None
         finally:
             os.close(fd)
         return cls(popen, popen.pid, spec.name, containment)
@@ -62,8 +67,9 @@ class ManagedProcess:
             code = self.popen.wait()
         return code
 
-    def terminate(self) -> None:
-        self.containment.terminate(self.name, self.pid)
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """The polite stop: `sig` (the manager's stop_signal) to it and what it started."""
+        self.containment.terminate(self.name, self.pid, sig)
 
     def kill(self) -> None:
         """Kill it and everything it started (its cgroup, or its group and orphans)."""
@@ -77,6 +83,7 @@ SYSTEMD_OWN = frozenset({"WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_
 def manager_env(spec: ManagerSpec, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The environment of a manager: pmon's own, the spec's, then pmon's variables."""
     env = {k: v for k, v in base.items() if k not in SYSTEMD_OWN}
+    env.update(execution.account_env(spec))  # USER, LOGNAME, HOME of its user, if set
     env.update({**spec.env, **extra})
     env.setdefault("PYTHONUNBUFFERED", "1")  # Python managers' lines reach the log at once
     return env

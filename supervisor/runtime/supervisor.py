@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, TypeVar
 
-from pmon.config import Config
+from pmon.config import Config, ManagerSpec
 from pmon.core.change import Plan
 from pmon.core.manager import Manager
 from pmon.core.project import (
@@ -33,7 +33,7 @@ from pmon.core.project import (
 )
 from pmon.states import ManagerState
 from pmon.errors import SpawnRefused
-from pmon.runtime import adopt, containment, platform, statefile
+from pmon.runtime import adopt, containment, execution, platform, statefile
 from pmon.runtime.api import Extension
 from pmon.runtime.instance import ProjectLock
 from pmon.runtime.logs import EventLog, describe_exit
@@ -278,7 +278,7 @@ class Supervisor:
                         self._spawn(manager)
                 elif isinstance(effect, Terminate):
                     if effect.name in self.procs:
-                        self.procs[effect.name].terminate()
+                        self._terminate(effect.name)
                 elif isinstance(effect, Kill):
                     proc = self.procs.get(effect.name)
                     if proc is not None:
@@ -375,6 +375,48 @@ class Supervisor:
         self.events.write(
             "started", f"{spec.name} started (pid {proc.pid})", manager=spec.name, pid=proc.pid
         )
+
+    def _terminate(self, name: str) -> None:
+        """The polite stop: the manager's stop_command first (if it has one), then its
+        stop_signal. The kill after seconds_to_kill is the manager machine's, as ever."""
+        proc, manager = self.procs[name], self.project.get(name)
+        spec = manager.spec if manager is not None else None
+        if spec is None or spec.stop_command is None:
+            proc.terminate(execution.stop_signal(spec) if spec else signal.SIGTERM)
+            return
+        self._group.create_task(self._stop_command(proc, spec))
+
+    async def _stop_command(self, proc: ManagedProcess, spec: ManagerSpec) -> None:
+        name = spec.name
+        # The manager's environment and names, but not NOTIFY_SOCKET: it is not the manager.
+        env = manager_env(spec, os.environ, {
+            "PMON_PROJECT": self.config.project.name, "PMON_MANAGER": name,
+            "PMON_INDEX": str(spec.index), "PMON_MANAGER_PID": str(proc.pid),
+        })
+        env.pop("NOTIFY_SOCKET", None)
+        fd = self._log_for(name).open_for_child()
+        self.events.write(
+            "stop-command", f"{name}: running its stop_command {list(spec.stop_command or ())}",
+            manager=name,
+        )
+        try:
+            command = await asyncio.create_subprocess_exec(
+                *(spec.stop_command or ()), cwd=spec.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd, stderr=asyncio.subprocess.STDOUT, **execution.popen_settings(spec),
+            )
+        except (OSError, ValueError) as exc:
+            self.events.write("stop-command", f"{name}: stop_command failed to start: {exc}", manager=name)
+            command = None
+        finally:
+            os.close(fd)
+        if command is not None:
+            try:
+                await asyncio.wait_for(command.wait(), spec.seconds_to_kill)
+            except asyncio.TimeoutError:
+                command.kill()
+                await command.wait()
+        if self.procs.get(name) is proc:  # still running after its own stop: the signal
+            proc.terminate(execution.stop_signal(spec))
 
     def _spawn_failed(self, name: str) -> None:
         if self.project.spawn_failed(name, self.now()) is not None:
