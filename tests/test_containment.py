@@ -227,3 +227,49 @@ def _check_once(real: Path, names, seed: int, round_: int, instance) -> None:
                 f"{[p for p in record.get('manager', []) if _alive(p)]}, live helpers "
                 f"{[p for p in _helpers(record) if _alive(p)]}, status {instance.manager(name)}"
             ) from None
+
+
+def test_fallback_adopts_only_what_the_state_file_says_it_spawned(tmp_path, pmon):
+    """Without cgroups, a process is adopted only if pid, start time, owner and executable
+    match the state file: a process that runs another program under the saved pid and start
+    time is not adopted (and left alone), and the manager is started again, once."""
+    env = _env("process-group")
+    config = write_project(tmp_path, [{"name": "a", "command": [sys.executable, "-c",
+                                                                "import time; time.sleep(3600)"]}])
+    first = pmon(config, env=env)
+    pid = first.manager("a")["pid"]
+    poll_for(lambda: _saved_pid(first, "a") == pid, what="the state file")
+    first.kill()
+    os.kill(pid, signal.SIGKILL)
+    import json
+    import subprocess
+
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        path = first.config.project.state_dir / "state.json"
+        data = json.loads(path.read_text())
+        data["managers"]["a"].update(pid=stranger.pid,
+                                     create_time=psutil.Process(stranger.pid).create_time())
+        path.write_text(json.dumps(data))
+        second = pmon(config, env=env)
+        a = second.wait_state("a", "running")
+        assert a["pid"] != stranger.pid and stranger.poll() is None
+        assert any(f"pid {stranger.pid} is not adopted: runs" in e["message"]
+                   for e in second.events() if e["event"] == "adoption")
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_fallback_without_a_state_file_adopts_nothing_and_runs_no_second_copy(tmp_path, pmon):
+    env = _env("process-group")
+    config = _project(tmp_path)
+    first = pmon(config, env=env)
+    record = _started(tmp_path)
+    first.kill()
+    (first.config.project.state_dir / "state.json").unlink()
+    second = pmon(config, env=env)
+    _all_dead(record["manager"] + _helpers(record), "the unverifiable manager and helpers to go")
+    again = _started(tmp_path, count=2)
+    assert second.wait_state("m", "running")["pid"] == again["manager"][1]
+    assert [p for p in _recorded(tmp_path).get("manager", []) if _alive(p)] == [again["manager"][1]]
