@@ -61,6 +61,10 @@ class ManagerSpec:
     stop_signal: str = "TERM"
     stop_command: tuple[str, ...] | None = None
     env_file: Path | None = None
+    # cgroup limits (cgroups only): the values written to memory.max, cpu.max, pids.max
+    memory_max: str | None = None
+    cpu_max: str | None = None
+    pids_max: str | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +302,39 @@ def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
     return out, problems
 
 
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
+
+
+def _memory_max(value: Any) -> str:
+    """memory.max: bytes, or a size with K, M, G, T (powers of 1024), or "max"."""
+    if value == "max":
+        return "max"
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError('a size > 0: bytes, or e.g. "512M", "2G", or "max"')
+    return str(int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
+
+
+def _cpu_max(value: Any) -> str:
+    """cpu.max from a share of one core, as systemd's CPUQuota: "50%" -> "50000 100000"."""
+    text = value.strip() if isinstance(value, str) else ""
+    if text == "max":
+        return "max 100000"
+    if text.endswith("%") and text[:-1].isdigit() and int(text[:-1]) > 0:
+        return f"{int(text[:-1]) * 1000} 100000"
+    raise ValueError('a share of one core, e.g. "50%" (200% = two cores), or "max"')
+
+
+def _pids_max(value: Any) -> str:
+    if value == "max":
+        return "max"
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    raise ValueError('a whole number > 0, or "max"')
+
+
 MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "command": _command,
@@ -324,6 +361,9 @@ MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "stop_signal": _stop_signal,
     "stop_command": _command,
     "env_file": _string,
+    "memory_max": _memory_max,
+    "cpu_max": _cpu_max,
+    "pids_max": _pids_max,
 }
 # Keys that make no sense for every manager at once.
 NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num", "monitor"})

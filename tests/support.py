@@ -197,3 +197,16 @@ def kill_project_processes(project: str) -> list[int]:
         except psutil.Error:
             continue
     return killed
+
+
+def cgroups_writable() -> str | None:
+    """None when this machine lets pmon make cgroups (root, a cgroup2 hierarchy), else why
+    not: the one-line reason a test that needs them skips with."""
+    from pmon.runtime import cgroups
+
+    mount = cgroups.mount_point()
+    if mount is None or cgroups.own_cgroup() is None:
+        return "no cgroup2 hierarchy mounted"
+    if not os.access(mount / "cgroup.procs", os.W_OK):
+        return "needs root (a writable cgroup2 hierarchy)"
+    return None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support import pmon_cli, poll_for, write_project
+from support import cgroups_writable, pmon_cli, poll_for, write_project
 
 REPORT = str(Path(__file__).parent / "children" / "report.py")
 
@@ -149,3 +149,58 @@ def test_root_pmon_drops_privileges_for_a_manager_and_its_log(tmp_path, pmon, ot
         instance.wait_state("m", "stopped")
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def _v2_controllers() -> set[str]:
+    from pmon.runtime import cgroups
+
+    mount = cgroups.mount_point()
+    try:
+        return set((mount / "cgroup.controllers").read_text().split()) if mount else set()
+    except OSError:
+        return set()
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"memory_max": "lots"}, "key 'memory_max': expected a size > 0"),
+    ({"cpu_max": 0.5}, "key 'cpu_max': expected a share of one core, e.g. \"50%\""),
+    ({"pids_max": 0}, "key 'pids_max': expected a whole number > 0"),
+])
+def test_bad_cgroup_limits_are_refused(tmp_path, table, message):
+    config = write_project(tmp_path, [{"name": "m", "command": ["true"], **table}])
+    result = pmon_cli(config, "validate")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("mode", ["process-group", "cgroup"])
+def test_a_cgroup_limit_that_cannot_be_applied_refuses_the_start_and_says_why(tmp_path, pmon, mode):
+    if mode == "cgroup":
+        if why := cgroups_writable():
+            pytest.skip(why)
+        if "memory" in _v2_controllers():
+            pytest.skip("this machine's cgroup v2 has the memory controller: nothing to refuse")
+    config = write_project(tmp_path, [
+        {"name": "m", "command": [sys.executable, REPORT, str(tmp_path / "m")], "memory_max": "64M",
+         "restart_count": 0},
+    ])
+    instance = pmon(config, wait=False, env={"PMON_NO_CGROUPS": "1"} if mode == "process-group" else {})
+    failed = instance.wait_event("spawn-failed", manager="m")
+    expected = "memory_max need(s) cgroups" if mode == "process-group" else "controller(s) memory"
+    assert expected in failed["message"], failed["message"]
+    assert not (tmp_path / "m").exists()  # never ran without its limit
+
+
+def test_memory_max_and_an_oom_kill_reported_as_such(tmp_path, pmon):
+    if why := cgroups_writable():
+        pytest.skip(why)
+    if not {"memory", "pids"} <= _v2_controllers():
+        pytest.skip("the cgroup v2 hierarchy has no memory/pids controller (bound to v1 here)")
+    from support import child
+
+    config = write_project(tmp_path, [
+        {"name": "hog", "command": child("--allocate-mb", "200"), "memory_max": "32M",
+         "pids_max": 20, "restart_count": 0},
+    ])
+    instance = pmon(config, wait=False)
+    exited = instance.wait_event("exited", manager="hog", timeout=20)
+    assert exited.get("oom_kill") is True and "OOM killer" in exited["message"], exited

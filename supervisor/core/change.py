@@ -23,7 +23,8 @@ from pmon.errors import CommandError
 RESTART_KEYS = frozenset(
     {"command", "env", "cwd", "start", "core", "redundancy", "ready", "ready_seconds", "num",
      "run_on",  # run_on: the start gate may now refuse (or allow) it
-     "user", "group", "umask", "rlimits", "env_file"}  # execution settings; a stop's apply in place
+     "user", "group", "umask", "rlimits", "env_file",  # execution settings; a stop's
+     "memory_max", "cpu_max", "pids_max"}  # apply in place; cgroup limits: at the next start
 )
 # Position is not a property of the manager: reordering the file restarts nothing.
 IGNORED_KEYS = frozenset({"index"})

@@ -103,6 +103,71 @@ def find_tree(project: str, state_dir: Path) -> tuple[Tree | None, str]:
     return Tree(base, here, "root"), ""
 
 
+def enable(tree: Tree, controllers: set[str]) -> None:
+    """Enable controllers for the managers' cgroups (+memory, ... in every subtree_control
+    from the mount down to the base). OSError saying what is missing when the v2 hierarchy
+    lacks one (on a hybrid system, a controller bound to v1 is not in v2)."""
+    mount = mount_point() or tree.base
+    offered = set((mount / "cgroup.controllers").read_text().split())
+    missing = controllers - offered
+    if missing:
+        raise OSError(
+            f"needs the cgroup v2 controller(s) {', '.join(sorted(missing))}, which {mount} "
+            f"does not offer (it has: {', '.join(sorted(offered)) or 'none'}); on a hybrid "
+            "system they are bound to cgroup v1"
+        )
+    chain = [tree.base, *[p for p in tree.base.parents if p == mount or mount in p.parents]]
+    for cgroup in reversed(chain):
+        have = set((cgroup / "cgroup.subtree_control").read_text().split())
+        for controller in sorted(controllers - have):
+            (cgroup / "cgroup.subtree_control").write_text(f"+{controller}")
+
+
+def oom_kills(cgroup: Path) -> int:
+    """How many processes the OOM killer killed in `cgroup` (memory.events oom_kill)."""
+    try:
+        for line in (cgroup / "memory.events").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+MAIN_XATTR = "user.pmon.main"  # "<pid> <start time in clock ticks>" of the manager itself
+
+
+def set_main_process(cgroup: Path, pid: int) -> None:
+    """Name the manager's own process on its cgroup (an extended attribute: kept by the
+    kernel, written at once, unlike the coalesced state file), so that a restarted pmon
+    tells the manager from its helpers even without a state file."""
+    ticks = start_ticks(pid)
+    if ticks is not None:
+        try:
+            os.setxattr(cgroup, MAIN_XATTR, f"{pid} {ticks}".encode())
+        except OSError:
+            pass  # an older kernel: adoption then kills what it cannot tell apart
+
+
+def main_process(cgroup: Path) -> tuple[int, int] | None:
+    try:
+        pid, ticks = os.getxattr(cgroup, MAIN_XATTR).split()
+        return int(pid), int(ticks)
+    except (OSError, ValueError):
+        return None
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time since boot, in clock ticks (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def write_pid(cgroup: Path, pid: int) -> None:
     """Move a process (all its threads) into `cgroup`."""
     fd = os.open(cgroup / "cgroup.procs", os.O_WRONLY)

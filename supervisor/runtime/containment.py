@@ -6,8 +6,9 @@ Two kinds, chosen once when pmon starts (`choose`); `pmon status` names the one 
 - `CgroupContainment` (cgroup v2 writable, see cgroups.py): a cgroup per manager. A stop
   signals every process in it; a kill or the manager's death kills the whole cgroup; the
   manager is down only once its cgroup is empty. After a restart pmon reads the cgroups:
-  the manager is the process the state file names (pid and start time) if it is in that
-  manager's cgroup, and without a state file the first-started process at the top of it.
+  the manager is the process its cgroup names (an extended attribute written at its spawn:
+  pid and start time), if it is still in it; otherwise what is left there is killed, and
+  never is a helper taken for the manager. The state file adds only the counters.
 - `GroupContainment` (no cgroups: no permission, another OS, or PMON_NO_CGROUPS=1): the
   process group, and pmon as the child subreaper (Linux), so that an orphaned descendant
   (a setsid helper, a double-forked daemon) becomes pmon's child: pmon kills it with its
@@ -58,9 +59,25 @@ class Containment:
     def describe(self) -> dict[str, str]:
         raise NotImplementedError
 
-    def spawning(self, name: str) -> contextlib.AbstractContextManager[None]:
-        """Wraps the spawn of manager `name`: the child is born contained."""
+    def spawning(
+        self, name: str, limits: Mapping[str, str] | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Wraps the spawn of manager `name`: the child is born contained. `limits`:
+        cgroup files (memory.max, cpu.max, pids.max) and their values. OSError when they
+        cannot be applied."""
+        if limits:
+            raise OSError(
+                f"{', '.join(_key(f) for f in limits)} need(s) cgroups, and this pmon runs "
+                f"without: {self.describe()['detail']}"
+            )
         return contextlib.nullcontext()
+
+    def oom_killed(self, name: str) -> bool:
+        """The OOM killer killed a process of it since its spawn (memory_max)."""
+        return False
+
+    def spawned(self, name: str, pid: int) -> None:
+        """Manager `name`'s process is `pid` (just spawned)."""
 
     def terminate(self, name: str, pid: int, sig: int = signal.SIGTERM) -> None:
         raise NotImplementedError
@@ -110,12 +127,14 @@ class CgroupContainment(Containment):
         super().__init__(notify_address)
         self.tree = tree
         self._inside: Path | None = None  # the manager cgroup pmon sits in for a spawn
+        self._pids_max: dict[Path, str] = {}  # written once pmon has left that cgroup
+        self._oom_base: dict[str, int] = {}  # memory.events oom_kill at the spawn
 
     def describe(self) -> dict[str, str]:
         return {"kind": "cgroup", "detail": f"cgroup v2 {self.tree.base} ({self.tree.how})"}
 
     @contextlib.contextmanager
-    def spawning(self, name: str) -> Iterator[None]:
+    def spawning(self, name: str, limits: Mapping[str, str] | None = None) -> Iterator[None]:
         # No CLONE_INTO_CGROUP from Python's subprocess, and a preexec_fn doubles the cost
         # of a spawn (fork instead of vfork): pmon steps into the manager's cgroup for the
         # spawn, so the child is born in it (no window in which it could fork outside it).
@@ -129,19 +148,50 @@ class CgroupContainment(Containment):
             if cgroups.populated(cgroup):  # leftovers of an earlier process: never two
                 self._leave(cgroup)
                 cgroups.kill_and_wait(cgroup)
+        self._apply(cgroup, dict(limits or {}))
+        self._oom_base[name] = cgroups.oom_kills(cgroup)
         if self._inside != cgroup:
-            cgroups.write_pid(cgroup, os.getpid())
-            self._inside = cgroup
+            left, self._inside = self._inside, cgroup
+            cgroups.write_pid(cgroup, os.getpid())  # straight from the last one: one move
+            self._left(left)
         yield
+
+    def _apply(self, cgroup: Path, limits: dict[str, str]) -> None:
+        """Write the limits (and reset the ones no longer set). pids.max waits until pmon
+        has left the cgroup: pmon's own threads count while it sits there for the spawn."""
+        wanted = {f: limits.get(f, _UNSET[f]) for f in _UNSET}
+        if any(f in limits for f in _UNSET) or any(
+            (cgroup / f).exists() for f in _UNSET
+        ):
+            if limits:
+                cgroups.enable(self.tree, {f.split(".")[0] for f in limits})
+            for file, value in wanted.items():
+                if (cgroup / file).exists():
+                    (cgroup / file).write_text("max" if file == "pids.max" else value)
+        self._pids_max[cgroup] = wanted["pids.max"]
+
+    def oom_killed(self, name: str) -> bool:
+        return cgroups.oom_kills(self.tree.of(name)) > self._oom_base.get(name, 0)
+
+    def spawned(self, name: str, pid: int) -> None:
+        cgroups.set_main_process(self.tree.of(name), pid)
 
     def settle(self) -> None:
         if self._inside is not None:
-            self._inside = None
-            cgroups.write_pid(self.tree.home, os.getpid())
+            self._leave(self._inside)
 
-    def _leave(self, cgroup: Path) -> None:
-        if self._inside == cgroup:
-            self.settle()
+    def _leave(self, cgroup: Path | None) -> None:
+        """pmon goes home if it sits in `cgroup` (before anything kills or signals it)."""
+        if cgroup is None or self._inside != cgroup:
+            return
+        self._inside = None
+        cgroups.write_pid(self.tree.home, os.getpid())
+        self._left(cgroup)
+
+    def _left(self, cgroup: Path | None) -> None:
+        value = self._pids_max.pop(cgroup, None) if cgroup is not None else None
+        if cgroup is not None and value is not None and (cgroup / "pids.max").exists():
+            (cgroup / "pids.max").write_text(value)
 
     def terminate(self, name: str, pid: int, sig: int = signal.SIGTERM) -> None:
         self._leave(self.tree.of(name))
@@ -178,39 +228,21 @@ class CgroupContainment(Containment):
             if not pids:
                 cgroups.remove(cgroup)
                 continue
-            record = records.get(name)
-            saved_pid = record.get("pid") if isinstance(record, dict) else None
-            times = _start_times(pids)
-            if isinstance(record, dict) and record:
-                ctime = record.get("create_time")
-                if (
-                    isinstance(saved_pid, int) and saved_pid in times
-                    and isinstance(ctime, (int, float))
-                    and abs(times[saved_pid] - ctime) <= START_TIME_TOLERANCE
-                ):
-                    found.append(Found(name, saved_pid, times[saved_pid]))
+            main = cgroups.main_process(cgroup)  # written at its spawn: always current
+            if main is not None and main[0] in pids and cgroups.start_ticks(main[0]) == main[1]:
+                try:
+                    found.append(Found(name, main[0], psutil.Process(main[0]).create_time()))
                     continue
-                # Its process is gone; what is left in its cgroup (helpers) goes with it.
-                notes.append(
-                    f"{name}: its process (pid {saved_pid}) is gone; killing what is left in "
-                    f"its cgroup (pid {', '.join(map(str, pids))})"
-                )
-                cgroups.kill_and_wait(cgroup)
-                continue
-            # No record of it (no usable state file): the first-started process at the top.
-            top = [p for p in pids if p in times and _ppid(p, psutil) not in pids]
-            if top:
-                first = min(top, key=lambda p: times[p])
-                found.append(Found(name, first, times[first]))
-        return found, notes
-
-    def release(self) -> None:
-        self.settle()
-        for cgroup in self.tree.base.glob(f"{cgroups.PREFIX}*"):
+                except psutil.Error:
+                    pass
+            # Its process is gone; what is left in its cgroup (helpers) goes with it, and
+            # none of them is ever taken for the manager.
+            notes.append(
+                f"{name}: its process ({f'pid {main[0]}' if main else 'not recorded'}) is "
+                f"gone; killing what is left in its cgroup (pid {', '.join(map(str, pids))})"
+            )
             cgroups.kill_and_wait(cgroup)
-            cgroups.remove(cgroup)
-        if self.tree.how == "root":
-            cgroups.remove(self.tree.base)
+        return found, notes
 
     def stop_stray(self, found: Found) -> None:
         self._leave(self.tree.of(found.name))
@@ -222,23 +254,12 @@ class CgroupContainment(Containment):
         cgroups.remove(self.tree.of(found.name))
 
 
-def _start_times(pids: list[int]) -> dict[int, float]:
-    import psutil
-
-    times = {}
-    for pid in pids:
-        try:
-            times[pid] = psutil.Process(pid).create_time()
-        except psutil.Error:
-            continue
-    return times
+# The cgroup files of the limits, and what they are without one.
+_UNSET = {"memory.max": "max", "cpu.max": "max 100000", "pids.max": "max"}
 
 
-def _ppid(pid: int, psutil: Any) -> int | None:
-    try:
-        return int(psutil.Process(pid).ppid())
-    except psutil.Error:
-        return None
+def _key(file: str) -> str:
+    return file.replace(".", "_")
 
 
 class GroupContainment(Containment):

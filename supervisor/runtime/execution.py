@@ -1,6 +1,7 @@
 """A manager's execution settings, as the spawn applies them (config.py validates them):
 whom it runs as (`user`, `group`: pmon as root drops privileges for it), its `umask` and
-`rlimits`, and how it is stopped (`stop_signal`, `stop_command`).
+`rlimits`, its cgroup limits (`memory_max`, `cpu_max`, `pids_max`: written by
+containment.py), and how it is stopped (`stop_signal`, `stop_command`).
 
 user, group and umask go to Popen itself (set in the child between fork and exec, no
 Python code there, so the fast vfork path stays for managers without rlimits); rlimits need
@@ -54,6 +55,12 @@ def own_log(spec: ManagerSpec, path: Path) -> None:
     account = _account(spec)
     if account is not None and os.geteuid() == 0:
         os.chown(path, account[0], account[1])
+
+
+def cgroup_limits(spec: ManagerSpec) -> dict[str, str]:
+    """memory_max, cpu_max, pids_max as the cgroup files they are written to."""
+    pairs = (("memory.max", spec.memory_max), ("cpu.max", spec.cpu_max), ("pids.max", spec.pids_max))
+    return {file: value for file, value in pairs if value is not None}
 
 
 def stop_signal(spec: ManagerSpec) -> int:

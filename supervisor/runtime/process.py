@@ -41,7 +41,7 @@ class ManagedProcess:
         fd = log.open_for_child()
         try:
             execution.own_log(spec, log.path)
-            with containment.spawning(spec.name):  # born in its cgroup, if any
+            with containment.spawning(spec.name, execution.cgroup_limits(spec)):  # born in it
                 popen = subprocess.Popen(
                     list(spec.command),
                     cwd=spec.cwd,
@@ -56,6 +56,7 @@ class ManagedProcess:
             raise OSError(f"cannot apply rlimits {dict(spec.rlimits)}: {exc}") from None
         finally:
             os.close(fd)
+        containment.spawned(spec.name, popen.pid)  # its cgroup names its main process
         return cls(popen, popen.pid, spec.name, containment)
 
     def reap(self) -> int | None:

@@ -505,7 +505,10 @@ class Supervisor:
             if was is not S.STOPPING and name in self.managers:
                 self._advise_restart(manager, code)
             # the death first, then what pmon does
-            self._log_decision(manager, code, pid, adopted=proc.popen is None)
+            self._log_decision(
+                manager, code, pid, adopted=proc.popen is None,
+                oom=self.containment.oom_killed(name),
+            )
         self._perform(None)
 
     def _advise_restart(self, manager: Manager, code: int | None) -> None:
@@ -526,16 +529,19 @@ class Supervisor:
                 return
 
     def _log_decision(
-        self, manager: Manager, code: int | None, pid: int | None = None, adopted: bool = False
+        self, manager: Manager, code: int | None, pid: int | None = None, adopted: bool = False,
+        oom: bool = False,
     ) -> None:
         name = manager.spec.name
         # An adopted manager is not pmon's child: its exit status went to its new parent.
         how = "an exit status pmon cannot know (adopted)" if adopted else describe_exit(code)
+        if oom:  # memory.events of its cgroup counted an OOM kill (memory_max)
+            how += f", killed by the OOM killer (memory_max = {manager.spec.memory_max})"
         self.events.write(
             "exited",
             f"{name} (pid {pid}) ended with {how}: {manager.last_decision}",
             manager=name, pid=pid, exit_code=code, action=manager.last_decision,
-            state=manager.state.value,
+            state=manager.state.value, **({"oom_kill": True} if oom else {}),
         )
 
     def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
