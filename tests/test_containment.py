@@ -270,3 +270,26 @@ def test_fallback_without_a_state_file_adopts_nothing_and_runs_no_second_copy(tm
     again = _started(tmp_path, count=2)
     assert second.wait_state("m", "running")["pid"] == again["manager"][1]
     assert [p for p in _recorded(tmp_path).get("manager", []) if _alive(p)] == [again["manager"][1]]
+
+
+def test_managers_started_without_cgroups_are_moved_into_theirs_on_an_upgrade(tmp_path, pmon):
+    """`pmon detach` from a pmon without cgroups (an older one, or PMON_NO_CGROUPS), then a
+    pmon with cgroups: the managers are adopted, not started twice, and from then on
+    contained with their helpers."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    from support import pmon_cli
+
+    config = _project(tmp_path)
+    first = pmon(config, env=_env("process-group"))
+    record = _started(tmp_path)
+    manager = record["manager"][0]
+    assert pmon_cli(config, "detach").returncode == 0
+    assert first.proc.wait(20) == 0
+    second = pmon(config, env=_env("cgroup"))
+    assert second.manager("m")["pid"] == manager
+    for pid in [manager, *_helpers(record)]:
+        assert Path(f"/proc/{pid}/cgroup").read_text().strip().endswith("/manager-m"), pid
+    second.call("stop", target="m")
+    second.wait_state("m", "stopped")
+    _all_dead([manager, *_helpers(record)], "the moved manager and its helpers to die")

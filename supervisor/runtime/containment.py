@@ -53,6 +53,7 @@ class Containment:
 
     def __init__(self, notify_address: str) -> None:
         self.notify_address = notify_address
+        self._mark = f"\0NOTIFY_SOCKET={notify_address}\0".encode()
         # The pids of the managers' own processes (the supervisor's table): never orphans.
         self.managers: Callable[[], Container[int]] = frozenset
 
@@ -242,7 +243,49 @@ class CgroupContainment(Containment):
                 f"gone; killing what is left in its cgroup (pid {', '.join(map(str, pids))})"
             )
             cgroups.kill_and_wait(cgroup)
-        return found, notes
+        return found + self._from_before_cgroups(names - {f.name for f in found}, records, notes), notes
+
+    def _from_before_cgroups(
+        self, names: set[str], records: Mapping[str, Any], notes: list[str]
+    ) -> list[Found]:
+        """Managers that a pmon without cgroups started (an upgrade through `pmon detach`,
+        or a pmon that ran without root): adopted by the rule they were started under (pid
+        and start time from the state file, and its marks), then moved into their cgroups
+        with every process that carries their marks, so that they are contained from now."""
+        import psutil
+
+        found: list[Found] = []
+        marked: list[tuple[int, str]] | None = None  # one scan of /proc, and only if needed
+        for name in sorted(names):
+            record = records.get(name)
+            pid = record.get("pid") if isinstance(record, dict) else None
+            ctime = record.get("create_time") if isinstance(record, dict) else None
+            if not isinstance(pid, int) or not isinstance(ctime, (int, float)):
+                continue
+            try:
+                actual = psutil.Process(pid).create_time()
+            except psutil.Error:
+                continue
+            if abs(actual - ctime) > START_TIME_TOLERANCE or _owner(pid, self._mark) != name:
+                continue
+            cgroup = self.tree.of(name)
+            cgroup.mkdir(exist_ok=True)
+            if marked is None:
+                marked = list(_marked(self._mark, set()))
+            uid = _uid(pid)  # its helpers: marked as its, and of its owner (not a stranger's)
+            moved = [pid, *(p for p, owner in marked if owner == name and p != pid and _uid(p) == uid)]
+            for each in moved:
+                try:
+                    cgroups.write_pid(cgroup, each)
+                except OSError:
+                    pass  # gone meanwhile
+            cgroups.set_main_process(cgroup, pid)
+            notes.append(
+                f"{name} (pid {pid}) was started without cgroups: moved into {cgroup} with "
+                f"{len(moved) - 1} process(es) of its own"
+            )
+            found.append(Found(name, pid, actual))
+        return found
 
     def stop_stray(self, found: Found) -> None:
         self._leave(self.tree.of(found.name))
@@ -269,7 +312,6 @@ class GroupContainment(Containment):
         super().__init__(notify_address)
         self.why = why
         self.subreaper = _become_subreaper()
-        self._mark = f"\0NOTIFY_SOCKET={notify_address}\0".encode()
         self._reap: set[int] = set()  # orphans seen: reaped (waitpid) once they have ended
         self._outside: dict[str, list[tuple[int, float]]] = {}  # found at adoption
         self._dying: dict[str, set[int]] = {}  # killed with their manager, not yet gone
@@ -279,8 +321,8 @@ class GroupContainment(Containment):
         return {"kind": "process-group", "detail": f"{how} (no cgroups: {self.why})"}
 
     def terminate(self, name: str, pid: int, sig: int = signal.SIGTERM) -> None:
-        if sig == signal.SIGTERM:
-            platform.terminate_group(pid)  # CTRL_BREAK on Windows
+        if sig == signal.SIGTERM or platform.IS_WINDOWS:
+            platform.terminate_group(pid)  # CTRL_BREAK on Windows (no other stop signal)
             return
         try:
             os.killpg(pid, sig)
@@ -296,7 +338,7 @@ class GroupContainment(Containment):
                 dying.add(opid)
         managers = self.managers()
         for opid in _children():  # its orphans, reparented to pmon (the subreaper)
-            if opid not in managers and self._owner(opid) == name:
+            if opid not in managers and _owner(opid, self._mark) == name:
                 self._kill_tree(opid)
                 dying.add(opid)
 
@@ -354,7 +396,7 @@ class GroupContainment(Containment):
         adopted = {f.name for f in found}
         me = os.getuid() if hasattr(os, "getuid") else None
         mine = {f.pid for f in found}
-        for pid, name in self._marked(exclude=mine):
+        for pid, name in _marked(self._mark, mine):
             try:
                 proc = psutil.Process(pid)
                 ctime, uid = proc.create_time(), proc.uids().real
@@ -379,7 +421,7 @@ class GroupContainment(Containment):
         for pid in _children():
             if pid in managers:
                 continue
-            name = self._owner(pid)
+            name = _owner(pid, self._mark)
             if name is None:
                 continue
             current = live.get(name)
@@ -398,32 +440,43 @@ class GroupContainment(Containment):
                 pass
         self._reap.add(pid)
 
-    def _owner(self, pid: int) -> str | None:
-        """The manager an orphan came from: PMON_MANAGER in its inherited marks."""
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                raw = b"\0" + handle.read() + b"\0"
-        except OSError:
-            return None
-        if self._mark not in raw:
-            return None
-        start = raw.find(b"\0PMON_MANAGER=")
-        if start < 0:
-            return None
-        start += len(b"\0PMON_MANAGER=")
-        return raw[start:raw.index(b"\0", start)].decode(errors="replace") or None
 
-    def _marked(self, exclude: set[int]) -> Iterator[tuple[int, str]]:
-        """Every process carrying this project's marks (a byte search in /proc/*/environ)."""
-        if not os.path.isdir("/proc"):
-            return
-        me = os.getpid()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) in exclude or int(entry) == me:
-                continue
-            name = self._owner(int(entry))
-            if name is not None:
-                yield int(entry), name
+def _owner(pid: int, mark: bytes) -> str | None:
+    """The manager a process came from: PMON_MANAGER in the marks pmon gave its manager
+    (inherited), if it carries this project's NOTIFY_SOCKET. Only ever a hint: a process
+    can change its environment."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            raw = b"\0" + handle.read() + b"\0"
+    except OSError:
+        return None
+    if mark not in raw:
+        return None
+    start = raw.find(b"\0PMON_MANAGER=")
+    if start < 0:
+        return None
+    start += len(b"\0PMON_MANAGER=")
+    return raw[start:raw.index(b"\0", start)].decode(errors="replace") or None
+
+
+def _marked(mark: bytes, exclude: set[int]) -> Iterator[tuple[int, str]]:
+    """Every process carrying this project's marks (a byte search in /proc/*/environ)."""
+    if not os.path.isdir("/proc"):
+        return
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude or int(entry) == me:
+            continue
+        name = _owner(int(entry), mark)
+        if name is not None:
+            yield int(entry), name
+
+
+def _uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 def _become_subreaper() -> bool:
