@@ -99,7 +99,13 @@ class Run:
         path = self.config.project.state_dir / "log" / "events.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out = []
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # the line pmon is writing right now
+                continue
+        return out
 
     def new_events(self, kind: str, timeout: float = 120) -> list[dict]:
         def found():
