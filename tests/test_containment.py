@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pmon.runtime import cgroups
 from support import cgroups_writable, poll_for, write_project
 
 DAEMONIZER = str(Path(__file__).parent / "children" / "daemonizer.py")
@@ -293,3 +294,18 @@ def test_managers_started_without_cgroups_are_moved_into_theirs_on_an_upgrade(tm
     second.call("stop", target="m")
     second.wait_state("m", "stopped")
     _all_dead([manager, *_helpers(record)], "the moved manager and its helpers to die")
+
+
+def test_kill_manager_by_name_kills_its_whole_cgroup(tmp_path, pmon):
+    """The fencing function for redundancy: one call, everything of that manager is gone."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    instance = pmon(_project(tmp_path, ("m", "n")))
+    record = _started(tmp_path, "m")
+    _started(tmp_path, "n")
+    spec = instance.config.project
+    assert cgroups.kill_manager(spec.name, spec.state_dir, "m") is True
+    assert not [p for p in record["manager"] + _helpers(record) if _alive(p)]  # at once
+    assert all(_alive(p) for p in _recorded(tmp_path, "n")["manager"])  # only that one
+    assert cgroups.kill_manager(spec.name, spec.state_dir, "no-such") is True
+    assert cgroups.kill_manager("other-project", tmp_path / "elsewhere", "m") is False

@@ -248,7 +248,8 @@ def kill_and_wait(cgroup: Path, timeout: float = 5.0) -> bool:
 def kill_manager(project: str, state_dir: Path, name: str, timeout: float = 5.0) -> bool:
     """Kill every process of manager `name` of a project, whatever pmon runs it, and wait
     until its cgroup is empty (fencing, for redundancy). True: nothing of it runs any more;
-    False: no cgroups here, or processes left after `timeout`."""
+    False: the project runs without cgroups here, or processes were left after `timeout`.
+    The pmon that supervises it sees its death as usual (and restarts it by its rules)."""
     mount = mount_point()
     own = own_cgroup()
     if mount is None or own is None:
@@ -256,7 +257,9 @@ def kill_manager(project: str, state_dir: Path, name: str, timeout: float = 5.0)
     here = mount / own.lstrip("/")
     unit = here.parent if here.name == SUPERVISOR_LEAF else here
     candidates = [mount / "pmon" / project_key(project, state_dir.resolve()), unit / "managers"]
-    cgroup = next((c / f"{PREFIX}{name}" for c in candidates if (c / f"{PREFIX}{name}").exists()), None)
-    if cgroup is None:
-        return True  # never ran here under cgroups
-    return kill_and_wait(cgroup, timeout)
+    for base in candidates:
+        if (base / f"{PREFIX}{name}").exists():
+            return kill_and_wait(base / f"{PREFIX}{name}", timeout)
+    # The project has its cgroups but none for this manager: nothing of it runs. No
+    # cgroups for the project at all: pmon runs it without, nothing can be said here.
+    return any(base.exists() for base in candidates)
