@@ -8,9 +8,10 @@ the manager's identity (runtime/containment.py).
 Where `<base>` is (the same on every start of the same project, so that a restarted pmon
 finds its managers):
 
-- under systemd with `Delegate=yes` (pmon runs in its unit's cgroup, writable): the unit's
-  cgroup; pmon itself moves into its leaf `pmon-supervisor` (cgroup v2 lets controllers be
-  enabled only for a cgroup without processes of its own), the managers under `managers/`;
+- under systemd with `Delegate=yes` (pmon runs in its unit's cgroup, which systemd marked
+  delegated with the xattr trusted.delegate): the unit's cgroup; pmon itself moves into its
+  leaf `pmon-supervisor` (cgroup v2 lets controllers be enabled only for a cgroup without
+  processes of its own), the managers under `managers/`;
 - pmon as root with a writable cgroup2 mount (as here: the v2 hierarchy of a hybrid
   system): `<mount>/pmon/<project>-<hash of the canonical state directory>`;
 - otherwise none: containment falls back to process groups and the subreaper.
@@ -39,6 +40,7 @@ class Tree:
     base: Path  # holds one cgroup per manager
     home: Path  # pmon's own cgroup (it returns there after each spawn)
     how: str  # for `pmon status`: "delegated by systemd" | "root"
+    top: Path  # the highest cgroup pmon may configure (controllers): the unit, or the mount
 
     def of(self, name: str) -> Path:
         return self.base / f"{PREFIX}{name}"
@@ -82,8 +84,8 @@ def find_tree(project: str, state_dir: Path) -> tuple[Tree | None, str]:
     if mount is None or own is None:
         return None, "no cgroup2 hierarchy mounted"
     here = mount / own.lstrip("/")
-    if own != "/" and os.environ.get("INVOCATION_ID") and os.access(here / "cgroup.procs", os.W_OK):
-        unit = here.parent if here.name == SUPERVISOR_LEAF else here
+    unit = here.parent if here.name == SUPERVISOR_LEAF else here
+    if own != "/" and _delegated(unit):
         try:
             home = unit / SUPERVISOR_LEAF
             home.mkdir(exist_ok=True)
@@ -92,7 +94,7 @@ def find_tree(project: str, state_dir: Path) -> tuple[Tree | None, str]:
             base.mkdir(exist_ok=True)
         except OSError as exc:
             return None, f"the delegated cgroup {unit} is not usable ({exc})"
-        return Tree(base, home, "delegated by systemd"), ""
+        return Tree(base, home, "delegated by systemd", unit), ""
     if not os.access(mount / "cgroup.procs", os.W_OK):
         return None, f"no permission to make cgroups under {mount} (not root, no delegation)"
     base = mount / "pmon" / project_key(project, state_dir)
@@ -100,14 +102,26 @@ def find_tree(project: str, state_dir: Path) -> tuple[Tree | None, str]:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return None, f"cannot make {base} ({exc})"
-    return Tree(base, here, "root"), ""
+    return Tree(base, here, "root", mount), ""
+
+
+def _delegated(cgroup: Path) -> bool:
+    """systemd marks a cgroup it delegated (Delegate=yes) with this extended attribute; a
+    unit's cgroup without it is systemd's own, and pmon makes nothing inside it."""
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(cgroup, name) == b"1":
+                return os.access(cgroup / "cgroup.procs", os.W_OK)
+        except OSError:
+            continue
+    return False
 
 
 def enable(tree: Tree, controllers: set[str]) -> None:
     """Enable controllers for the managers' cgroups (+memory, ... in every subtree_control
     from the mount down to the base). OSError saying what is missing when the v2 hierarchy
     lacks one (on a hybrid system, a controller bound to v1 is not in v2)."""
-    mount = mount_point() or tree.base
+    mount = tree.top
     offered = set((mount / "cgroup.controllers").read_text().split())
     missing = controllers - offered
     if missing:
