@@ -10,8 +10,10 @@ never two copies of a manager, no stray descendants."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -88,6 +90,10 @@ def test_status_says_which_containment_is_in_force(tmp_path, pmon, mode):
     assert instance.status()["containment"]["kind"] == mode
     from support import pmon_cli
 
+    import json
+
+    shown = json.loads(pmon_cli(instance.config_path, "status", "--json").stdout)
+    assert shown["containment"]["kind"] == mode
     header = pmon_cli(instance.config_path, "status").stdout.splitlines()[0]
     assert "containment: " + ("cgroup v2" if mode == "cgroup" else "process group") in header
 
@@ -309,3 +315,63 @@ def test_kill_manager_by_name_kills_its_whole_cgroup(tmp_path, pmon):
     assert all(_alive(p) for p in _recorded(tmp_path, "n")["manager"])  # only that one
     assert cgroups.kill_manager(spec.name, spec.state_dir, "no-such") is True
     assert cgroups.kill_manager("other-project", tmp_path / "elsewhere", "m") is False
+
+
+def test_under_systemd_managers_run_in_the_units_delegated_subtree(tmp_path):
+    """A real systemd (a container on this machine's root, issue 10's tests/systemd_box.py):
+    a unit with Delegate=yes and KillMode=process; pmon in its leaf, each manager with its
+    helpers in managers/manager-NAME; pmon SIGKILLed and started again adopts the manager;
+    `systemctl stop` leaves nothing behind."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    try:
+        from systemd_box import Container
+    except ImportError:
+        pytest.skip("needs tests/systemd_box.py (the systemd container of issue 10)")
+    if not shutil.which("systemd-nspawn"):
+        pytest.skip("needs systemd-nspawn (apt-get install systemd-container)")
+    project = tmp_path / "proj"
+    project.mkdir()
+    config = _project(project)
+    pmon_bin = str(Path(sys.executable).parent / "pmon")
+    box = tmp_path / "box"
+    box.mkdir()
+    container = Container(box, [project, Path(__file__).resolve().parent.parent])
+    try:
+        def status():
+            out = container.run(pmon_bin, "status", "--json", "-c", str(config))
+            return json.loads(out.stdout) if out.returncode == 0 else None
+
+        def unit(name: str) -> None:
+            started = container.run("systemd-run", f"--unit={name}", "-p", "Delegate=yes",
+                                    "-p", "KillMode=process", pmon_bin, "run", "-q", "-c", str(config))
+            assert started.returncode == 0, started.stderr
+
+        unit("pmon13a")
+        first = poll_for(lambda: (s := status()) and s["project_state"] == "running" and s, 30,
+                         "pmon under systemd")
+        assert first["containment"]["kind"] == "cgroup"
+        assert "delegated by systemd" in first["containment"]["detail"]
+        record = _started(project)
+        for pid in [record["manager"][0], *_helpers(record)]:
+            cgroup = container.run("cat", f"/proc/{pid}/cgroup").stdout
+            assert "/system.slice/pmon13a.service/managers/manager-m" in cgroup, cgroup
+        main = container.run("systemctl", "show", "-pMainPID", "--value", "pmon13a").stdout.strip()
+        assert "/pmon13a.service/pmon-supervisor" in container.run("cat", f"/proc/{main}/cgroup").stdout
+        container.run("kill", "-9", main)
+        poll_for(lambda: container.run("systemctl", "is-active", "pmon13a").stdout.strip() != "active",
+                 15, "the unit to notice")
+        unit("pmon13b")
+        again = poll_for(lambda: (s := status()) and s["project_state"] == "running" and s, 30,
+                         "the second pmon")
+        assert again["managers"][0]["pid"] == record["manager"][0]  # adopted, not started again
+        pids = ",".join(map(str, [record["manager"][0], *_helpers(record)]))  # the box's pids
+
+        def left() -> list[str]:
+            out = container.run("ps", "-o", "pid=,stat=", "-p", pids).stdout.split("\n")
+            return [line for line in out if line.strip() and "Z" not in line.split()[1]]
+        assert len(left()) == 3  # the manager and its two helpers, seen from inside
+        assert container.run("systemctl", "stop", "pmon13b").returncode == 0
+        poll_for(lambda: not left(), 10, "everything to stop with the unit")
+    finally:
+        container.close()

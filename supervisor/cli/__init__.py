@@ -168,7 +168,8 @@ def status(config_path: Path | None, as_json: bool) -> None:
             for m in result["managers"]
         ], "project_state": result["project_state"],
            "project_reason": result.get("project_reason", ""),
-           "verdicts": result.get("verdicts", [])}
+           "verdicts": result.get("verdicts", []),
+           "containment": result.get("containment")}
         click.echo(json.dumps(result, indent=1))
     else:
         print_table(result)

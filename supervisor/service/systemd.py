@@ -9,6 +9,10 @@ Choices, and why:
   starts adopts them (hot restart). With KillMode=mixed or control-group, systemd would
   kill every manager whenever pmon ends. `--kill-mode mixed` is offered for sites that
   prefer systemd to SIGKILL leftovers after a stop (it gives up hot restart after a crash).
+- Delegate=yes: the unit's cgroup subtree is pmon's, so that each manager runs in a cgroup
+  of its own that holds every descendant (runtime/cgroups.py); pmon sits in the leaf
+  pmon-supervisor. (memory_max & co. would also need DelegateSubgroup=, systemd 254+, so
+  that a restarted pmon may start in a unit whose subtree has controllers: not written.)
 - TimeoutStopSec covers the longest ordered stop (the sum of the managers' seconds_to_kill).
 - WatchdogSec (optional): pmon's loop sends WATCHDOG=1 at half of it.
 """
@@ -76,6 +80,7 @@ def unit_text(config: "Config", options: UnitOptions = UnitOptions()) -> str:
         f"WorkingDirectory={quote(str(config.path.parent))}",
         "Environment=PYTHONUNBUFFERED=1",
         f"KillMode={options.kill_mode}",
+        "Delegate=yes",
         "KillSignal=SIGTERM",
         f"TimeoutStartSec={start_timeout(config):g}",
         f"TimeoutStopSec={stop_timeout(config):g}",
