@@ -122,6 +122,10 @@ def test_nothing_outlives_pmon_shutdown(tmp_path, pmon, mode):
     records = [_started(tmp_path, "m"), _started(tmp_path, "n")]
     assert instance.stop() == 0
     _all_dead([p for r in records for p in r["manager"] + _helpers(r)], f"every process to die {records}")
+    if mode == "cgroup":  # and the project's cgroups are gone
+        spec = instance.config.project
+        base = cgroups.mount_point() / "pmon" / cgroups.project_key(spec.name, spec.state_dir)
+        assert not base.exists(), list(base.iterdir())
 
 
 def test_hot_restart_adopts_the_manager_not_a_helper_and_spares_its_helpers(tmp_path, pmon, mode):

@@ -238,14 +238,31 @@ def kill(cgroup: Path) -> None:
 
 
 def remove(cgroup: Path) -> bool:
-    """rmdir an empty cgroup; False while it still has processes (or is gone already)."""
-    try:
-        cgroup.rmdir()
-    except FileNotFoundError:
+    """rmdir an empty cgroup; False while it still has processes. Just emptied, the kernel
+    may still answer EBUSY for a moment: tried for up to 0.2 s."""
+    for _ in range(100):
+        try:
+            cgroup.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            if populated(cgroup) or any(p.is_dir() for p in cgroup.iterdir()):
+                return False
+            time.sleep(0.002)
+            continue
         return True
+    return False
+
+
+def _same_and_alive(pid: int, ticks: int | None) -> bool:
+    """`pid` is still the process that had these start ticks, and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
     except OSError:
         return False
-    return True
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return fields[0] != b"Z" and int(fields[19]) == ticks
 
 
 def kill_and_wait(cgroup: Path, timeout: float = 5.0) -> bool:
@@ -272,8 +289,18 @@ def kill_manager(project: str, state_dir: Path, name: str, timeout: float = 5.0)
     unit = here.parent if here.name == SUPERVISOR_LEAF else here
     candidates = [mount / "pmon" / project_key(project, state_dir.resolve()), unit / "managers"]
     for base in candidates:
-        if (base / f"{PREFIX}{name}").exists():
-            return kill_and_wait(base / f"{PREFIX}{name}", timeout)
+        cgroup = base / f"{PREFIX}{name}"
+        if cgroup.exists():
+            # Wait for these processes to end, not for an empty cgroup: the pmon that runs
+            # the manager may start it again at once, in the same cgroup.
+            killed = {pid: start_ticks(pid) for pid in procs(cgroup)}
+            kill(cgroup)
+            deadline = time.monotonic() + timeout
+            while any(_same_and_alive(pid, ticks) for pid, ticks in killed.items()):
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.002)
+            return True
     # The project has its cgroups but none for this manager: nothing of it runs. No
     # cgroups for the project at all: pmon runs it without, nothing can be said here.
     return any(base.exists() for base in candidates)

@@ -287,6 +287,14 @@ class CgroupContainment(Containment):
             found.append(Found(name, pid, actual))
         return found
 
+    def release(self) -> None:
+        self.settle()
+        for cgroup in self.tree.base.glob(f"{cgroups.PREFIX}*"):
+            cgroups.kill_and_wait(cgroup)
+            cgroups.remove(cgroup)
+        if self.tree.how == "root":
+            cgroups.remove(self.tree.base)
+
     def stop_stray(self, found: Found) -> None:
         self._leave(self.tree.of(found.name))
         cgroups.signal_all(self.tree.of(found.name), signal.SIGTERM)
