@@ -5,7 +5,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from support import Pmon, kill_project_processes
+from support import Pmon, kill_project_processes, remove_project_cgroups
 
 
 @pytest.fixture
@@ -26,3 +26,4 @@ def pmon(tmp_path: Path) -> Iterator[Callable[[Path], Pmon]]:
     for instance in started:
         instance.stop()
         kill_project_processes(instance.config.project.name)
+        remove_project_cgroups(instance.config)

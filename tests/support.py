@@ -210,3 +210,20 @@ def cgroups_writable() -> str | None:
     if not os.access(mount / "cgroup.procs", os.W_OK):
         return "needs root (a writable cgroup2 hierarchy)"
     return None
+
+
+def remove_project_cgroups(config: Any) -> None:
+    """Kill and remove what a test's pmon left in its cgroups (a pmon killed as in a crash
+    cannot remove them itself; the next pmon of the project would)."""
+    from pmon.runtime import cgroups
+
+    mount = cgroups.mount_point()
+    if mount is None:
+        return
+    base = mount / "pmon" / cgroups.project_key(config.project.name, config.project.state_dir)
+    if not base.is_dir():
+        return
+    for cgroup in base.glob(f"{cgroups.PREFIX}*"):
+        cgroups.kill_and_wait(cgroup)
+        cgroups.remove(cgroup)
+    cgroups.remove(base)
