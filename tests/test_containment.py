@@ -379,3 +379,30 @@ def test_under_systemd_managers_run_in_the_units_delegated_subtree(tmp_path):
         poll_for(lambda: not left(), 10, "everything to stop with the unit")
     finally:
         container.close()
+
+
+def test_kill_manager_never_kills_the_caller_sitting_in_that_cgroup(tmp_path):
+    """pmon sits in a manager's cgroup for a burst of spawns; a fence from an extension's
+    hook in that moment must kill the manager, not pmon."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    import subprocess
+
+    script = (
+        "import os, subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from pmon.runtime import cgroups\n"
+        "state = Path(sys.argv[1])\n"
+        "base = cgroups.mount_point() / 'pmon' / cgroups.project_key('selfkill', state.resolve())\n"
+        "(base / 'manager-x').mkdir(parents=True)\n"
+        "cgroups.write_pid(base / 'manager-x', os.getpid())\n"
+        "child = subprocess.Popen(['sleep', '100'])\n"
+        "ok = cgroups.kill_manager('selfkill', state, 'x')\n"
+        "print(ok, child.wait(), cgroups.own_cgroup())\n"
+        "cgroups.remove(base / 'manager-x'); cgroups.remove(base)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:2] == ["True", "-9"]  # the manager's process killed, caller alive
+    assert not done.stdout.split()[2].endswith("manager-x")

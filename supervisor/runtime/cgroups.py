@@ -286,11 +286,15 @@ def kill_manager(project: str, state_dir: Path, name: str, timeout: float = 5.0)
     if mount is None or own is None:
         return False
     here = mount / own.lstrip("/")
+    if here.name.startswith(PREFIX):  # pmon sits in a manager's cgroup for a spawn
+        here = here.parent.parent / SUPERVISOR_LEAF if here.parent.name == "managers" else mount
     unit = here.parent if here.name == SUPERVISOR_LEAF else here
     candidates = [mount / "pmon" / project_key(project, state_dir.resolve()), unit / "managers"]
     for base in candidates:
         cgroup = base / f"{PREFIX}{name}"
         if cgroup.exists():
+            if own_cgroup() == "/" + str(cgroup.relative_to(mount)):  # never kill itself
+                write_pid(here, os.getpid())
             # Wait for these processes to end, not for an empty cgroup: the pmon that runs
             # the manager may start it again at once, in the same cgroup.
             killed = {pid: start_ticks(pid) for pid in procs(cgroup)}
