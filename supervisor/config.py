@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,19 @@ class ManagerSpec:
     run_on: str = "both"  # "active": only on the active server of a redundant pair
     notify_switchover: bool = False  # SIGUSR1 at every switchover
     weight: int | None = None  # error weight when not running; None: [redundancy] manager_weight
+    # Execution settings (see the block "execution settings" below): whom it runs as and
+    # with which limits, how it is stopped. None: as pmon itself.
+    user: str | None = None
+    group: str | None = None
+    umask: int | None = None
+    rlimits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    stop_signal: str = "TERM"
+    stop_command: tuple[str, ...] | None = None
+    env_file: Path | None = None
+    # cgroup limits (cgroups only): the values written to memory.max, cpu.max, pids.max
+    memory_max: str | None = None
+    cpu_max: str | None = None
+    pids_max: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +217,141 @@ def _monitor(value: Any) -> Mapping[str, Mapping[str, Any]]:
     return MappingProxyType({k: MappingProxyType(dict(v)) for k, v in value.items()})
 
 
+# --- execution settings: user / group / umask / rlimits / stop_signal / stop_command /
+# env_file (each also in [defaults]; env_file is read in _managers, relative to the file).
+STOP_SIGNALS = ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2")
+RLIMITS = {"nofile": "RLIMIT_NOFILE", "core": "RLIMIT_CORE", "as": "RLIMIT_AS"}
+UNLIMITED = -1  # resource.RLIM_INFINITY on Linux
+
+
+def _account(kind: str) -> Callable[[Any], str]:
+    """A user or group that exists here, by name or number."""
+    def convert(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value in ("", -1):
+            raise ValueError(f"a {kind} name or number, e.g. {kind} = \"{'wincc' if kind == 'user' else 'plant'}\"")
+        if os.name == "nt":
+            raise ValueError(f"nothing on Windows ({kind} needs a POSIX system)")
+        import grp
+        import pwd
+
+        look: Any = pwd if kind == "user" else grp
+        try:
+            if isinstance(value, int) or value.isdigit():
+                look.getpwuid(int(value)) if kind == "user" else look.getgrgid(int(value))
+            else:
+                look.getpwnam(value) if kind == "user" else look.getgrnam(value)
+        except (KeyError, OverflowError):
+            raise ValueError(f"a {kind} that exists on this machine (no {kind} {value!r})") from None
+        return str(value)
+
+    return convert
+
+
+def _umask(value: Any) -> int:
+    if isinstance(value, str) and 3 <= len(value) <= 4 and all(c in "01234567" for c in value):
+        return int(value, 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value
+    raise ValueError('octal digits as a string, e.g. umask = "027" (or 0o027)')
+
+
+def _limit(value: Any) -> int:
+    if value in ("infinity", "unlimited"):
+        return UNLIMITED
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError('a whole number >= 0 or "infinity"')
+    return value
+
+
+def _rlimits(value: Any) -> Mapping[str, int]:
+    example = 'e.g. rlimits = { nofile = 4096, core = 0, as = "infinity" }'
+    if not isinstance(value, dict):
+        raise ValueError(f"a table of limits, {example}")
+    out = {}
+    for key, limit in value.items():
+        if key not in RLIMITS:
+            raise ValueError(f"limits among {', '.join(RLIMITS)} (not {key!r}), {example}")
+        try:
+            out[key] = _limit(limit)
+        except ValueError as exc:
+            raise ValueError(f"rlimits.{key}: {exc}, {example}") from None
+    return MappingProxyType(out)
+
+
+def _stop_signal(value: Any) -> str:
+    text = value.upper().removeprefix("SIG") if isinstance(value, str) else None
+    if text not in STOP_SIGNALS:
+        raise ValueError("one of " + " | ".join(repr(s) for s in STOP_SIGNALS))
+    return text
+
+
+def read_env_file(path: Path) -> tuple[dict[str, str], list[str]]:
+    """systemd's EnvironmentFile syntax: KEY=VALUE lines; '#' and ';' comment lines; blank
+    lines; a value in double quotes (with \\ escapes) or single quotes; a trailing backslash
+    continues a line. Returns the variables and the problems (with line numbers)."""
+    out: dict[str, str] = {}
+    problems: list[str] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    number = 0
+    while number < len(lines):
+        start = number + 1
+        line = lines[number]
+        number += 1
+        while line.endswith("\\") and number < len(lines):
+            line = line[:-1] + lines[number]
+            number += 1
+        text = line.strip()
+        if not text or text[0] in "#;":
+            continue
+        key, sep, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not all(c.isalnum() or c == "_" for c in key) or key[0].isdigit():
+            problems.append(f"line {start}: expected KEY=VALUE (KEY: letters, digits, _), got {text!r}")
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\(.)', r"\1", value)
+        if "\0" in value:
+            problems.append(f"line {start}: {key}: a NUL byte cannot be in the environment")
+            continue
+        out[key] = value
+    return out, problems
+
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)i?B?", re.IGNORECASE)
+
+
+def _memory_max(value: Any) -> str:
+    """memory.max: bytes, or a size with K, M, G, T (powers of 1024), or "max"."""
+    if value == "max":
+        return "max"
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or int(match.group(1)) == 0:
+        raise ValueError('a size > 0: bytes, or e.g. "512M", "2G", or "max"')
+    return str(int(match.group(1)) * 1024 ** " KMGT".index(match.group(2).upper() or " "))
+
+
+def _cpu_max(value: Any) -> str:
+    """cpu.max from a share of one core, as systemd's CPUQuota: "50%" -> "50000 100000"."""
+    text = value.strip() if isinstance(value, str) else ""
+    if text == "max":
+        return "max 100000"
+    if text.endswith("%") and text[:-1].isdigit() and int(text[:-1]) > 0:
+        return f"{int(text[:-1]) * 1000} 100000"
+    raise ValueError('a share of one core, e.g. "50%" (200% = two cores), or "max"')
+
+
+def _pids_max(value: Any) -> str:
+    if value == "max":
+        return "max"
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    raise ValueError('a whole number > 0, or "max"')
+
+
 MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "name": _name,
     "command": _command,
@@ -222,6 +371,16 @@ MANAGER_KEYS: dict[str, Callable[[Any], Any]] = {
     "run_on": _one_of("both", "active"),
     "notify_switchover": _boolean,
     "weight": _count,
+    "user": _account("user"),
+    "group": _account("group"),
+    "umask": _umask,
+    "rlimits": _rlimits,
+    "stop_signal": _stop_signal,
+    "stop_command": _command,
+    "env_file": _string,
+    "memory_max": _memory_max,
+    "cpu_max": _cpu_max,
+    "pids_max": _pids_max,
 }
 # Keys that make no sense for every manager at once.
 NOT_DEFAULTABLE = frozenset({"name", "command", "redundancy", "num", "monitor"})
@@ -321,7 +480,9 @@ class _Errors:
 
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a project file. Raises ConfigError naming every problem."""
-    path = Path(path).absolute()
+    # The project's identity is its canonical path: a symlink or a `../` spelling of the
+    # same file must find the same state directory, lock and managers.
+    path = Path(path).resolve()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -366,7 +527,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     managers = redundancy_settings.check_managers(managers, redundancy, path, errors)
     errors.raise_if_any()
 
-    state_dir = base / project.get("state_dir", "var")
+    state_dir = (base / project.get("state_dir", "var")).resolve()  # canonical, as `path`
     project_spec = ProjectSpec(
         name=project["name"],
         state_dir=state_dir,
@@ -568,6 +729,9 @@ def _managers(
                 "set core = false or start = \"always\"",
             )
         values["cwd"] = (base / values.get("cwd", ".")).resolve()
+        if "env_file" in values:  # its variables, then `env` (which wins)
+            values["env_file"] = (base / values["env_file"]).resolve()
+            values["env"] = _with_env_file(values, f"{where}, key 'env_file'", errors)
         specs.append(ManagerSpec(index=position, **values))
     if sum(spec.redundancy for spec in specs) > 1:
         errors.add("managers", "more than one manager has redundancy = true; a project has one")
@@ -605,3 +769,13 @@ def check_programs(config: Config, names: Iterable[str] | None = None) -> None:
                 f"program {program!r} not found on PATH; fix its spelling, install it or give its full path",
             )
     errors.raise_if_any()
+def _with_env_file(values: Mapping[str, Any], where: str, errors: _Errors) -> Mapping[str, str]:
+    path: Path = values["env_file"]
+    try:
+        variables, problems = read_env_file(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        errors.add(where, f"cannot read {path}: {exc}")
+        return MappingProxyType(dict(values.get("env", {})))
+    for problem in problems:
+        errors.add(where, f"{path}: {problem}")
+    return MappingProxyType({**variables, **values.get("env", {})})

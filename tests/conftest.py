@@ -5,7 +5,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from support import Pmon, kill_project_processes
+from support import Pmon, kill_project_processes, remove_project_cgroups
 
 
 @pytest.fixture
@@ -13,8 +13,11 @@ def pmon(tmp_path: Path) -> Iterator[Callable[[Path], Pmon]]:
     """Start real pmon instances; each is stopped, and every process it started killed."""
     started: list[Pmon] = []
 
-    def start(config: Path, wait: bool = True, env: dict[str, str] | None = None) -> Pmon:
-        instance = Pmon(config, env)
+    def start(
+        config: Path, wait: bool = True, env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Pmon:
+        instance = Pmon(config, env, cwd)
         started.append(instance)
         instance.wait_ready(project_state="running" if wait else None)
         return instance
@@ -23,3 +26,4 @@ def pmon(tmp_path: Path) -> Iterator[Callable[[Path], Pmon]]:
     for instance in started:
         instance.stop()
         kill_project_processes(instance.config.project.name)
+        remove_project_cgroups(instance.config)

@@ -66,13 +66,16 @@ def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.Comple
 class Pmon:
     """A real `pmon run` in the background, for one test."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
+        """`config` as `pmon run -c` gets it; relative to `cwd` (pmon's working directory)."""
         self.config_path = config
-        self.config = config_module.load(config)
+        self.config = config_module.load(config if cwd is None else cwd / config)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=None if env is None else {**os.environ, **env},
+            env=None if env is None else {**os.environ, **env}, cwd=cwd,
         )
 
     def call(self, command: str, **args: Any) -> Any:
@@ -194,3 +197,33 @@ def kill_project_processes(project: str) -> list[int]:
         except psutil.Error:
             continue
     return killed
+
+
+def cgroups_writable() -> str | None:
+    """None when this machine lets pmon make cgroups (root, a cgroup2 hierarchy), else why
+    not: the one-line reason a test that needs them skips with."""
+    from pmon.runtime import cgroups
+
+    mount = cgroups.mount_point()
+    if mount is None or cgroups.own_cgroup() is None:
+        return "no cgroup2 hierarchy mounted"
+    if not os.access(mount / "cgroup.procs", os.W_OK):
+        return "needs root (a writable cgroup2 hierarchy)"
+    return None
+
+
+def remove_project_cgroups(config: Any) -> None:
+    """Kill and remove what a test's pmon left in its cgroups (a pmon killed as in a crash
+    cannot remove them itself; the next pmon of the project would)."""
+    from pmon.runtime import cgroups
+
+    mount = cgroups.mount_point()
+    if mount is None:
+        return
+    base = mount / "pmon" / cgroups.project_key(config.project.name, config.project.state_dir)
+    if not base.is_dir():
+        return
+    for cgroup in base.glob(f"{cgroups.PREFIX}*"):
+        cgroups.kill_and_wait(cgroup)
+        cgroups.remove(cgroup)
+    cgroups.remove(base)

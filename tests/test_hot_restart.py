@@ -131,19 +131,22 @@ def test_state_file_of_another_project_is_ignored(tmp_path, pmon):
     assert any("belongs to project 'someone-else'" in m for m in messages(second, "adoption"))
 
 
-def test_a_second_copy_of_a_manager_is_stopped(tmp_path, pmon):
+def test_a_process_with_forged_marks_is_never_adopted(tmp_path, pmon):
+    """Marks in the environment are not an identity: a process started outside pmon with a
+    manager's exact environment is neither adopted nor taken for (and stopped as) a copy."""
     config = write_project(tmp_path, [{"name": "a", "command": child()}])
     first = pmon(config)
     running = pids(first)
+    poll_for(lambda: saved_pid(first, "a") == running["a"], what="the state file")
     first.kill()
-    # A copy with the same marks, started after the original: it must not survive.
     env = psutil.Process(running["a"]).environ()
     copy = subprocess.Popen(child(), env=env, start_new_session=True)
     try:
         second = pmon(config)
         assert pids(second) == running
-        poll_for(lambda: copy.poll() is not None, what="the copy to be stopped")
-        assert any(str(copy.pid) in m for m in messages(second, "stray"))
+        assert not any(str(copy.pid) in m for m in messages(second, "stray"))
+        assert not any(str(copy.pid) in m for m in messages(second, "adopt"))
+        assert copy.poll() is None
     finally:
         if copy.poll() is None:
             copy.kill()

@@ -29,7 +29,7 @@ def project(tmp_path, managers=None):
 def test_unit_is_notify_and_lets_pmon_stop_its_managers(tmp_path):
     _, config = project(tmp_path)
     text = systemd.unit_text(config, systemd.UnitOptions(watchdog_sec=5))
-    for line in ("Type=notify", "KillMode=process", "Restart=always", "WatchdogSec=5",
+    for line in ("Type=notify", "KillMode=process", "Delegate=yes", "Restart=always", "WatchdogSec=5",
                  "ExecReload=/bin/kill -HUP $MAINPID", "WantedBy=multi-user.target"):
         assert line in text.splitlines()
     assert f"-c {config.path}" in text

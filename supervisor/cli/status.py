@@ -135,6 +135,8 @@ def header(status: dict[str, Any]) -> str:
     if role and role != "standalone":
         partner = status.get("partner_role") or "not connected"
         line += f"; server {status.get('server')}: {role}, partner {status.get('partner')}: {partner}"
+    if status.get("containment"):  # which containment is in force (runtime/containment.py)
+        line += f"; containment: {status['containment']['detail']}"
     return line
 
 

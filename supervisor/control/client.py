@@ -37,12 +37,12 @@ class Endpoint(NamedTuple):
         invalid must not cut the operator off from the pmon that runs the last good one."""
         import tomllib
 
-        path = path.absolute()
+        path = path.resolve()  # canonical, as config.load: every spelling finds one pmon
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
             project = data.get("project", {})
             name = project["name"]
-            state_dir = path.parent / project.get("state_dir", "var")
+            state_dir = (path.parent / project.get("state_dir", "var")).resolve()
             tcp = data.get("control", {}).get("tcp")
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such file; pass the project file with -c FILE or PMON_CONFIG") from None

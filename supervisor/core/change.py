@@ -22,7 +22,9 @@ from pmon.errors import CommandError
 # Keys a running process cannot pick up: a manager whose one of these changed restarts.
 RESTART_KEYS = frozenset(
     {"command", "env", "cwd", "start", "core", "redundancy", "ready", "ready_seconds", "num",
-     "run_on"}  # run_on: the start gate may now refuse (or allow) it
+     "run_on",  # run_on: the start gate may now refuse (or allow) it
+     "user", "group", "umask", "rlimits", "env_file",  # execution settings; a stop's
+     "memory_max", "cpu_max", "pids_max"}  # apply in place; cgroup limits: at the next start
 )
 # Position is not a property of the manager: reordering the file restarts nothing.
 IGNORED_KEYS = frozenset({"index"})

@@ -5,10 +5,11 @@ Two sources, both read before the start sequence:
 - the state file (statefile.py), as the previous pmon last wrote it (at most 50 ms old):
   per manager its pid and that process's start time, its state, restart counters and exit
   code;
-- the process table: every process whose environment carries this project's marks
-  (NOTIFY_SOCKET = this state directory's notify socket, PMON_MANAGER = a manager's name)
-  and that leads its own session, as pmon starts every manager. A manager's children share
-  its environment but not its session leadership, so they are never taken for it.
+- the running managers as the containment in force finds them (containment.py): with
+  cgroups, the process of each manager's cgroup that the state file names (the cgroup is
+  the identity; nothing outside it is ever taken for a manager); without, only a process
+  that matches what pmon spawned (pid, start time, owner uid, executable in the state file).
+  Neither depends on a process's environment, title or session, which it can change.
 
 What to do is decided in core/adoption.py (pure); `take_over` reads, decides, and carries the
 decision out through the project machine (which alone sets a manager's state).
@@ -16,12 +17,11 @@ decision out through the project machine (which alone sets a manager's state).
 
 from __future__ import annotations
 
-import os
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from pmon.core.adoption import Decision, Found, decide
-from pmon.runtime import platform, statefile
+from pmon.runtime import statefile
 
 if TYPE_CHECKING:
     from pmon.config import Config
@@ -72,74 +72,6 @@ def usable_records(saved: dict[str, Any]) -> list[str]:
     return notes
 
 
-def marks(config: "Config") -> dict[str, str]:
-    """The environment every manager of this project gets from pmon (see Supervisor._spawn)."""
-    return {
-        "NOTIFY_SOCKET": str(config.project.state_dir / "notify.sock"),
-        "PMON_PROJECT": config.project.name,
-    }
-
-
-def scan(config: "Config") -> list[Found]:
-    """Every running process that is one of this project's managers (not their children)."""
-    import psutil
-
-    wanted = marks(config)
-    me = os.getpid()
-    found: list[Found] = []
-    for pid in psutil.pids():
-        if pid == me or (not platform.IS_WINDOWS and not _leads_session(pid)):
-            continue
-        try:
-            name = _manager_name(pid, wanted)
-            if name:
-                found.append(Found(name, pid, psutil.Process(pid).create_time()))
-        except (psutil.Error, OSError):
-            continue
-    if platform.IS_WINDOWS:  # no sessions: a manager's child has a marked parent
-        pids = {f.pid for f in found}
-        found = [f for f in found if _parent(f.pid) not in pids]
-    return found
-
-
-def _manager_name(pid: int, wanted: Mapping[str, str]) -> str | None:
-    """PMON_MANAGER of `pid` when its environment carries every mark, else None."""
-    if not os.path.exists("/proc/self/environ"):
-        import psutil
-
-        env = psutil.Process(pid).environ()
-        if any(env.get(key) != value for key, value in wanted.items()):
-            return None
-        return env.get("PMON_MANAGER")
-    # Linux: a byte search; parsing the environment of every process costs far more.
-    with open(f"/proc/{pid}/environ", "rb") as handle:
-        raw = b"\0" + handle.read() + b"\0"
-    for key, value in wanted.items():
-        if b"\0%s=%s\0" % (key.encode(), value.encode()) not in raw:
-            return None
-    start = raw.find(b"\0PMON_MANAGER=")
-    if start < 0:
-        return None
-    start += len(b"\0PMON_MANAGER=")
-    return raw[start:raw.index(b"\0", start)].decode(errors="replace") or None
-
-
-def _leads_session(pid: int) -> bool:
-    try:
-        return os.getsid(pid) == pid
-    except OSError:
-        return False
-
-
-def _parent(pid: int) -> int | None:
-    import psutil
-
-    try:
-        return psutil.Process(pid).ppid()
-    except psutil.Error:
-        return None
-
-
 # --- acting -------------------------------------------------------------------------------
 def take_over(sup: "Supervisor") -> Decision:
     """Adopt the running managers before the start sequence. Returns what was decided;
@@ -147,9 +79,11 @@ def take_over(sup: "Supervisor") -> Decision:
     began = time.perf_counter()
     saved, problem = read_saved(sup.config, sup.state_file)
     dropped = usable_records(saved) if saved is not None else []
-    decision = decide(sup.config, saved, scan(sup.config), time.time())
-    decision.notes[:0] = [problem] if problem else []
-    decision.notes[:0] = dropped
+    records = saved["managers"] if saved else {}
+    names = {spec.name for spec in sup.config.managers}
+    found, found_notes = sup.containment.find(names, records)
+    decision = decide(sup.config, saved, found, time.time())
+    decision.notes[:0] = dropped + ([problem] if problem else []) + found_notes
     for note in decision.notes:
         sup.events.write("adoption", note)
     project, now = sup.project, sup.now()
@@ -227,10 +161,10 @@ def _stop_stray(sup: "Supervisor", found: Found) -> None:
         "stray", f"stopping pid {found.pid} ({found.name}): not adoptable", manager=found.name,
         pid=found.pid,
     )
-    platform.terminate_group(found.pid)
-    sup.loop.call_later(STRAY_KILL_SECONDS, _kill_if_same, found)
+    sup.containment.stop_stray(found)
+    sup.loop.call_later(STRAY_KILL_SECONDS, _kill_if_same, sup, found)
 
 
-def _kill_if_same(found: Found) -> None:
+def _kill_if_same(sup: "Supervisor", found: Found) -> None:
     if statefile.process_start_time(found.pid) == found.create_time:
-        platform.kill_group(found.pid)
+        sup.containment.kill_stray(found)

@@ -147,8 +147,17 @@ class ExitWatcher:
         self.on_exit = on_exit
         self._pidfds: dict[int, int] = {}
         self._sigchld_children: dict[int, subprocess.Popen[bytes]] = {}
+        self._also_on_sigchld: Callable[[], None] | None = None
         if not HAS_PIDFD and not IS_WINDOWS:
             loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+
+    def on_sigchld(self, callback: Callable[[], None]) -> None:
+        """Also call `callback` at every SIGCHLD (the subreaper reaps orphans there)."""
+        if IS_WINDOWS:
+            return
+        self._also_on_sigchld = callback
+        if HAS_PIDFD:
+            self.loop.add_signal_handler(signal.SIGCHLD, callback)
 
     def watch(self, pid: int, popen: subprocess.Popen[bytes] | None = None) -> None:
         if HAS_PIDFD:
@@ -186,6 +195,8 @@ class ExitWatcher:
             if popen.poll() is not None:
                 self.forget(pid)
                 self.on_exit(pid)
+        if self._also_on_sigchld is not None:
+            self._also_on_sigchld()
 
     def _wait_thread(self, pid: int, popen: subprocess.Popen[bytes] | None) -> None:
         if popen is not None:

@@ -1,29 +1,35 @@
-"""One OS process of a manager: spawn it in its own process group with its output going to
-its log file, signal it, stop-then-kill it, reap it.
+"""One OS process of a manager: spawn it in its own process group (and its cgroup, see
+containment.py) with its output going to its log file, signal it, stop-then-kill it, reap it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Mapping
 
-from pmon.runtime import platform
+from pmon.runtime import execution, platform
 from pmon.config import ManagerSpec
+from pmon.runtime.containment import Containment
 from pmon.runtime.output import ManagerLog
 
 
 class ManagedProcess:
     """A manager's OS process: spawned by this pmon, or adopted from a pmon before it."""
 
-    def __init__(self, popen: subprocess.Popen[bytes] | None, pid: int) -> None:
+    def __init__(
+        self, popen: subprocess.Popen[bytes] | None, pid: int, name: str, containment: Containment
+    ) -> None:
         self.popen = popen  # None for a process pmon adopted instead of spawning
         self.pid = pid
+        self.name = name
+        self.containment = containment  # its cgroup, or its process group
 
     @classmethod
     def spawn(
-        cls, spec: ManagerSpec, env: Mapping[str, str], log: ManagerLog
+        cls, spec: ManagerSpec, env: Mapping[str, str], log: ManagerLog, containment: Containment
     ) -> "ManagedProcess":
         """Start the manager. Raises OSError when the program cannot be executed.
 
@@ -35,19 +41,25 @@ class ManagedProcess:
         env = {**env, **platform.spawn_env(env)}
         fd = log.open_for_child()
         try:
-            popen = subprocess.Popen(
-                list(spec.command),
-                cwd=spec.cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=subprocess.STDOUT,
-                **platform.popen_kwargs(),
-            )
+            execution.own_log(spec, log.path)
+            with containment.spawning(spec.name, execution.cgroup_limits(spec)):  # born in it
+                popen = subprocess.Popen(
+                    list(spec.command),
+                    cwd=spec.cwd,
+                    env=dict(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=fd,
+                    stderr=subprocess.STDOUT,
+                    **platform.popen_kwargs(),
+                    **execution.popen_settings(spec),  # user, group, umask, rlimits
+                )
+        except subprocess.SubprocessError as exc:  # only a preexec_fn raises this
+            raise OSError(f"cannot apply rlimits {dict(spec.rlimits)}: {exc}") from None
         finally:
             os.close(fd)
-        platform.contain(popen.pid, env)
-        return cls(popen, popen.pid)
+        platform.contain(popen.pid, env)  # Windows: its Job object
+        containment.spawned(spec.name, popen.pid)  # its cgroup names its main process
+        return cls(popen, popen.pid, spec.name, containment)
 
     def reap(self) -> int | None:
         """The exit code of a dead child (negative: the signal). None if not ours to reap."""
@@ -58,11 +70,13 @@ class ManagedProcess:
             code = self.popen.wait()
         return code
 
-    def terminate(self) -> None:
-        platform.terminate_group(self.pid)
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """The polite stop: `sig` (the manager's stop_signal) to it and what it started."""
+        self.containment.terminate(self.name, self.pid, sig)
 
     def kill(self) -> None:
-        platform.kill_group(self.pid)
+        """Kill it and everything it started (its cgroup, or its group and orphans)."""
+        self.containment.kill(self.name, self.pid)
 
 
 # What systemd hands to pmon's own service: meant for pmon, never for its managers (their
@@ -77,6 +91,7 @@ SYSTEMD_OWN = frozenset({
 def manager_env(spec: ManagerSpec, base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
     """The environment of a manager: pmon's own, the spec's, then pmon's variables."""
     env = {k: v for k, v in base.items() if k not in SYSTEMD_OWN}
+    env.update(execution.account_env(spec))  # USER, LOGNAME, HOME of its user, if set
     env.update({**spec.env, **extra})
     env.setdefault("PYTHONUNBUFFERED", "1")  # Python managers' lines reach the log at once
     return env

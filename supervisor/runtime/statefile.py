@@ -98,7 +98,9 @@ def process_start_time(pid: int) -> float | None:
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    write_atomically(path, json.dumps({"version": VERSION, **state}, indent=1).encode())
+    # Compact: json.dumps with an indent runs the pure-Python encoder, ~10x slower, and
+    # with 2000 managers the state is written up to 20 times a second.
+    write_atomically(path, json.dumps({"version": VERSION, **state}, separators=(",", ":")).encode())
 
 
 def load(path: Path) -> dict[str, Any]:

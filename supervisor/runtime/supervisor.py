@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, TypeVar
 
-from pmon.config import Config
+from pmon.config import Config, ManagerSpec
 from pmon.core.change import Plan
 from pmon.core.manager import Manager
 from pmon.core.project import (
@@ -34,8 +34,9 @@ from pmon.core.project import (
 )
 from pmon.states import ManagerState
 from pmon.errors import NotSaved, PmonError, SpawnRefused
-from pmon.runtime import adopt, fdbudget, platform, statefile
+from pmon.runtime import adopt, containment, execution, fdbudget, platform, statefile
 from pmon.runtime.api import Extension
+from pmon.runtime.instance import ProjectLock
 from pmon.runtime.logs import EventLog, describe_exit
 from pmon.runtime.notify import NotifyListener
 from pmon.runtime.output import ManagerLog
@@ -60,6 +61,7 @@ class Supervisor:
         self._job_waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._waiters: list[asyncio.Future[None]] = []
         self._start_times: dict[int, float | None] = {}
+        self._identities: dict[int, dict[str, Any]] = {}  # uid, exe (containment.identity)
         self._state_write_pending = False
         self._state_dirty = False  # changed since the state file was last written
         self.changes = 0  # counts changes: a command that made none has nothing to commit
@@ -111,7 +113,8 @@ class Supervisor:
         project = self.config.project
         try:
             tightened = _prepare_state_dir(self.state_dir)
-            self._lock = _lock_project(self.state_dir)
+            self._lock = ProjectLock(self.state_dir)
+            self._lock.acquire()  # a second pmon on the same project is refused
             self.events = EventLog(
                 self.state_dir / "log" / "events.jsonl", project.log_max_bytes,
                 project.log_backups, echo=self.echo,
@@ -125,6 +128,11 @@ class Supervisor:
         self.watcher = platform.ExitWatcher(self.loop, self._on_exit)
         self.notify = NotifyListener(self.state_dir / "notify.sock", self._on_notify)
         self.notify.open(self.loop)
+        # cgroups where writable, else process groups and the subreaper (containment.py)
+        self.containment = containment.choose(project.name, self.state_dir, self.notify.address)
+        self.containment.managers = lambda: self.by_pid
+        if self.containment.kind == "process-group":
+            self.watcher.on_sigchld(self._sweep)
         for sig in (signal.SIGTERM, signal.SIGINT):
             platform.add_signal_handler(self.loop, sig, self.request_shutdown, sig.name)
         self.events.write(
@@ -147,6 +155,9 @@ class Supervisor:
             raise failed.exceptions[0] from None
         self.notify.close(self.loop)
         self.watcher.close()
+        if not self.leave_running:
+            self._sweep()  # every manager is down: nothing of theirs outlives pmon
+            self.containment.release()
         self._write_state()
         if self.leave_running:
             self.events.write("pmon-stopped", "pmon stopped; its managers run on (adopted at the next start)")
@@ -273,6 +284,7 @@ class Supervisor:
             self._drain()
         finally:
             self._performing = False
+            self.containment.settle()  # pmon leaves the last manager cgroup it spawned in
         self._arm_job_timer()
         if self._listening and self.project.state in SETTLED_PROJECT:
             self.project_ready.set()  # settled, however the first job ended (systemd READY=1)
@@ -293,7 +305,7 @@ class Supervisor:
                         self._spawn_guarded(manager)
                 elif isinstance(effect, Terminate):
                     if effect.name in self.procs:
-                        self.procs[effect.name].terminate()
+                        self._terminate(effect.name)
                 elif isinstance(effect, Kill):
                     proc = self.procs.get(effect.name)
                     if proc is not None:
@@ -306,6 +318,7 @@ class Supervisor:
                 elif isinstance(effect, Forget):
                     self._report(effect.name, effect.manager)  # its last state, then gone
                     self._forget(effect.name)
+                    self.containment.forget(effect.name)
                 elif isinstance(effect, JobEnded):
                     for waiter in self._job_waiters.pop(effect.job, []):
                         _wake(waiter)
@@ -384,7 +397,9 @@ class Supervisor:
         except OSError as exc:
             self.write_failed(f"the output log of {spec.name} ({log.path})", exc)
         try:
-            proc = ManagedProcess.spawn(spec, manager_env(spec, os.environ, extra), log)
+            proc = ManagedProcess.spawn(
+                spec, manager_env(spec, os.environ, extra), log, self.containment
+            )
         except Exception as exc:  # OSError, or ValueError (a NUL an extension put in the
             # environment): never a manager left `starting` with no pid
             self.events.write(
@@ -402,6 +417,48 @@ class Supervisor:
         self.events.write(
             "started", f"{spec.name} started (pid {proc.pid})", manager=spec.name, pid=proc.pid
         )
+
+    def _terminate(self, name: str) -> None:
+        """The polite stop: the manager's stop_command first (if it has one), then its
+        stop_signal. The kill after seconds_to_kill is the manager machine's, as ever."""
+        proc, manager = self.procs[name], self.project.get(name)
+        spec = manager.spec if manager is not None else None
+        if spec is None or spec.stop_command is None:
+            proc.terminate(execution.stop_signal(spec) if spec else signal.SIGTERM)
+            return
+        self._group.create_task(self._stop_command(proc, spec))
+
+    async def _stop_command(self, proc: ManagedProcess, spec: ManagerSpec) -> None:
+        name = spec.name
+        # The manager's environment and names, but not NOTIFY_SOCKET: it is not the manager.
+        env = manager_env(spec, os.environ, {
+            "PMON_PROJECT": self.config.project.name, "PMON_MANAGER": name,
+            "PMON_INDEX": str(spec.index), "PMON_MANAGER_PID": str(proc.pid),
+        })
+        env.pop("NOTIFY_SOCKET", None)
+        fd = self._log_for(name).open_for_child()
+        self.events.write(
+            "stop-command", f"{name}: running its stop_command {list(spec.stop_command or ())}",
+            manager=name,
+        )
+        try:
+            command = await asyncio.create_subprocess_exec(
+                *(spec.stop_command or ()), cwd=spec.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd, stderr=asyncio.subprocess.STDOUT, **execution.popen_settings(spec),
+            )
+        except (OSError, ValueError) as exc:
+            self.events.write("stop-command", f"{name}: stop_command failed to start: {exc}", manager=name)
+            command = None
+        finally:
+            os.close(fd)
+        if command is not None:
+            try:
+                await asyncio.wait_for(command.wait(), spec.seconds_to_kill)
+            except asyncio.TimeoutError:
+                command.kill()
+                await command.wait()
+        if self.procs.get(name) is proc:  # still running after its own stop: the signal
+            proc.terminate(execution.stop_signal(spec))
 
     def _spawn_failed(self, name: str) -> None:
         if self.project.spawn_failed(name, self.now()) is not None:
@@ -467,7 +524,22 @@ class Supervisor:
             return
         proc = self.procs.pop(name)
         code = proc.reap()
-        proc.kill()  # leftovers of its process group: no grandchild outlives its manager
+        proc.kill()  # what is left of it (cgroup, group, orphans): no grandchild outlives it
+        self._once_empty(name, lambda: self._exited(name, pid, proc, code))
+
+    def _once_empty(self, name: str, then: Callable[[], None], until: float | None = None) -> None:
+        """Run `then` once nothing of manager `name` runs any more: a manager is down only
+        when its cgroup is empty (bounded: after 5 s pmon says so and goes on)."""
+        if self.containment.empty(name):
+            then()
+        elif until is not None and self.now() > until:
+            self.events.write("kill", f"{name}: processes left in its cgroup after 5 s", manager=name)
+            then()
+        else:
+            self.loop.call_later(0.005, self._once_empty, name, then, until or self.now() + 5)
+
+    def _exited(self, name: str, pid: int, proc: ManagedProcess, code: int | None) -> None:
+        self._sweep()
         before = self.project.get(name)
         was = before.state if before is not None else None
         manager = self.project.exited(name, code, self.now())
@@ -475,7 +547,10 @@ class Supervisor:
             if was is not S.STOPPING and name in self.managers:
                 self._advise_restart(manager, code)
             # the death first, then what pmon does
-            self._log_decision(manager, code, pid, adopted=proc.popen is None)
+            self._log_decision(
+                manager, code, pid, adopted=proc.popen is None,
+                oom=self.containment.oom_killed(name),
+            )
         self._perform(None)
 
     def _advise_restart(self, manager: Manager, code: int | None) -> None:
@@ -496,18 +571,21 @@ class Supervisor:
                 return
 
     def _log_decision(
-        self, manager: Manager, code: int | None, pid: int | None = None, adopted: bool = False
+        self, manager: Manager, code: int | None, pid: int | None = None, adopted: bool = False,
+        oom: bool = False,
     ) -> None:
         name = manager.spec.name
         # An adopted manager is not pmon's child: its exit status went to its new parent.
         how = "an exit status pmon cannot know (adopted)" if adopted else describe_exit(code)
+        if oom:  # memory.events of its cgroup counted an OOM kill (memory_max)
+            how += f", killed by the OOM killer (memory_max = {manager.spec.memory_max})"
         # A spawn that failed had no process: no pid to name (its error was logged just before).
         who = f"{name} (pid {pid}) ended with {how}" if pid is not None else f"{name} {how}"
         self.events.write(
             "exited",
             f"{who}: {manager.last_decision}",
             manager=name, pid=pid, exit_code=code, action=manager.last_decision,
-            state=manager.state.value,
+            state=manager.state.value, **({"oom_kill": True} if oom else {}),
         )
 
     def _on_notify(self, pid: int, fields: dict[str, str]) -> None:
@@ -535,10 +613,16 @@ class Supervisor:
             pass
         return None
 
+    def _sweep(self) -> None:
+        """Kill and reap what outlived its manager (the subreaper's orphans; fallback only)."""
+        self.containment.sweep(
+            {name: (pid, self._start_times.get(pid)) for pid, name in self.by_pid.items()}
+        )
+
     def watch_adopted(self, name: str, pid: int, create_time: float, ready: bool = True) -> None:
         """Supervise a manager's process that a previous pmon started (hot restart);
         `ready` False: it had not reported ready yet."""
-        self.procs[name] = ManagedProcess(None, pid)
+        self.procs[name] = ManagedProcess(None, pid, name, self.containment)
         self.by_pid[pid] = name
         self._start_times[pid] = create_time
         self._log_for(name)  # its output file is rotated like any other
@@ -610,7 +694,10 @@ class Supervisor:
             pid = manager.pid
             if pid is not None and pid not in self._start_times:
                 self._start_times[pid] = statefile.process_start_time(pid)
+            if pid is not None and pid not in self._identities:
+                self._identities[pid] = self.containment.identity(pid)  # for adoption
             managers[name] = {
+                **(self._identities.get(pid, {}) if pid else {}),
                 "pid": pid,
                 "create_time": self._start_times.get(pid) if pid else None,
                 "state": manager.state.value,
@@ -623,6 +710,7 @@ class Supervisor:
             }
         live = {m.pid for m in self.managers.values() if m.pid}
         self._start_times = {p: t for p, t in self._start_times.items() if p in live}
+        self._identities = {p: i for p, i in self._identities.items() if p in live}
         job = self.project.job
         try:
             statefile.save(
@@ -742,6 +830,7 @@ class Supervisor:
             "project_reason": self.project.reason,
             "config": str(self.config.path),
             "pmon_pid": os.getpid(),
+            "containment": self.containment.describe(),
             "managers": [self.row(m) for m in self.managers.values()],
             "verdicts": [],
             "plugin_error_state": 0.0,
@@ -804,21 +893,3 @@ def _prepare_state_dir(state_dir: Path) -> int | None:
         os.chmod(state_dir, 0o700)
         return mode
     return None
-
-
-def _lock_project(state_dir: Path) -> Any:
-    """Hold a lock for as long as pmon runs: a second pmon on the same project is refused."""
-    handle = open(state_dir / "pmon.lock", "a+")
-    if not platform.lock_exclusively(handle):
-        handle.seek(0)
-        other = handle.read().strip() or "?"
-        raise PmonError(
-            f"another pmon (pid {other}) already runs the project in {state_dir}; "
-            "talk to it with `pmon status`, or stop it first"
-        )
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-

@@ -19,6 +19,10 @@ Choices, and why:
   configuration error (exit 2) is not restarted every second for ever either.
 - SyslogIdentifier=pmon-PROJECT: `journalctl -t pmon-PROJECT -p warning` finds pmon's
   warnings and errors (pmon writes sd-daemon priority prefixes, runtime/journal.py).
+- Delegate=yes: the unit's cgroup subtree is pmon's, so that each manager runs in a cgroup
+  of its own that holds every descendant (runtime/cgroups.py); pmon sits in the leaf
+  pmon-supervisor. (memory_max & co. would also need DelegateSubgroup=, systemd 254+, so
+  that a restarted pmon may start in a unit whose subtree has controllers: not written.)
 - TimeoutStopSec covers the longest ordered stop (the sum of the managers' seconds_to_kill).
 - WatchdogSec (optional): pmon's loop sends WATCHDOG=1 at half of it.
 
@@ -163,6 +167,7 @@ def unit_text(config: "Config", options: UnitOptions = UnitOptions()) -> str:
         lines.append(f"User={check_user_name(options.run_as)}")
     lines += [
         f"KillMode={options.kill_mode}",
+        "Delegate=yes",
         "KillSignal=SIGTERM",
         f"RestartKillSignal={HOT_RESTART_SIGNAL}",
         f"TimeoutStartSec={start_timeout(config):g}",
