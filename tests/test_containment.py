@@ -94,7 +94,7 @@ def test_status_says_which_containment_is_in_force(tmp_path, pmon, mode):
 
     shown = json.loads(pmon_cli(instance.config_path, "status", "--json").stdout)
     assert shown["containment"]["kind"] == mode
-    header = pmon_cli(instance.config_path, "status").stdout.splitlines()[0]
+    header = pmon_cli(instance.config_path, "status").stdout.splitlines()[1]  # under the project line
     assert "containment: " + ("cgroup v2" if mode == "cgroup" else "process group") in header
 
 

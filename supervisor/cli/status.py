@@ -135,8 +135,6 @@ def header(status: dict[str, Any]) -> str:
     if role and role != "standalone":
         partner = status.get("partner_role") or "not connected"
         line += f"; server {status.get('server')}: {role}, partner {status.get('partner')}: {partner}"
-    if status.get("containment"):  # which containment is in force (runtime/containment.py)
-        line += f"; containment: {status['containment']['detail']}"
     return line
 
 
@@ -144,6 +142,8 @@ def print_status(status: dict[str, Any], rows: Sequence[dict[str, Any]], colour:
     paint = (lambda text, **kw: click.style(text, **kw)) if colour else (lambda text, **kw: text)
     state_colour = _COLOURS.get(status["project_state"], "red" if status["project_state"] == "blocked" else None)
     click.echo(paint(header(status), bold=True, fg=state_colour), color=colour)
+    if status.get("containment"):  # which containment is in force (runtime/containment.py)
+        click.echo(f"containment: {status['containment']['detail']}")
     table = [("#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "UPTIME", "CPU", "RSS", "LAST EXIT")]
     for m in rows:
         table.append((
