@@ -13,8 +13,9 @@ def pmon(tmp_path: Path) -> Iterator[Callable[[Path], Pmon]]:
     """Start real pmon instances; each is stopped, and every process it started killed."""
     started: list[Pmon] = []
 
-    def start(config: Path, wait: bool = True, env: dict[str, str] | None = None) -> Pmon:
-        instance = Pmon(config, env)
+    def start(config: Path, wait: bool = True, env: dict[str, str] | None = None,
+              prefix: list[str] | None = None) -> Pmon:
+        instance = Pmon(config, env, prefix)
         started.append(instance)
         instance.wait_ready(project_state="running" if wait else None)
         return instance

@@ -66,11 +66,12 @@ def pmon_cli(config: Path, *args: str, timeout: float = 60) -> subprocess.Comple
 class Pmon:
     """A real `pmon run` in the background, for one test."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.config_path = config
         self.config = config_module.load(config)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(config)],
+        self.proc = subprocess.Popen(  # prefix: e.g. `ip netns exec NS` (which execs: same pid)
+            [*(prefix or []), sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=None if env is None else {**os.environ, **env},
         )

@@ -1,0 +1,124 @@
+"""The pair on a real network: two network namespaces joined by two veth links
+(tests/netpair.py), one pmon per namespace with the default [redundancy] timing, faults made
+with tc filters (loss, cuts per direction) and `ip link`. Needs root; skips otherwise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from netpair import NetPair
+from support import Pmon, child, poll_for, write_pair
+
+WAIT = 15
+DEFAULTS = {"heartbeat_interval": 0.2, "timeout": 0.6, "first_active_change_interval": 5}
+
+_why = NetPair.unavailable()
+pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
+
+
+@pytest.fixture
+def net() -> Iterator[NetPair]:
+    pair = NetPair()
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+def drivers(tmp_path: Path):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        return [
+            {"name": "w", "command": child("--on-usr1", str(tmp_path / f"usr1-{server}")),
+             "notify_switchover": True},
+            {"name": "drv", "command": child("--record", str(tmp_path / f"drv-{server}")),
+             "run_on": "active", "notify_switchover": True},
+        ]
+    return for_server
+
+
+def start(pmon: Any, tmp_path: Path, net: NetPair, managers: Any = None,
+          **redundancy: Any) -> tuple[Pmon, Pmon]:
+    config_a, config_b = write_pair(tmp_path, net, managers or drivers(tmp_path),
+                                    **{**DEFAULTS, **redundancy})
+    a = pmon(config_a, wait=False, prefix=net.prefix("a"))
+    b = pmon(config_b, wait=False, prefix=net.prefix("b"))
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    return a, b
+
+
+def redu(server: Pmon) -> dict[str, Any]:
+    return server.call("redu-status")
+
+
+def settled(a: Pmon, b: Pmon, active: str) -> None:
+    def ok() -> bool:
+        sa, sb = redu(a), redu(b)
+        roles = {"a": sa["role"], "b": sb["role"]}
+        want = {active: "active", ("b" if active == "a" else "a"): "passive"}
+        return roles == want and sa["partner_available"] and sb["partner_available"]
+    poll_for(ok, WAIT, f"{active} active, the other passive, both available")
+    (a if active == "a" else b).wait_state("drv", "running", WAIT)
+
+
+def switchovers(*servers: Pmon) -> list[tuple[str, str, str]]:
+    return [(s.config.project.name, e["active"], e["reason"])
+            for s in servers for e in s.events() if e["event"] == "switchover"]
+
+
+def hold(seconds: float, *servers: Pmon) -> None:
+    """Watch the pair for `seconds` (a deadline, polling): fail at once on a switchover."""
+    before = switchovers(*servers)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        now = switchovers(*servers)
+        assert now == before, f"switchovers during the fault: {now[len(before):]}"
+        time.sleep(0.1)
+
+
+def test_the_network_harness_drops_the_share_it_is_told_one_way_only(net):
+    """The harness itself: 40 % loss a -> b on link 1 drops about that share, b -> a none."""
+    receive = ("import socket, sys\n"
+               "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[1], 9000))\n"
+               "print('ready', flush=True); s.settimeout(1.0); n = 0\n"
+               "try:\n    while True: s.recv(100); n += 1\n"
+               "except socket.timeout: print(n)\n")
+    send = ("import socket, sys, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for i in range(500):\n    s.sendto(b'x', (sys.argv[1], 9000)); time.sleep(0.0005)\n")
+    net.loss(1, 40, sender="a")
+
+    def count(sender: str, receiver: str) -> int:
+        link = net.links[0]
+        rx = subprocess.Popen([*net.prefix(receiver), sys.executable, "-c", receive,
+                               link.address(receiver)], stdout=subprocess.PIPE, text=True)
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        subprocess.run([*net.prefix(sender), sys.executable, "-c", send, link.address(receiver)],
+                       check=True, timeout=30)
+        out, _ = rx.communicate(timeout=30)
+        return int(out)
+
+    assert 200 <= count("a", "b") <= 400  # about 300 of 500 pass
+    assert count("b", "a") >= 495
+    net.cut(1, sender="b")
+    assert count("b", "a") == 0
+
+
+def test_on_a_real_network_the_preferred_server_is_active_and_one_link_down_changes_nothing(
+        tmp_path, pmon, net):
+    a, b = start(pmon, tmp_path, net)
+    settled(a, b, "a")
+    assert b.manager("drv")["state"] == "stopped"
+    net.down(1)
+    poll_for(lambda: not redu(a)["links"][0]["up"] and not redu(b)["links"][0]["up"], WAIT,
+             "link 1 down on both sides")
+    hold(3, a, b)
+    net.up(1)
+    poll_for(lambda: all(l["up"] for s in (a, b) for l in redu(s)["links"]), WAIT, "links up")
+    assert switchovers(a, b) == []
