@@ -4,12 +4,15 @@ with tc filters (loss, cuts per direction) and `ip link`. Needs root; skips othe
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 import pytest
 
 from netpair import NetPair
@@ -122,3 +125,94 @@ def test_on_a_real_network_the_preferred_server_is_active_and_one_link_down_chan
     net.up(1)
     poll_for(lambda: all(l["up"] for s in (a, b) for l in redu(s)["links"]), WAIT, "links up")
     assert switchovers(a, b) == []
+
+
+def test_loss_up_to_30_percent_on_both_links_or_one_way_costs_no_switchover(tmp_path, pmon, net):
+    a, b = start(pmon, tmp_path, net)
+    settled(a, b, "a")
+    for percent in (10, 20, 30):  # both links, both ways
+        net.loss(None, percent)
+        hold(4, a, b)
+    net.loss(None, 0)
+    net.loss(None, 30, sender="b")  # one way, toward the active
+    hold(4, a, b)
+    net.loss(None, 0)
+    net.loss(None, 30, sender="a")  # one way, from the active
+    hold(4, a, b)
+    assert redu(a)["role"] == "active" and redu(b)["role"] == "passive"
+    assert not (tmp_path / "drv-b").exists()  # b's driver never started
+
+
+def test_a_flapping_link_costs_no_switchover_and_both_links_flapping_at_most_one(
+        tmp_path, pmon, net):
+    a, b = start(pmon, tmp_path, net)
+    settled(a, b, "a")
+    for period in (0.4, 0.6, 0.8):  # link 1 up and down around the timeout
+        for _ in range(2):
+            net.cut(1)
+            time.sleep(period)  # the fault's own schedule, not a wait for the system
+            net.restore(1)
+            time.sleep(period)
+    hold(1, a, b)
+    assert switchovers(a, b) == []
+
+
+def alive(pid: int | None) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def driver_pids(path: Path) -> list[int]:
+    return [int(line.split()[1]) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def watch_drivers(seconds: float, tmp_path: Path) -> float:
+    """Sample both servers' drivers every 20 ms for `seconds`; the longest time both ran."""
+    longest, since = 0.0, None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        both = all(any(alive(p) for p in driver_pids(tmp_path / f"drv-{s}")) for s in "ab")
+        now = time.monotonic()
+        if both and since is None:
+            since = now
+        if not both and since is not None:
+            longest, since = max(longest, now - since), None
+        time.sleep(0.02)
+    return max(longest, 0.0 if since is None else time.monotonic() - since)
+
+
+@pytest.mark.parametrize("stall", [1.0, 3.0])
+def test_a_stalled_pmon_never_leaves_two_drivers_running(tmp_path, pmon, net, stall):
+    a, b = start(pmon, tmp_path, net)
+    settled(a, b, "a")
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        both = watch_drivers(stall, tmp_path)
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    both = max(both, watch_drivers(2, tmp_path))
+    assert both == 0.0, f"two drivers ran for {both:.2f} s"
+    if stall < 2:  # shorter than pmon_timeout: the pair noticed nothing
+        assert switchovers(a, b) == []
+    else:  # a fenced its driver and handed over; b took the role once
+        poll_for(lambda: redu(b)["role"] == "active", WAIT, "b active")
+        assert switchovers(b) == [(b.config.project.name, "b", "error state")]
+        assert [e["reason"] for e in a.events() if e["event"] == "switchover"] == ["fenced"]
+
+
+def test_a_one_way_partition_is_resolved_the_side_that_hears_yields(tmp_path, pmon, net):
+    a, b = start(pmon, tmp_path, net)
+    settled(a, b, "a")
+    net.cut(None, sender="a")  # a -> b lost on both links: b hears nothing, a hears b
+    poll_for(lambda: redu(b)["role"] == "active" and redu(a)["role"] == "passive", WAIT,
+             "a to yield to b, which claims the role by failure")
+    b.wait_state("drv", "running", WAIT)
+    restarts = [e for e in a.events() if e["event"] == "project-restart"]
+    assert restarts and "split-brain" in restarts[-1]["reason"]
+    net.restore()
+    poll_for(lambda: redu(a)["partner_connected"] and redu(b)["partner_connected"], WAIT,
+             "contact both ways")
+    hold(2, a, b)
+    assert redu(b)["role"] == "active" and redu(a)["role"] == "passive"
