@@ -225,7 +225,7 @@ def run_schedule(name: str, run: Callable[..., None], root: Path) -> dict[str, A
         net.close()
 
 
-def idle_cpu(root: Path, seconds: float) -> list[float]:
+def idle_cpu(root: Path, seconds: float) -> list[tuple[float, float]]:
     net = NetPair()
     try:
         a, b = Server(root / "idle", "a", net), None
@@ -236,12 +236,13 @@ def idle_cpu(root: Path, seconds: float) -> list[float]:
         for server in (a, b):
             pids = [server.proc.pid, server.redundancy_pid()]
             procs.append([psutil.Process(p) for p in pids if p])
-        def cpu(group: list[psutil.Process]) -> float:
-            return sum(sum(p.cpu_times()[:2]) for p in group)
+        def cpu(group: list[psutil.Process]) -> list[float]:
+            return [sum(p.cpu_times()[:2]) for p in group]
         t0, before = time.monotonic(), [cpu(g) for g in procs]
         time.sleep(seconds)
         elapsed = time.monotonic() - t0
-        return [round(100 * (cpu(g) - b0) / elapsed, 3) for g, b0 in zip(procs, before)]
+        return [tuple(round(100 * (n - b0) / elapsed, 3) for n, b0 in zip(cpu(g), b))  # type: ignore[misc]
+                for g, b in zip(procs, before)]
     finally:
         net.close()
 
@@ -267,8 +268,8 @@ def main() -> int:
               f"{r['two drivers (s)']} | {r['events']} |", flush=True)
     if args.idle:
         a, b = idle_cpu(root, args.idle)
-        print(f"\nidle CPU over {args.idle:g} s (pmon + redundancy manager, % of one CPU): "
-              f"a {a} %, b {b} %")
+        print(f"\nidle CPU over {args.idle:g} s, % of one CPU (pmon + redundancy manager): "
+              f"a {sum(a):.2f} % ({a[0]} + {a[1]}), b {sum(b):.2f} % ({b[0]} + {b[1]})")
     return 0
 
 

@@ -54,6 +54,7 @@ class RedundancyService(Extension):
         self.epoch = 0
         self.last_switchover: dict[str, Any] | None = None
         self.queries = 0  # the redundancy manager's count of split brains won (general query)
+        self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
         self._poked: tuple[Any, ...] = ()
 
     # --- lifecycle ----------------------------------------------------------------
@@ -178,6 +179,9 @@ class RedundancyService(Extension):
         role = report.get("role")
         if role in ("active", "passive") and role != self.role:
             self._role_changed(role, report)
+        damp = report.get("damp")
+        if isinstance(damp, (int, float)) and not isinstance(damp, bool):
+            self.damp_until = max(self.damp_until, time.monotonic() + min(float(damp), 3600.0))
         queries = report.get("queries")
         if isinstance(queries, int) and queries != self.queries:
             if queries > self.queries and role == self.role == "active":
@@ -188,7 +192,8 @@ class RedundancyService(Extension):
         requests, self.requests = self.requests, []
         self._poked = (self.error_breakdown(), self.available(), tuple(self._fence_pids()))
         return {"breakdown": self._poked[0], "available": self._poked[1],
-                "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2])}
+                "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2]),
+                "damp": round(max(0.0, self.damp_until - time.monotonic()), 3)}
 
     def _signature(self) -> tuple[Any, ...]:
         """What commands wait on; a change wakes them (and rewrites the state file)."""

@@ -49,6 +49,7 @@ from pmon.redundancy.messages import Heartbeat, Inbox, encode
 from pmon.redundancy.settings import SYNC_IDLE
 
 PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
+DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
 
 
 def _choice(choice: Choice | None) -> dict[str, Any] | None:
@@ -110,6 +111,8 @@ class RedundancyManager:
         self.ready_sent = False
         self.queries = 0  # general queries owed to this server's managers (split brain won)
         self.dual = False
+        self.damped_until = 0.0  # failure damped until then (monotonic)
+        self.connected = False
         self.last_reply_at = 0.0
         self.last_sent = 0.0
         self.signature: tuple[Any, ...] = ()
@@ -136,10 +139,21 @@ class RedundancyManager:
             out["pmon"] = self.spec.pmon_weight
         return out
 
+    def silence(self, now: float) -> float:
+        heard = [link.last_rx for link in self.links.links if link.last_rx is not None]
+        return now - max(heard) if heard else float("inf")
+
     def partner_view(self, now: float) -> Heartbeat | None:
-        if self.heard is None or len(self.links_down(now)) == len(self.links.links):
+        """The partner's last heartbeat, or None when it is gone: silent on every link for
+        `timeout`, or DAMPED_TIMEOUTS timeouts while failure is damped (a split brain or a
+        near one in the last hold_down: the network flaps, not the partner)."""
+        limit = self.spec.timeout * (DAMPED_TIMEOUTS if now < self.damped_until else 1)
+        if self.heard is None or self.silence(now) >= limit:
             return None
         return self.heard
+
+    def damp(self, now: float) -> None:
+        self.damped_until = max(self.damped_until, now + self.spec.hold_down)
 
     def views(self, now: float) -> tuple[Local, Partner | None]:
         """Both sides as the arbitration judges them: links by the same evidence."""
@@ -200,15 +214,19 @@ class RedundancyManager:
                     wake.append(self.pmon_ok_at + self.spec.pmon_timeout)
                 if self.fence.active:
                     wake.append(now + 0.05)
-                events = selector.select(max(0.0, min(wake) - now))
+                timeout = max(0.0, min(wake) - now)
+                events = selector.select(timeout)
                 now = self.clock()
                 with self.lock:
+                    news = not events  # a deadline passed
                     for key, _ in events:
                         if key.data is None:
                             self._drain_replies()
+                            news = True
                         else:
-                            self.on_readable(key.data, now)
-                    self.evaluate(now)
+                            news = self.on_readable(key.data, now) or news
+                    if news:  # a copy of a heartbeat already seen (the other link) changes nothing
+                        self.evaluate(now)
         finally:
             selector.close()
             self.links.close()
@@ -233,20 +251,29 @@ class RedundancyManager:
             except queue.Empty:
                 return
 
-    def on_readable(self, link: Any, now: float) -> None:
+    def on_readable(self, link: Any, now: float) -> bool:
+        """Take the link's datagrams; True when one was a newer heartbeat."""
+        news = False
         for data in link.receive():
             accepted = self.inbox.accept(data)
             if accepted is None:
                 continue
             hb, newer = accepted
+            if self.silence(now) >= self.spec.timeout and self.heard is not None and \
+                    now < self.damped_until:
+                self.damp(now)  # a near failure while damped: the flapping goes on
+            if hb.damp > 0:
+                self.damped_until = max(self.damped_until, now + hb.damp)
             link.last_rx = now
             link.received += 1
             if newer:
+                news = True
                 self.heard = hb
                 if hb.probe and now - self.last_sent > self.spec.heartbeat_interval / 8:
                     self.send(now)  # the partner missed heartbeats: answer at once
             if hb.seen > self.arbiter.epoch:  # this side lost its epoch: catch up
                 self.arbiter.epoch = hb.seen
+        return news
 
     def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
         ok = self.pmon_ok(now)
@@ -262,8 +289,13 @@ class RedundancyManager:
         decision = self.decision
         partner_role = self.heard.role if self.partner_view(now) and self.heard else None
         if self.dual and before is Role.ACTIVE and decision.role is Role.ACTIVE and \
-                partner_role is not Role.ACTIVE:
+                partner_role is Role.PASSIVE:
             self.queries += 1  # a dual active resolved in this server's favour
+            self.damp(now)
+        connected = partner_role is not None or self.partner_view(now) is not None
+        if decision.restart_project or (connected and not self.connected and before is not None):
+            self.damp(now)  # contact back, or a split brain lost: the network may flap
+        self.connected = connected
         self.dual = decision.role is Role.ACTIVE and partner_role is Role.ACTIVE
         if decision.changed:
             self.changed_at = time.time()
@@ -298,6 +330,7 @@ class RedundancyManager:
             seen=max(0, self.inbox.last_epoch), forced=self.arbiter.forced,
             preferred=self.arbiter.preferred, breakdown=breakdown,
             hears=self.partner_view(now) is not None, fencing=self.fence.active, probe=probe,
+            damp=round(max(0.0, self.damped_until - now), 3),
         ))
         for link in self.links.links:
             link.send(data)
@@ -323,6 +356,7 @@ class RedundancyManager:
             "preferred": _choice(self.arbiter.preferred),
             "queries": self.queries,
             "fencing": self.fence.active,
+            "damp": round(max(0.0, self.damped_until - now), 3),
             "partner": None if partner is None else {
                 "name": partner.sender, "role": partner.role.value if partner.role else None,
                 "error": partner.error, "breakdown": partner.breakdown,
@@ -344,6 +378,12 @@ class RedundancyManager:
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
         now = self.clock()
+        damp = reply.get("damp", 0)
+        if isinstance(damp, (int, float)) and damp > 0:  # kept by pmon across a project restart
+            self.damped_until = max(self.damped_until, now + damp)
+            if self.decision.role is None:  # a restart in a flapping network: listen longer
+                self.arbiter.startup_wait = max(self.arbiter.startup_wait,
+                                                DAMPED_TIMEOUTS * self.spec.timeout)
         for request in reply.get("requests", []):
             local, partner = self.views(now)
             if request.get("op") == "force":

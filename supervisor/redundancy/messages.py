@@ -57,6 +57,7 @@ class Heartbeat:
     hears: bool = True
     fencing: bool = False
     probe: bool = False
+    damp: float = 0.0  # seconds failure stays damped on the sender (after a split brain)
 
     def partner(self) -> Partner:
         return Partner(
@@ -85,6 +86,7 @@ def encode(hb: Heartbeat) -> bytes:
         "available": hb.available, "target": hb.target, "seen": hb.seen,
         "forced": _choice_out(hb.forced), "preferred": _choice_out(hb.preferred),
         "breakdown": hb.breakdown, "hears": hb.hears, "fencing": hb.fencing, "probe": hb.probe,
+        "damp": hb.damp,
     }, separators=(",", ":")).encode()
 
 
@@ -152,7 +154,14 @@ def decode(data: bytes) -> Heartbeat:
         forced=_choice_in(message.get("forced")), preferred=_choice_in(message.get("preferred")),
         breakdown=dict(breakdown), hears=_flag(message, "hears", True),
         fencing=_flag(message, "fencing", False), probe=_flag(message, "probe", False),
+        damp=_damp(message.get("damp", 0.0)),
     )
+
+
+def _damp(value: Any) -> float:
+    if not _number(value) or value > 3600:
+        raise BadMessage("field 'damp' must be seconds, 0 to 3600")
+    return float(value)
 
 
 def _flag(message: dict[str, Any], key: str, default: bool) -> bool:
