@@ -228,3 +228,21 @@ def test_a_one_way_partition_is_resolved_the_side_that_hears_yields(tmp_path, pm
              "contact both ways")
     hold(2, a, b)
     assert redu(b)["role"] == "active" and redu(a)["role"] == "passive"
+
+
+@pytest.mark.parametrize("seed", [15])
+def test_chaos_random_loss_up_to_30_percent_per_link_and_direction_never_switches(
+        tmp_path, pmon, net, seed):
+    """A seeded chaos run: every second each link and direction gets a new loss rate in
+    0-30 %, for 10 s. The rule: loss up to 30 % costs no switchover."""
+    import random
+
+    rng = random.Random(seed)
+    a, b = start(pmon, tmp_path, net)
+    settled(a, b, "a")
+    for _ in range(10):
+        for link in (1, 2):
+            for sender in ("a", "b"):
+                net.loss(link, rng.uniform(0, 30), sender)
+        hold(1, a, b)
+    assert not (tmp_path / "drv-b").exists()

@@ -9,7 +9,11 @@ It knows what only pmon knows, and acts where only pmon can:
   after a lost split brain, writes the switchover event, sends SIGUSR1 to the managers with
   `notify_switchover = true`, and hands the event to plugins;
 - the operators' set-active / prefer requests, passed to the redundancy manager at its next
-  sync (every heartbeat interval).
+  sync, which a poke (SIGUSR2) makes immediate; the redundancy manager syncs by itself on a
+  change of its view and every second otherwise;
+- the pids of the run_on = "active" managers, which the redundancy manager fences itself
+  when pmon stops answering (docs/redundancy.md "Fencing"); pmon refuses to start one while
+  its last sync is older than pmon_timeout.
 
 The role is handed to the project machine as the condition "active": it (not this
 module) stops the `run_on = "active"` managers when the condition turns off and starts the

@@ -118,6 +118,7 @@ class RedundancyManager:
         self.signature: tuple[Any, ...] = ()
         self.lock = threading.Lock()  # the sync thread reads the report under it
         self.replies: "queue.SimpleQueue[tuple[float, dict[str, Any] | None]]" = queue.SimpleQueue()
+        self.poked = False
         self.wake_r, self.wake_w = socket.socketpair()
         for sock in (self.wake_r, self.wake_w):
             sock.setblocking(False)
@@ -231,6 +232,15 @@ class RedundancyManager:
             selector.close()
             self.links.close()
 
+    def poke(self) -> None:
+        """From the SIGUSR2 handler: take no lock here (the interrupted main thread may hold
+        the one it would wait for); the loop wakes on the socket and wakes the sync."""
+        self.poked = True
+        try:
+            self.wake_w.send(b"p")
+        except OSError:
+            pass
+
     def _deliver(self, at: float, reply: dict[str, Any] | None) -> None:
         """From the sync thread: queue pmon's reply and wake the heartbeat loop."""
         self.replies.put((at, reply))
@@ -245,6 +255,9 @@ class RedundancyManager:
                 pass
         except OSError:
             pass
+        if self.poked:
+            self.poked = False
+            self.sync.wake.set()
         while True:
             try:
                 self._on_reply(*self.replies.get_nowait())
@@ -420,5 +433,5 @@ def main(config: Config) -> int:
         print(f"redundancy: {exc}", file=sys.stderr)
         return 1
     if hasattr(signal, "SIGUSR2"):  # pmon's poke: sync now (a request, a new error state)
-        signal.signal(signal.SIGUSR2, lambda _s, _f: manager.sync.wake.set())
+        signal.signal(signal.SIGUSR2, lambda _s, _f: manager.poke())
     return manager.run()
