@@ -277,10 +277,16 @@ class RedundancyManager:
                 self.damp(now)  # a near failure while damped: the flapping goes on
             if hb.damp > 0:
                 self.damped_until = max(self.damped_until, now + hb.damp)
+            if self.partner_view(now) is None or not link.up(now, self.spec.timeout):
+                news = True  # contact or a link comes back
             link.last_rx = now
             link.received += 1
             if newer:
-                news = True
+                # Only a heartbeat that says something new (or ends a silence) needs a
+                # decision now; the same words again wait for the next beat's step.
+                if self.heard is None or replace(hb, seq=0, damp=0.0) != replace(
+                        self.heard, seq=0, damp=0.0):
+                    news = True
                 self.heard = hb
                 if hb.probe and now - self.last_sent > self.spec.heartbeat_interval / 8:
                     self.send(now)  # the partner missed heartbeats: answer at once
