@@ -15,9 +15,9 @@ def pmon(tmp_path: Path) -> Iterator[Callable[[Path], Pmon]]:
 
     def start(
         config: Path, wait: bool = True, env: dict[str, str] | None = None,
-        cwd: Path | None = None,
+        cwd: Path | None = None, prefix: list[str] | None = None,
     ) -> Pmon:
-        instance = Pmon(config, env, cwd)
+        instance = Pmon(config, env, cwd, prefix)
         started.append(instance)
         instance.wait_ready(project_state="running" if wait else None)
         return instance

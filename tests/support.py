@@ -67,13 +67,15 @@ class Pmon:
     """A real `pmon run` in the background, for one test."""
 
     def __init__(
-        self, config: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+        self, config: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
-        """`config` as `pmon run -c` gets it; relative to `cwd` (pmon's working directory)."""
+        """`config` as `pmon run -c` gets it; relative to `cwd` (pmon's working directory);
+        `prefix`: e.g. `ip netns exec NS` (which execs: the same pid)."""
         self.config_path = config
         self.config = config_module.load(config if cwd is None else cwd / config)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(config)],
+            [*(prefix or []), sys.executable, "-m", "pmon.cli", "run", "-q", "-c", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=None if env is None else {**os.environ, **env}, cwd=cwd,
         )

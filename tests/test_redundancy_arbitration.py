@@ -8,10 +8,11 @@ over error states, split brain resolves to the lower error state, no flapping.
 
 from __future__ import annotations
 
-from hypothesis import settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Reason, Role
+from pmon.redundancy.arbitration import (Arbiter, Choice, Decision, Local, Partner, Reason, Role,
+                                         judged_errors)
 
 SERVERS = ("a", "b")
 ROUND = 0.1  # one heartbeat interval
@@ -25,9 +26,10 @@ def other(name: str) -> str:
 class Pair:
     """Two arbiters; each round both step on the heartbeat the other sent last round."""
 
-    def __init__(self, preferred: str = "a", change_interval: float = 0.0) -> None:
+    def __init__(self, preferred: str = "a", change_interval: float = 0.0, **damping: float) -> None:
         self.preferred = preferred
         self.change_interval = change_interval
+        self.damping = damping  # error_state_delay, hold_down, fence_bound
         self.now = 0.0
         self.arb = {n: self._fresh(n) for n in SERVERS}
         self.error = {"a": 0, "b": 0}
@@ -40,7 +42,8 @@ class Pair:
 
     def _fresh(self, name: str, epoch: int = 0) -> Arbiter:
         return Arbiter(name, other(name), Choice(self.preferred, 0), self.change_interval,
-                       startup_wait=1.0, reconnect_settle=2.5 * ROUND, epoch=epoch)
+                       startup_wait=1.0, reconnect_settle=2.5 * ROUND, epoch=epoch,
+                       **self.damping)
 
     def set_link(self, up: bool) -> None:
         if up and not self.link:
@@ -84,7 +87,7 @@ class Pair:
         """
         forced = self.arb["a"].forced
         errors = tuple(sorted(self.error.items()))
-        if forced is not None and forced.errors == errors:
+        if forced is not None and not forced.ended and forced.errors == errors:
             return forced.server
         available = [n for n in SERVERS if self.available[n]]
         if not available:
@@ -171,6 +174,152 @@ def test_forced_choice_wins_until_an_error_state_changes():
     pair.error["b"] = 2
     pair.settle()
     assert pair.active() == {"a"}
+
+
+def test_an_error_state_difference_shorter_than_the_delay_switches_nothing():
+    pair = Pair(error_state_delay=1.0, hold_down=3.0)
+    pair.settle()
+    start = len(pair.changes)
+    for _ in range(5):  # a blip of 0.8 s, five times
+        pair.error["a"] = 1
+        pair.settle(8)
+        pair.error["a"] = 0
+        pair.settle(8)
+    assert pair.active() == {"a"} and len(pair.changes) == start
+
+
+@given(st.lists(st.tuples(st.sampled_from(SERVERS), st.integers(1, 9), st.integers(1, 12)),
+                max_size=12))
+def test_random_error_blips_shorter_than_the_delay_never_switch(blips):
+    """Faults on either side, each shorter than error_state_delay (1 s), at random gaps."""
+    pair = Pair(error_state_delay=1.0, hold_down=3.0)
+    pair.settle()
+    start = len(pair.changes)
+    for side, length, gap in blips:
+        pair.error[side] = 1
+        pair.settle(length)  # at most 0.9 s
+        pair.error[side] = 0
+        pair.settle(gap)
+    pair.settle()
+    assert pair.active() == {"a"} and len(pair.changes) == start
+
+
+def test_a_lasting_difference_switches_once_and_the_way_back_waits_the_hold_down():
+    pair = Pair(error_state_delay=1.0, hold_down=3.0)
+    pair.settle()
+    pair.error["a"] = 1
+    pair.settle(9)  # 0.9 s: not yet
+    assert pair.active() == {"a"}
+    pair.settle(4)
+    assert pair.active() == {"b"}
+    switched = pair.now
+    pair.error["a"] = 0  # repaired at once: a is preferred, but the way back is held down
+    while pair.active() == {"b"}:
+        pair.round()
+        assert pair.now - switched < 5
+    assert pair.now - switched >= 3.0
+    assert pair.changes[-1][1].reason is Reason.PREFERENCE
+    pair.settle()
+    assert pair.active() == {"a"}
+
+
+def test_links_one_side_counts_down_never_make_the_error_states_differ():
+    assert judged_errors({"link 1": 1, "manager w": 2}, {}) == (2, 0)
+    assert judged_errors({"link 2": 1}, {"link 1": 1}) == (0, 0)
+    assert judged_errors({}, {"link 1": 1, "plugins": 0.5}) == (0, 0.5)
+
+
+@given(st.lists(st.tuples(st.sampled_from(SERVERS), st.integers(1, 2)), max_size=30))
+def test_links_lost_on_one_side_at_a_time_never_switch(losses):
+    """Random link loss seen by one side only (as a lossy network shows it): no switchover."""
+    arb = {n: Arbiter(n, other(n), Choice("a", 0), 0.0, startup_wait=0.0,
+                      error_state_delay=1.0) for n in SERVERS}
+    beats: dict[str, Partner | None] = {"a": None, "b": None}
+    down: dict[str, dict[str, float]] = {"a": {}, "b": {}}
+    now, changes = 0.0, 0
+    for round_ in range(len(losses) * 3 + 20):
+        now += ROUND
+        if round_ % 3 == 0 and losses:
+            side, link = losses.pop()
+            down = {"a": {}, "b": {}}
+            down[side] = {f"link {link}": 1}
+        for name in SERVERS:
+            theirs = beats[other(name)]
+            mine_e, their_e = judged_errors(down[name], down[other(name)])
+            view = None if theirs is None else Partner(**{**theirs.__dict__, "error": their_e})
+            d = arb[name].step(now, Local(mine_e, True), view)
+            if d.changed and round_ > 15:
+                changes += 1
+            beats[name] = Partner(name, d.role, 0, True, d.target, arb[name].epoch,
+                                  arb[name].forced, arb[name].preferred, boot=name)
+    assert changes == 0
+    assert {n for n in SERVERS if arb[n].role is Role.ACTIVE} == {"a"}
+
+
+def test_a_forced_choice_once_overruled_never_comes_back():
+    pair = Pair()
+    pair.error["b"] = 1
+    pair.settle()
+    pair.arb["a"].force("b", Local(0, True), pair.sent["b"], by="set-active on a", at=100.0)
+    pair.settle()
+    assert pair.active() == {"b"} and pair.arb["b"].forced.by == "set-active on a"
+    pair.error["b"] = 2  # overruled: a is active by error state
+    pair.settle()
+    assert pair.active() == {"a"}
+    pair.error["b"] = 1  # the states are what they were when it was given: it stays ended
+    pair.settle()
+    assert pair.active() == {"a"}
+    assert pair.arb["a"].forced.ended == pair.arb["b"].forced.ended == "overruled"
+
+
+def test_a_forced_choice_ends_when_the_forced_server_fails():
+    pair = Pair()
+    pair.settle()
+    pair.arb["b"].force("b", Local(0, True), pair.sent["a"])
+    pair.settle()
+    assert pair.active() == {"b"}
+    pair.arb["b"] = pair._fresh("b", pair.arb["b"].epoch)  # b crashes and comes back
+    pair.sent["b"] = None
+    for _ in range(8):  # a hears nothing for 0.8 s: b failed
+        pair.now += ROUND
+        pair.step("a")
+    assert pair.arb["a"].forced.ended == "failure"
+    pair.settle()
+    assert pair.active() == {"a"}  # the restarted b does not take the role back
+    assert pair.arb["b"].forced.ended == "failure"
+
+
+def test_one_way_partition_the_side_that_hears_a_claim_of_active_yields_and_restarts():
+    pair = Pair()
+    pair.settle()
+    assert pair.active() == {"a"}
+    b = pair.arb["b"]
+    for _ in range(12):  # a -> b lost: b hears nothing (and says so), a hears b
+        pair.now += ROUND
+        d = b.step(pair.now, Local(0, True), None)
+        pair.sent["b"] = Partner("b", d.role, 0, True, d.target, b.epoch, b.forced, b.preferred,
+                                 boot=str(id(b)), hears=False)
+        pair.step("a")
+    assert pair.active() == {"b"}
+    assert pair.restarts == ["a"]
+
+
+def test_a_server_that_cannot_act_hands_over_fenced_and_the_partner_waits_for_its_fence():
+    pair = Pair(fence_bound=1.0)
+    pair.settle()
+    arb_a = pair.arb["a"]
+    pair.now += ROUND
+    d = arb_a.step(pair.now, Local(1, False, can_act=False), pair.sent["b"])
+    assert d.role is Role.PASSIVE and d.reason is Reason.FENCED
+    # b heard "fencing" last, then nothing: it waits fence_bound before claiming failure
+    b = pair.arb["b"]
+    fencing = Partner("a", Role.ACTIVE, 1, False, "b", arb_a.epoch, fencing=True, boot=str(id(arb_a)))
+    b.step(pair.now, Local(0, True), fencing)
+    t0 = pair.now
+    while b.role is not Role.ACTIVE:
+        pair.now += ROUND
+        b.step(pair.now, Local(0, True), None)
+    assert pair.now - t0 >= 1.0
 
 
 class PairMachine(RuleBasedStateMachine):

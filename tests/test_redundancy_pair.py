@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import tomllib
 from pathlib import Path
 from typing import Any, Iterator
@@ -176,12 +177,30 @@ def test_a_stopped_weighted_manager_hands_the_active_role_over(tmp_path, pmon, r
     assert switchovers(a)[-1]["reason"] == "preference"
 
 
-def test_an_orphaned_redundancy_manager_gives_up_the_role(tmp_path, pmon, relay):
-    a, b = start_pair(pmon, tmp_path, relay)
+def stamps(path: Path) -> list[tuple[str, float]]:
+    if not path.exists():
+        return []
+    return [(kind, float(at)) for kind, at, _pid in (l.split() for l in path.read_text().splitlines())]
+
+
+def test_pmon_killed_alone_on_the_active_its_driver_is_fenced_before_the_partner_starts_one(
+        tmp_path, pmon, relay):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        return [{"name": "drv", "command": child("--stamp", str(tmp_path / f"stamp-{server}")),
+                 "run_on": "active"}]
+
+    a, b = start_pair(pmon, tmp_path, relay, for_server)
     wait_roles(a, b, "active", "passive")
-    a.proc.kill()  # pmon alone dies; its redundancy manager must not go on claiming "active"
+    a.wait_state("drv", "running")
+    a.proc.kill()  # pmon alone dies (and stays down); its driver and redundancy manager run on
     poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over from the orphan")
-    assert switchovers(b)[-1]["reason"] == "failure"
+    b.wait_state("drv", "running")
+    poll_for(lambda: stamps(tmp_path / "stamp-b"), WAIT, "b's driver to start")
+    stopped_a = [at for kind, at in stamps(tmp_path / "stamp-a") if kind == "stop"]
+    started_b = [at for kind, at in stamps(tmp_path / "stamp-b") if kind == "start"]
+    assert stopped_a and stopped_a[0] < started_b[0], (stopped_a, started_b)
+    reasons = [e["reason"] for e in switchovers(b)]
+    assert reasons == ["error state"]  # a fenced its driver, went passive: a's pmon weighs 1
 
 
 def test_a_standalone_project_has_no_pair_and_is_never_refused_a_stop(tmp_path, pmon):
@@ -291,3 +310,78 @@ def test_reload_on_the_passive_server_obeys_run_on(tmp_path, pmon, relay):
     wait_roles(a, b, "passive", "active")
     for name in ("w", "drv", "new"):
         b.wait_state(name, "running")
+
+
+def stays(predicate: Any, seconds: float) -> None:
+    """`predicate` holds at every poll for `seconds` (a deadline, not a sleep)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert predicate()
+        time.sleep(0.05)
+
+
+def test_a_forced_choice_ends_when_overruled_and_when_the_forced_server_fails(tmp_path, pmon, relay):
+    a, b = start_pair(pmon, tmp_path, relay, hold_down=0.5)
+    wait_roles(a, b, "active", "passive")
+    assert pmon_cli(a.config_path, "redu", "set-active", "b").returncode == 0
+    wait_roles(a, b, "passive", "active")
+    forced = redu(a)["forced"]
+    assert (forced["server"], forced["by"], forced["ended"]) == ("b", "set-active on a", None)
+    assert "forced: b, in force; given " in pmon_cli(a.config_path, "redu", "status").stdout
+
+    b.call("stop", target="w")  # b gets worse: the forced choice is overruled, a takes over
+    wait_roles(a, b, "active", "passive")
+    poll_for(lambda: (redu(a)["forced"] or {}).get("ended") == "overruled", WAIT, "ended")
+    b.call("start", target="w")  # the error states are equal again: the choice stays ended
+    poll_for(lambda: redu(b)["error_state"] == 0 and redu(a)["partner_error_state"] == 0, WAIT,
+             "b repaired")
+    stays(lambda: redu(a)["role"] == "active", 2)  # > error_state_delay + hold_down
+    assert [e["reason"] for e in switchovers(a)] == ["forced", "error state"]
+    assert "ended" in pmon_cli(b.config_path, "redu", "status").stdout
+
+    # forced again, then the forced server crashes and comes back: it stays passive
+    assert pmon_cli(a.config_path, "redu", "set-active", "b").returncode == 0
+    wait_roles(a, b, "passive", "active")
+    kill_tree(b.proc.pid)
+    poll_for(lambda: redu(a)["role"] == "active", WAIT, "a to take over")
+    assert redu(a)["forced"]["ended"] == "failure"
+    b2 = pmon(b.config_path, wait=False)
+    b2.wait_ready(WAIT)
+    wait_roles(a, b2, "active", "passive")
+    stays(lambda: redu(a)["role"] == "active" and redu(b2)["role"] == "passive", 2)
+    assert redu(b2)["forced"]["ended"] == "failure"
+
+
+def usr1_lines(path: Path) -> list[str]:
+    return [l.split()[0] for l in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_the_general_query_reaches_the_managers_that_keep_running_on_both_servers(
+        tmp_path, pmon, relay):
+    def for_server(server: str) -> list[dict[str, Any]]:
+        usr1 = str(tmp_path / f"usr1-{server}")
+        return [{"name": "w", "command": child("--on-usr1", usr1), "notify_switchover": True},
+                {"name": "drv", "command": child("--on-usr1", usr1), "run_on": "active",
+                 "notify_switchover": True}]
+
+    a, b = start_pair(pmon, tmp_path, relay, for_server, first_active_change_interval=60)
+    wait_roles(a, b, "active", "passive")
+    a.wait_state("drv", "running")
+    assert pmon_cli(a.config_path, "redu", "set-active", "b").returncode == 0
+    wait_roles(a, b, "passive", "active")
+    a.wait_state("drv", "stopped")
+    poll_for(lambda: usr1_lines(tmp_path / "usr1-a") == ["w"] and usr1_lines(tmp_path / "usr1-b") == ["w"],
+             WAIT, "SIGUSR1 to w on both servers")
+    # a's drv was being stopped, b's had just started: neither got a query
+    assert "drv" not in usr1_lines(tmp_path / "usr1-a") + usr1_lines(tmp_path / "usr1-b")
+
+    relay.cut()  # split brain; a gets worse while alone and loses it
+    poll_for(lambda: redu(a)["role"] == "active", WAIT, "split brain")
+    a.call("stop", target="w")
+    relay.restore()
+    wait_roles(a, b, "passive", "active")
+    poll_for(lambda: usr1_lines(tmp_path / "usr1-b").count("w") == 2
+             and usr1_lines(tmp_path / "usr1-b").count("drv") == 1, WAIT,
+             "the survivor's w and drv queried")
+    event = b.wait_event("general-query", reason="the partner lost a split brain")
+    assert set(event["managers"]) == {"w", "drv"}

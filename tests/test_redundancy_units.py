@@ -25,6 +25,21 @@ def beat(**changes) -> Heartbeat:
 
 def test_a_heartbeat_survives_the_round_trip():
     assert decode(encode(beat())) == beat()
+    full = beat(hears=False, fencing=True, probe=True, damp=2.5,
+                forced=Choice("b", 4, (("a", 0),), at=10.5, by="set-active on a",
+                              ended="overruled", ended_at=11.0))
+    assert decode(encode(full)) == full
+
+
+def test_a_version_1_heartbeat_without_the_new_fields_reads_with_their_defaults():
+    import json
+    old = json.loads(encode(beat()))
+    for key in ("hears", "fencing", "probe", "damp"):
+        del old[key]
+    hb = decode(json.dumps(old).encode())
+    assert (hb.hears, hb.fencing, hb.probe, hb.damp) == (True, False, False, 0.0)
+    with pytest.raises(Exception, match="damp"):
+        decode(json.dumps({**old, "damp": 1e9}).encode())
 
 
 @given(st.binary(max_size=300))

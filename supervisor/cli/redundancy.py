@@ -38,8 +38,15 @@ def print_status(s: dict[str, Any]) -> None:
         heard = "never" if link["last_heard"] is None else f"{link['last_heard']:.2f} s ago"
         click.echo(f"link {i} {link['link']}: {'up' if link['up'] else 'DOWN'} (heard {heard}, "
                    f"send errors {link['send_errors']})")
-    click.echo(f"preferred: {s['preferred']}" + (
-        f"; forced: {s['forced']['server']}" if s.get("forced") else ""))
+    click.echo(f"preferred: {s['preferred']}")
+    forced = s.get("forced")
+    if forced:
+        given = f"given {_when(forced.get('at'))} by {forced.get('by') or '-'}"
+        state = (f"ended {_when(forced.get('ended_at'))} ({forced['ended']})"
+                 if forced.get("ended") else "in force")
+        click.echo(f"forced: {forced['server']}, {state}; {given}")
+    if s.get("fencing"):
+        click.echo("fencing: stopping the run_on = \"active\" managers (pmon does not answer)")
     last = s.get("last_switchover")
     if last:
         click.echo(f"last switchover: {_when(last['at'])}, {last['active']} active ({last['reason']})")

@@ -9,7 +9,11 @@ It knows what only pmon knows, and acts where only pmon can:
   after a lost split brain, writes the switchover event, sends SIGUSR1 to the managers with
   `notify_switchover = true`, and hands the event to plugins;
 - the operators' set-active / prefer requests, passed to the redundancy manager at its next
-  sync (every heartbeat interval).
+  sync, which a poke (SIGUSR2) makes immediate; the redundancy manager syncs by itself on a
+  change of its view and every second otherwise;
+- the pids of the run_on = "active" managers, which the redundancy manager fences itself
+  when pmon stops answering (docs/redundancy.md "Fencing"); pmon refuses to start one while
+  its last sync is older than pmon_timeout.
 
 The role is handed to the project machine as the condition "active": it (not this
 module) stops the `run_on = "active"` managers when the condition turns off and starts the
@@ -31,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from pmon.config import Config
 from pmon.core.project import ProjectState
 from pmon.states import ManagerState, StartType
-from pmon.errors import CommandError
+from pmon.errors import CommandError, SpawnRefused
 from pmon.runtime.api import Api, Extension
 from pmon.runtime.statefile import write_atomically
 
@@ -53,6 +57,9 @@ class RedundancyService(Extension):
         self.requests: list[dict[str, Any]] = []
         self.epoch = 0
         self.last_switchover: dict[str, Any] | None = None
+        self.queries = 0  # the redundancy manager's count of split brains won (general query)
+        self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
+        self._poked: tuple[Any, ...] = ()
 
     # --- lifecycle ----------------------------------------------------------------
     async def start(self, api: Api) -> None:
@@ -82,6 +89,41 @@ class RedundancyService(Extension):
             self.role = None
             self.report = {}
             self.sup.loop.call_soon(self._tell_role)  # not from inside the machine's report
+        self.sup.loop.call_soon(self._poke)
+
+    def on_project(self, state: ProjectState) -> None:
+        self.sup.loop.call_soon(self._poke)
+
+    def _poke(self, always: bool = False) -> None:
+        """Wake the redundancy manager's sync (SIGUSR2) when what it gets from pmon changed,
+        so an error state or an operator's request reaches the pair without waiting for the
+        idle sync. POSIX only; elsewhere the idle sync (1 s) carries it."""
+        pid = self.report.get("pid")
+        if not isinstance(pid, int) or not hasattr(signal, "SIGUSR2") or self.sup.pid_of(pid) is None:
+            return
+        now = (self.error_breakdown(), self.available(), tuple(self._fence_pids()))
+        if now == self._poked and not always:
+            return
+        self._poked = now
+        try:
+            os.kill(pid, signal.SIGUSR2)
+        except OSError:
+            pass
+
+    def _fence_pids(self) -> list[int]:
+        """The run_on = "active" managers that run: what the redundancy manager fences when
+        pmon stops answering (each is the leader of its own process group)."""
+        return sorted(m.pid for m in self.sup.managers.values()
+                      if m.spec.run_on == "active" and m.alive and m.pid)
+
+    def spawn_env(self, manager: "Manager") -> dict[str, str]:
+        """A run_on = "active" manager starts only while the redundancy manager confirmed the
+        role within pmon_timeout: after a stall of pmon it may have fenced and handed over."""
+        if manager.spec.run_on == "active" and self.synced_at is not None and (
+                time.monotonic() - self.synced_at >= self.spec.pmon_timeout):
+            raise SpawnRefused(f"this server ({self.spec.name}) has not heard its redundancy "
+                               f"manager for {self.spec.pmon_timeout:g} s; the role is not sure")
+        return {}
 
     def _tell_role(self) -> None:
         """The project machine's condition "active" follows this server's role. Not knowing
@@ -141,11 +183,21 @@ class RedundancyService(Extension):
         role = report.get("role")
         if role in ("active", "passive") and role != self.role:
             self._role_changed(role, report)
+        damp = report.get("damp")
+        if isinstance(damp, (int, float)) and not isinstance(damp, bool):
+            self.damp_until = max(self.damp_until, time.monotonic() + min(float(damp), 3600.0))
+        queries = report.get("queries")
+        if isinstance(queries, int) and queries != self.queries:
+            if queries > self.queries and role == self.role == "active":
+                self._general_query("the partner lost a split brain")
+            self.queries = queries
         if self._signature() != before:
             self.sup.changed()  # wake waiters (set-active waits for the new role)
         requests, self.requests = self.requests, []
-        return {"breakdown": self.error_breakdown(), "available": self.available(),
-                "epoch": self.epoch, "requests": requests}
+        self._poked = (self.error_breakdown(), self.available(), tuple(self._fence_pids()))
+        return {"breakdown": self._poked[0], "available": self._poked[1],
+                "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2]),
+                "damp": round(max(0.0, self.damp_until - time.monotonic()), 3)}
 
     def _signature(self) -> tuple[Any, ...]:
         """What commands wait on; a change wakes them (and rewrites the state file)."""
@@ -169,33 +221,46 @@ class RedundancyService(Extension):
             self.sup.events.write(
                 "switchover", f"switchover: {active} is active now ({reason}); "
                 f"this server ({me}) is {role}", **event)
-        # Signal only managers that ran before this switchover: one started by it has no
-        # SIGUSR1 handler yet (and queries everything at start anyway).
-        to_notify = self._to_notify() if old is not None else []
+        running = self._notifiable()  # before the machine starts anything for the new role
         self._tell_role()  # the machine stops or starts the run_on = "active" managers
         # Only a project that runs diverged; a stopped, blocked or stopping one (an
         # operator's `stop --all --force`, a block, a shutdown) stays as it is.
-        if report.get("restart_project") and self.sup.project_state in (
-            ProjectState.STARTING, ProjectState.RUNNING
-        ):
+        restart = bool(report.get("restart_project")) and self.sup.project_state in (
+            ProjectState.STARTING, ProjectState.RUNNING)
+        if restart:
             self.sup.restart_project(f"split-brain resolution: {partner} stays active")
-        for pid in to_notify:
-            manager = self.sup.managers.get(self.sup.pid_of(pid) or "")
-            if manager is None or manager.state is not S.RUNNING:
-                continue  # stopped by this switchover: it gets SIGTERM, not a query
-            try:
-                os.kill(pid, signal.SIGUSR1)
-            except OSError:
-                pass
+        elif old is not None:
+            self._general_query(f"switchover: {active} is active", running)
         if old is not None:
             self.sup.switchover(active, partner if role == "active" else me, reason)
 
-    def _to_notify(self) -> list[int]:
-        """Pids of running managers that asked for SIGUSR1 ("run your general query")."""
+    def _notifiable(self) -> set[str]:
+        return {m.spec.name for m in self.sup.managers.values()
+                if m.spec.notify_switchover and m.state is S.RUNNING and m.pid}
+
+    def _general_query(self, why: str, among: set[str] | None = None) -> None:
+        """SIGUSR1 ("run your general query") to the running managers that asked for it and
+        keep running in this server's new role: not to a run_on = "active" one on a server
+        that is passive now (it is being stopped), nor to one that is not running yet (it
+        has no handler, and queries everything at start anyway)."""
         if not hasattr(signal, "SIGUSR1"):
-            return []  # Windows: not offered (docs/redundancy.md)
-        return [m.pid for m in self.sup.managers.values()
-                if m.spec.notify_switchover and m.state is S.RUNNING and m.pid]
+            return  # Windows: not offered (docs/redundancy.md)
+        told = []
+        for m in self.sup.managers.values():
+            if not (m.spec.notify_switchover and m.state is S.RUNNING and m.pid):
+                continue
+            if among is not None and m.spec.name not in among:
+                continue
+            if m.spec.run_on == "active" and self.role != "active":
+                continue
+            try:
+                os.kill(m.pid, signal.SIGUSR1)
+                told.append(m.spec.name)
+            except OSError:
+                pass
+        if told:
+            self.sup.events.write("general-query", f"SIGUSR1 to {', '.join(told)} ({why})",
+                                  managers=told, reason=why)
 
     # --- operators -----------------------------------------------------------------------
     def server_available(self, server: str) -> tuple[bool, str]:
@@ -229,13 +294,16 @@ class RedundancyService(Extension):
             ok, why = self.server_available(server)
             if not ok:
                 raise CommandError(f"planned switchover refused: {why}; add --force to switch anyway")
-        self.requests.append({"op": "force", "server": server})
+        self.requests.append({"op": "force", "server": server,
+                              "by": f"set-active on {self.spec.name}"})
+        self._poke(always=True)
 
     def prefer(self, server: str) -> None:
         if server not in (self.spec.name, self.spec.partner):
             raise CommandError(f"no server '{server}' in this pair; servers: "
                                f"{self.spec.name}, {self.spec.partner}")
         self.requests.append({"op": "prefer", "server": server})
+        self._poke(always=True)
 
     def active_server(self) -> str | None:
         if self.role == "active":
@@ -276,7 +344,8 @@ class RedundancyService(Extension):
             "available": self.available(),
             "links": report.get("links", []),
             "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
-            "forced": report.get("forced"),
+            "forced": report.get("forced"),  # the last one, also once ended (when, why)
+            "fencing": bool(report.get("fencing")),
             "epoch": self.epoch,
             "last_switchover": self.last_switchover,
             "dropped": report.get("dropped", {}),

@@ -3,6 +3,7 @@
 arbitration.py  the pure decision (priorities: failure, forced, error state, preference)
 messages.py     the versioned heartbeat datagram and the gatekeeper that drops bad ones
 link.py         the UDP sockets of the links to the partner
+fence.py        stopping this server's run_on = "active" managers when pmon does not answer
 daemon.py       the redundancy manager program (`python -m pmon.redundancy -c FILE`)
 settings.py     the [redundancy] section
 

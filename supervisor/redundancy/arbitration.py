@@ -19,9 +19,30 @@ actives can only arise from views that changed at the same instant; they are res
 next heartbeat like a split brain, without a project restart (nothing diverged).
 
 A forced choice is a one-time switch: it holds while both error states stay what they were
-when it was given; any change of either (a new fault, a repair) hands the decision back to
-priorities 3 and 4. Operator choices (forced, preferred) carry a sequence number; each side
-adopts the newer one it hears, so a choice made on either server reaches both.
+when it was given; the first change of either (a new fault, a repair) ends it for good
+(`ended = "overruled"`), and so does a failure or restart of the forced server ("failure",
+"restart"). An ended choice stays, so that both sides know it ended and neither revives it.
+Operator choices (forced, preferred) carry a sequence number; each side adopts the newer one
+it hears (an ended copy is newer than the live one), so a choice made on either server
+reaches both.
+
+Damping (priorities 3 and 4 only; failure and forced are never delayed): the outcome of the
+comparison of the two error states (and availabilities) must have held `error_state_delay`
+before it moves the role; after an automatic switchover, an outcome that changed after it
+waits until `hold_down` has passed since that switchover (a hold-down, as routing protocols
+damp a flapping route). Both sides judge links by the same evidence: the daemon passes error
+states in which links, which would weigh on both sides alike, are left out (`judged_errors`).
+
+Dual active: a server that hears its partner claim "active" while it is active itself
+resolves it at once (after the short settle that follows a reconnection): the higher error
+state loses, ties the one not preferred; but when the partner does not hear this server at
+all (a one-way partition), this server loses, since it is the only one that can act. The
+loser restarts its project when either side was alone meanwhile (both ran the drivers).
+
+A server whose pmon does not answer cannot act (`Local.can_act`): it never becomes active,
+and an active one goes passive (reason "fenced") once the daemon has stopped its
+`run_on = "active"` managers. A partner that last said it was fencing is given
+`fence_bound` before this side claims the role by failure.
 """
 
 from __future__ import annotations
@@ -45,6 +66,7 @@ class Reason(str, enum.Enum):
     ERROR_STATE = "error state"      # priority 3
     PREFERENCE = "preference"        # priority 4
     SPLIT_BRAIN = "split-brain resolution"
+    FENCED = "fenced"                # this server's pmon stopped answering
 
     def __str__(self) -> str:
         return self.value
@@ -60,9 +82,17 @@ class Choice:
     server: str
     seq: int = 0
     errors: tuple[tuple[str, float], ...] = ()
+    at: float = 0.0          # wall clock when given (for people)
+    by: str = ""             # who gave it, e.g. "uid 0 on a"
+    ended: str = ""          # why it ended: "overruled", "failure", "restart"; "" in force
+    ended_at: float = 0.0
 
     def newer_than(self, other: "Choice | None") -> bool:
-        return other is None or (self.seq, self.server) > (other.seq, other.server)
+        return other is None or (self.seq, bool(self.ended), self.server) > (
+            other.seq, bool(other.ended), other.server)
+
+    def end(self, why: str, at: float) -> "Choice":
+        return self if self.ended else replace(self, ended=why, ended_at=at)
 
 
 def newest(*choices: "Choice | None") -> "Choice | None":
@@ -79,6 +109,7 @@ class Local:
 
     error: float
     available: bool  # project fully started, no blocked manager
+    can_act: bool = True  # pmon answers (False: it cannot start or stop managers)
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,8 @@ class Partner:
     forced: Choice | None = None
     preferred: Choice | None = None
     boot: str = ""  # one run of the partner's redundancy manager
+    hears: bool = True  # the partner hears this server on some link
+    fencing: bool = False  # the partner is stopping its run_on = "active" managers
 
 
 @dataclass(frozen=True)
@@ -125,14 +158,26 @@ class Arbiter:
     alone: bool = False  # active while out of contact: a split brain may have diverged
     partner_boot: str = ""
     last_reason: Reason | None = field(default=None)
+    error_state_delay: float = 0.0
+    hold_down: float = 0.0
+    fence_bound: float = 0.0
+    wall: float = 0.0  # the wall clock of the current step (for a choice's ended_at)
+    partner_fencing_at: float | None = None
+    _outcome: tuple[object, ...] | None = None  # the comparison of errors and availability
+    _outcome_since: float = 0.0
+    _auto_switch_at: float | None = None  # the last switchover by priority 3 or 4
 
     # --- the target: who should be active, by priorities 2..4 ------------------------
     def forced_in_force(self, local: Local, partner: Partner | None) -> Choice | None:
         """The forced choice, while both error states are what they were when it was given."""
-        if self.forced is None or partner is None:
+        if self.forced is None or self.forced.ended or partner is None:
             return None
         errors = {self.me: local.error, partner.name: partner.error}
         return self.forced if self.forced.errors == _errors_key(errors) else None
+
+    def _end_forced(self, why: str, server: str | None = None) -> None:
+        if self.forced is not None and not self.forced.ended and server in (None, self.forced.server):
+            self.forced = self.forced.end(why, self.wall)
 
     def target(self, local: Local, partner: Partner) -> tuple[str, Reason]:
         errors = {self.me: local.error, partner.name: partner.error}
@@ -150,14 +195,15 @@ class Arbiter:
             return self.preferred.server, Reason.PREFERENCE
         return min(errors), Reason.PREFERENCE
 
-    def force(self, server: str, local: Local, partner: Partner | None) -> Choice:
+    def force(self, server: str, local: Local, partner: Partner | None, by: str = "",
+              at: float = 0.0) -> Choice:
         """An operator's set-active (on this server); returns the choice to send."""
         seq = max(c.seq for c in (self.forced, self.preferred, _c(partner, "forced"),
                                   _c(partner, "preferred")) if c is not None) + 1
         errors = {self.me: local.error}
         if partner is not None:
             errors[partner.name] = partner.error
-        self.forced = Choice(server, seq, _errors_key(errors))
+        self.forced = Choice(server, seq, _errors_key(errors), at=at, by=by)
         return self.forced
 
     def prefer(self, server: str, partner: Partner | None = None) -> Choice:
@@ -167,12 +213,13 @@ class Arbiter:
         return self.preferred
 
     # --- one step ----------------------------------------------------------------------
-    def step(self, now: float, local: Local, partner: Partner | None) -> Decision:
+    def step(self, now: float, local: Local, partner: Partner | None, wall: float = 0.0) -> Decision:
         if self.started_at is None:
             self.started_at = now
+        self.wall = wall
         before = self.role
         if partner is None:
-            decision = self._alone(now)
+            decision = self._alone(now, local)
         else:
             decision = self._together(now, local, partner)
         changed = decision.role is not before and decision.role is not None
@@ -180,41 +227,61 @@ class Arbiter:
             if decision.role is Role.ACTIVE:
                 self.epoch = max(self.epoch, partner.epoch if partner else 0) + 1
             self.last_reason = decision.reason
+            if decision.reason in (Reason.ERROR_STATE, Reason.PREFERENCE):
+                self._auto_switch_at = now
         self.role = decision.role
         return replace(decision, changed=changed)
 
-    def _alone(self, now: float) -> Decision:
+    def _alone(self, now: float, local: Local) -> Decision:
         if self.contact:
             self.contact = False
+            self._end_forced("failure", self.partner)  # the forced server failed
+        if not local.can_act:  # pmon does not answer: this server cannot drive anything
+            if self.role is Role.ACTIVE:
+                return Decision(Role.PASSIVE, reason=Reason.FENCED)
+            return Decision(self.role, reason=self.last_reason)
         if self.role is Role.ACTIVE:
             self.alone = True
             return Decision(Role.ACTIVE, reason=self.last_reason)
         assert self.started_at is not None
         if self.role is None and now - self.started_at < self.startup_wait:
             return Decision(None)  # start-up: listen a little before claiming failure
+        if self.partner_fencing_at is not None and now - self.partner_fencing_at < self.fence_bound:
+            return Decision(self.role, reason=self.last_reason)  # its fence is not done yet
         self.alone = True
         return Decision(Role.ACTIVE, reason=Reason.FAILURE)  # priority 1
 
     def _together(self, now: float, local: Local, partner: Partner) -> Decision:
         restarted = partner.boot != self.partner_boot and self.partner_boot != ""
         self.partner_boot = partner.boot
+        self.forced = newest(self.forced, partner.forced)
+        if restarted:
+            self._end_forced("restart", partner.name)  # the forced server restarted
         if not self.contact or restarted:
             self.contact = True
             if self.role is not None:  # contact back after a connection error (or a restart)
                 self.reconnected_at = now
+        self.partner_fencing_at = now if partner.fencing else None
         self.epoch = max(self.epoch, partner.epoch)  # one epoch for the pair
-        self.forced = newest(self.forced, partner.forced)
         self.preferred = newest(self.preferred, partner.preferred) or self.preferred
-        target, reason = self.target(local, partner)
+        if self.forced is not None and not self.forced.ended and \
+                self.forced_in_force(local, partner) is None:
+            self._end_forced("overruled")  # an error state changed: back to priorities 3, 4
+        target, reason = self._damped(now, local, partner)
         agreed = partner.target == target
 
+        if self.role is Role.ACTIVE and not local.can_act:
+            return Decision(Role.PASSIVE, reason=Reason.FENCED, target=target)
+
         if self.role is Role.ACTIVE and partner.role is Role.ACTIVE:
-            # Two actives: the higher error state loses; ties: the one not preferred.
+            # Two actives: the higher error state loses; ties: the one not preferred; but a
+            # partner that does not hear this server cannot yield: this one does.
             if self.reconnected_at is not None and now - self.reconnected_at < self.reconnect_settle:
                 return Decision(Role.ACTIVE, reason=self.last_reason, target=target)
-            loser = self._loser(local, partner)
+            loser = self._loser(local, partner) if partner.hears else self.me
             if loser == self.me:
-                diverged, self.alone = self.alone, False
+                diverged = self.alone or not partner.hears
+                self.alone = False
                 return Decision(Role.PASSIVE, reason=Reason.SPLIT_BRAIN if diverged else reason,
                                 restart_project=diverged, target=target)
             return Decision(Role.ACTIVE, reason=self.last_reason, target=target)
@@ -226,6 +293,9 @@ class Arbiter:
                 return Decision(Role.PASSIVE, reason=reason, target=target)  # hand over
             return Decision(Role.ACTIVE, reason=self.last_reason, target=target)
 
+        if not local.can_act:
+            return Decision(Role.PASSIVE if self.role is not None or partner.role is not None
+                            else None, reason=self.last_reason, target=target)
         if partner.role is Role.ACTIVE:
             return Decision(Role.PASSIVE, reason=self.last_reason or Reason.START, target=target)
         # Nobody is active: the target takes over once both sides name it.
@@ -234,6 +304,25 @@ class Arbiter:
                             target=target)
         return Decision(Role.PASSIVE if self.role is not None or partner.role is not None
                         else None, reason=self.last_reason, target=target)
+
+    def _damped(self, now: float, local: Local, partner: Partner) -> tuple[str, Reason]:
+        """The target, but a change of the error states moves the role only once it has
+        lasted error_state_delay, and (after an automatic switchover) hold_down."""
+        target, reason = self.target(local, partner)
+        outcome = (_sign(local.error - partner.error), local.available, partner.available,
+                   local.can_act)
+        if outcome != self._outcome:
+            self._outcome, self._outcome_since = outcome, now
+        current = self.me if self.role is Role.ACTIVE else (
+            partner.name if partner.role is Role.ACTIVE else None)
+        if reason not in (Reason.ERROR_STATE, Reason.PREFERENCE) or current in (None, target):
+            return target, reason
+        wait = self.error_state_delay
+        if self._auto_switch_at is not None and self._outcome_since >= self._auto_switch_at:
+            wait = max(wait, self._auto_switch_at + self.hold_down - self._outcome_since)
+        if now - self._outcome_since < wait:
+            return current, reason  # not yet: the role stays where it is
+        return target, reason
 
     def _loser(self, local: Local, partner: Partner) -> str:
         if local.error != partner.error:
@@ -248,6 +337,21 @@ class Arbiter:
             return False
         delay = max(self.first_active_change_interval, self.reconnect_settle)
         return now - self.reconnected_at < delay
+
+
+def _sign(value: float) -> int:
+    return (value > 0) - (value < 0)
+
+
+def judged_errors(mine: dict[str, float], theirs: dict[str, float]) -> tuple[float, float]:
+    """Both error states judged by the same evidence: a link that either side counts down
+    would weigh on both alike (the links are the pair's, not one server's), so links cancel
+    out of every comparison and are left out: a datagram lost on one side only never makes
+    the two differ, and a forced choice does not record (and is not overruled by) a link's
+    blink. Link sources are named "link N"; the full error states are still shown."""
+    def own(breakdown: dict[str, float]) -> float:
+        return sum(v for k, v in breakdown.items() if not k.startswith("link "))
+    return own(mine), own(theirs)
 
 
 def _errors_key(errors: dict[str, float]) -> tuple[tuple[str, float], ...]:

@@ -1,45 +1,84 @@
 """The redundancy manager: a child process of pmon (started first, a core manager).
 
-Its loop, single-threaded, woken only by a datagram or its next deadline:
-- every heartbeat interval: sync with its own pmon over the control channel (`redu-sync`:
-  report role and partner, get back this server's error state, availability and the
-  operators' set-active / prefer requests), step the arbitration, send a heartbeat on every
-  link;
-- on a partner's heartbeat, a link timing out, or the start-up wait ending: step the
-  arbitration; on a change of role, tell pmon and the partner at once.
+Two threads, so that nothing can stall the heartbeats:
+- the heartbeat loop (the main thread) never waits on pmon, a disk or a name lookup: it is
+  woken only by a datagram, a reply from the sync thread, or its next deadline. Every
+  heartbeat interval (a quarter of it while a heartbeat of the partner is overdue: the probe,
+  which the partner answers at once) it steps the arbitration and sends a heartbeat on every
+  link; on a partner's heartbeat, a link timing out or a reply from pmon it steps the
+  arbitration; on a change of role it sends at once and wakes the sync thread.
+- the sync thread (`PmonSync`) exchanges `redu-sync` with pmon: at once when the report
+  changed (a role, the partner's state, a link) or pmon pokes it (SIGUSR2: an operator's
+  request or a change of the error state), and every SYNC_IDLE seconds otherwise. pmon's
+  reply (this server's error sources, availability, the operators' requests, the pids of the
+  run_on = "active" managers) reaches the heartbeat loop through a queue.
+
+pmon not answering for `pmon_timeout` is an error source ("pmon", `pmon_weight`) and this
+server cannot act: a passive one never takes the role, and an active one fences its
+run_on = "active" managers (fence.py) and only then goes passive; its heartbeats say
+"fencing" meanwhile, and the partner gives it `fence_bound` before it would claim the role
+by failure. When pmon has not answered for PMON_GRACE (longer than a hot restart of pmon
+takes), it exits, so that an orphan does not hold the links.
 
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
-of the project only then. While its pmon is away it goes on with the last state it knew:
-a pmon that is restarted (hot restart) adopts it and the pair never notices. When pmon has
-not answered for PMON_GRACE seconds (longer than a hot restart takes), it exits, so that an
-orphan does not claim a role it can no longer act on.
+of the project only then.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import selectors
 import signal
 import socket
 import sys
+import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from pmon.config import Config
 from pmon.control.client import call
 from pmon.errors import PmonError
-from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local
+from pmon.redundancy.arbitration import (Arbiter, Choice, Decision, Local, Partner, Role,
+                                         judged_errors)
+from pmon.redundancy.fence import Fence
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
+from pmon.redundancy.settings import SYNC_IDLE
 
-PMON_GRACE = 5.0  # seconds without an answer from pmon before giving up (min: the timeout)
+PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
+DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
 
 
 def _choice(choice: Choice | None) -> dict[str, Any] | None:
     if choice is None:
         return None
-    return {"server": choice.server, "seq": choice.seq, "errors": dict(choice.errors)}
+    return {"server": choice.server, "seq": choice.seq, "errors": dict(choice.errors),
+            "at": choice.at or None, "by": choice.by, "ended": choice.ended or None,
+            "ended_at": choice.ended_at or None}
+
+
+class PmonSync(threading.Thread):
+    """The exchange with pmon, off the heartbeat path: one `redu-sync` at a time."""
+
+    def __init__(self, config: Config, timeout: float, report: Callable[[], dict[str, Any]],
+                 deliver: Callable[[float, dict[str, Any] | None], None]) -> None:
+        super().__init__(name="pmon-sync", daemon=True)
+        self.config, self.timeout, self.report, self.deliver = config, timeout, report, deliver
+        self.wake = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.wake.clear()
+            try:
+                reply: dict[str, Any] | None = call(
+                    self.config, "redu-sync", timeout=self.timeout, report=self.report())
+            except (PmonError, OSError, ValueError):
+                reply = None
+            self.deliver(time.monotonic(), reply)
+            self.wake.wait(SYNC_IDLE)
 
 
 class RedundancyManager:
@@ -53,62 +92,118 @@ class RedundancyManager:
             me=spec.name, partner=spec.partner, preferred=Choice(spec.preferred, 0),
             first_active_change_interval=spec.first_active_change_interval,
             startup_wait=spec.timeout, reconnect_settle=2.5 * spec.heartbeat_interval,
+            error_state_delay=spec.error_state_delay, hold_down=spec.hold_down,
+            fence_bound=spec.fence_bound,
         )
         self.inbox = Inbox(spec.name, spec.partner)
         self.links = Links.open(spec.links)
         self.boot = secrets.token_hex(6)
         self.seq = 0
         self.heard: Heartbeat | None = None  # the partner's newest heartbeat
-        self.local = Local(error=0, available=False)
+        self.available = False
         self.pmon_breakdown: dict[str, float] = {}
+        self.fence_pids: list[int] = []
+        self.fence = Fence(spec.fence_grace)
         self.decision = Decision(None)
         self.changed_at: float | None = None
         self.restart_pending = False
-        self.pmon_silent_since: float | None = None
+        self.pmon_ok_at: float | None = None  # the last answer from pmon
         self.ready_sent = False
-        self.last_sync: dict[str, Any] = {}
-        self.requests_applied = 0
+        self.queries = 0  # general queries owed to this server's managers (split brain won)
+        self.dual = False
+        self.damped_until = 0.0  # failure damped until then (monotonic)
+        self.connected = False
+        self.last_reply_at = 0.0
+        self.last_sent = 0.0
+        self.signature: tuple[Any, ...] = ()
+        self.lock = threading.Lock()  # the sync thread reads the report under it
+        self.replies: "queue.SimpleQueue[tuple[float, dict[str, Any] | None]]" = queue.SimpleQueue()
+        self.poked = False
+        self.wake_r, self.wake_w = socket.socketpair()
+        for sock in (self.wake_r, self.wake_w):
+            sock.setblocking(False)
+        self.sync = PmonSync(config, spec.pmon_timeout, self._locked_report, self._deliver)
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
         return [i for i, link in enumerate(self.links.links, 1) if not link.up(now, self.spec.timeout)]
+
+    def pmon_ok(self, now: float) -> bool:
+        return self.pmon_ok_at is not None and now - self.pmon_ok_at < self.spec.pmon_timeout
 
     def breakdown(self, now: float) -> dict[str, float]:
         out = dict(self.pmon_breakdown)
         if self.spec.link_weight:
             for i in self.links_down(now):
                 out[f"link {i}"] = self.spec.link_weight
+        if not self.pmon_ok(now) and self.spec.pmon_weight:
+            out["pmon"] = self.spec.pmon_weight
         return out
 
-    def local_view(self, now: float) -> Local:
-        return Local(error=sum(self.breakdown(now).values()), available=self.local.available)
+    def silence(self, now: float) -> float:
+        heard = [link.last_rx for link in self.links.links if link.last_rx is not None]
+        return now - max(heard) if heard else float("inf")
 
     def partner_view(self, now: float) -> Heartbeat | None:
-        if self.heard is None or len(self.links_down(now)) == len(self.links.links):
+        """The partner's last heartbeat, or None when it is gone: silent on every link for
+        `timeout`, or DAMPED_TIMEOUTS timeouts while failure is damped (a split brain or a
+        near one in the last hold_down: the network flaps, not the partner)."""
+        limit = self.spec.timeout * (DAMPED_TIMEOUTS if now < self.damped_until else 1)
+        if self.heard is None or self.silence(now) >= limit:
             return None
         return self.heard
+
+    def damp(self, now: float) -> None:
+        self.damped_until = max(self.damped_until, now + self.spec.hold_down)
+
+    def views(self, now: float) -> tuple[Local, Partner | None]:
+        """Both sides as the arbitration judges them: links by the same evidence."""
+        mine = self.breakdown(now)
+        heard = self.partner_view(now)
+        ok = self.pmon_ok(now)
+        can_act = ok or (self.decision.role is Role.ACTIVE and not self.fence.done)
+        if heard is None:
+            return Local(sum(mine.values()), self.available and ok, can_act), None
+        error, partner_error = judged_errors(mine, heard.breakdown)
+        partner = replace(heard.partner(), error=partner_error)
+        return Local(error, self.available and ok, can_act), partner
+
+    def probing(self, now: float) -> bool:
+        """A heartbeat of the partner is overdue (but it is not given up yet): ask at once,
+        four times an interval, as corosync retransmits its token before declaring it lost."""
+        heard = [link.last_rx for link in self.links.links if link.last_rx is not None]
+        if not heard:
+            return False
+        silent = now - max(heard)
+        return 1.5 * self.spec.heartbeat_interval < silent < self.spec.timeout + self.spec.heartbeat_interval
 
     # --- the loop ------------------------------------------------------------------
     def run(self) -> int:
         selector = selectors.DefaultSelector()
         for link in self.links.links:
             selector.register(link.sock, selectors.EVENT_READ, link)
+        selector.register(self.wake_r, selectors.EVENT_READ, None)
         interval = self.spec.heartbeat_interval
+        self.sync.start()
+        try:  # the epoch and error state before the first heartbeat
+            first = self.replies.get(timeout=self.spec.pmon_timeout)
+            with self.lock:
+                self._on_reply(*first)
+        except queue.Empty:
+            pass
         next_beat = self.clock()
-        self.sync(next_beat)  # the epoch and error state before the first heartbeat
         try:
             while True:
                 now = self.clock()
+                if self.pmon_ok_at is not None and now - self.pmon_ok_at > max(
+                        PMON_GRACE, self.spec.pmon_timeout + self.spec.fence_grace + 1) \
+                        and not self.fence.active:
+                    return 1  # an orphan: pmon is gone (and the fence, if any, is done)
                 if now >= next_beat:
-                    # The heartbeat first, so a slow pmon cannot delay it; then the sync,
-                    # and a second heartbeat at once if it brought an operator's request.
-                    next_beat = max(next_beat + interval, now)
-                    self.evaluate(now, force_send=True)
-                    requests = self.requests_applied
-                    if not self.sync(self.clock()):
-                        return 1
-                    if self.requests_applied > requests:
-                        self.evaluate(self.clock(), force_send=True)
+                    probing = self.probing(now)
+                    next_beat = max(next_beat + (interval / 4 if probing else interval), now)
+                    with self.lock:
+                        self.evaluate(now, force_send=True, probe=probing)
                     continue
                 wake = [next_beat] + [
                     t for link in self.links.links
@@ -116,107 +211,207 @@ class RedundancyManager:
                 ]
                 if self.decision.role is None and self.arbiter.started_at is not None:
                     wake.append(self.arbiter.started_at + self.arbiter.startup_wait)
-                events = selector.select(max(0.0, min(wake) - now))
+                if self.pmon_ok_at is not None and self.pmon_ok(now):
+                    wake.append(self.pmon_ok_at + self.spec.pmon_timeout)
+                if self.fence.active:
+                    wake.append(now + 0.05)
+                timeout = max(0.0, min(wake) - now)
+                events = selector.select(timeout)
                 now = self.clock()
-                for key, _ in events:
-                    self.on_readable(key.data, now)
-                self.evaluate(now)
+                with self.lock:
+                    news = not events  # a deadline passed
+                    for key, _ in events:
+                        if key.data is None:
+                            self._drain_replies()
+                            news = True
+                        else:
+                            news = self.on_readable(key.data, now) or news
+                    if news:  # a copy of a heartbeat already seen (the other link) changes nothing
+                        self.evaluate(now)
         finally:
             selector.close()
             self.links.close()
 
-    def on_readable(self, link: Any, now: float) -> None:
+    def poke(self) -> None:
+        """From the SIGUSR2 handler: take no lock here (the interrupted main thread may hold
+        the one it would wait for); the loop wakes on the socket and wakes the sync."""
+        self.poked = True
+        try:
+            self.wake_w.send(b"p")
+        except OSError:
+            pass
+
+    def _deliver(self, at: float, reply: dict[str, Any] | None) -> None:
+        """From the sync thread: queue pmon's reply and wake the heartbeat loop."""
+        self.replies.put((at, reply))
+        try:
+            self.wake_w.send(b"x")
+        except OSError:
+            pass  # the loop is awake already (buffer full)
+
+    def _drain_replies(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+        if self.poked:
+            self.poked = False
+            self.sync.wake.set()
+        while True:
+            try:
+                self._on_reply(*self.replies.get_nowait())
+            except queue.Empty:
+                return
+
+    def on_readable(self, link: Any, now: float) -> bool:
+        """Take the link's datagrams; True when one was a newer heartbeat."""
+        news = False
         for data in link.receive():
             accepted = self.inbox.accept(data)
             if accepted is None:
                 continue
             hb, newer = accepted
+            if self.silence(now) >= self.spec.timeout and self.heard is not None and \
+                    now < self.damped_until:
+                self.damp(now)  # a near failure while damped: the flapping goes on
+            if hb.damp > 0:
+                self.damped_until = max(self.damped_until, now + hb.damp)
+            if self.partner_view(now) is None or not link.up(now, self.spec.timeout):
+                news = True  # contact or a link comes back
             link.last_rx = now
             link.received += 1
             if newer:
+                # Only a heartbeat that says something new (or ends a silence) needs a
+                # decision now; the same words again wait for the next beat's step.
+                if self.heard is None or replace(hb, seq=0, damp=0.0) != replace(
+                        self.heard, seq=0, damp=0.0):
+                    news = True
                 self.heard = hb
+                if hb.probe and now - self.last_sent > self.spec.heartbeat_interval / 8:
+                    self.send(now)  # the partner missed heartbeats: answer at once
             if hb.seen > self.arbiter.epoch:  # this side lost its epoch: catch up
                 self.arbiter.epoch = hb.seen
+        return news
 
-    def evaluate(self, now: float, force_send: bool = False) -> None:
-        partner = self.partner_view(now)
-        decision = self.arbiter.step(now, self.local_view(now), partner.partner() if partner else None)
-        self.decision = decision
+    def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
+        ok = self.pmon_ok(now)
+        if ok and self.fence.started_at is not None:
+            self.fence.reset()  # pmon is back: it decides about its managers again
+        if not ok and self.decision.role is Role.ACTIVE:
+            self.fence.start(now, self.fence_pids)
+        self.fence.step(now)
+        before = self.decision.role
+        if not self.fence.active:  # while fencing, the role stays: the partner waits
+            local, partner = self.views(now)
+            self.decision = self.arbiter.step(now, local, partner, wall=time.time())
+        decision = self.decision
+        partner_role = self.heard.role if self.partner_view(now) and self.heard else None
+        if self.dual and before is Role.ACTIVE and decision.role is Role.ACTIVE and \
+                partner_role is Role.PASSIVE:
+            self.queries += 1  # a dual active resolved in this server's favour
+            self.damp(now)
+        connected = partner_role is not None or self.partner_view(now) is not None
+        if decision.restart_project or (connected and not self.connected and before is not None):
+            self.damp(now)  # contact back, or a split brain lost: the network may flap
+        self.connected = connected
+        self.dual = decision.role is Role.ACTIVE and partner_role is Role.ACTIVE
         if decision.changed:
             self.changed_at = time.time()
             if decision.restart_project:
                 self.restart_pending = True
-            self.send(now)
-            self.sync(now)
+            self.send(now, probe)
             if not self.ready_sent:
                 self.ready_sent = True
                 _notify("READY=1")
         elif force_send:
-            self.send(now)
+            self.send(now, probe)
+        signature = self._signature(now)
+        if signature != self.signature:
+            self.signature = signature
+            self.sync.wake.set()  # pmon hears of it now, not at the next idle sync
 
-    def send(self, now: float) -> None:
+    def _signature(self, now: float) -> tuple[Any, ...]:
+        heard = self.partner_view(now)
+        return (self.decision.role, self.restart_pending, self.queries, self.fence.active,
+                tuple(self.links_down(now)), self.arbiter.forced, self.arbiter.preferred,
+                None if heard is None else (heard.role, heard.available, heard.error))
+
+    def send(self, now: float, probe: bool = False) -> None:
         self.seq += 1
-        local = self.local_view(now)
+        self.last_sent = now
+        local, _ = self.views(now)
+        breakdown = self.breakdown(now)
         data = encode(Heartbeat(
             sender=self.spec.name, to=self.spec.partner, epoch=self.arbiter.epoch,
-            boot=self.boot, seq=self.seq, role=self.decision.role, error=local.error,
-            available=local.available, target=self.decision.target, seen=max(0, self.inbox.last_epoch),
-            forced=self.arbiter.forced, preferred=self.arbiter.preferred,
-            breakdown=self.breakdown(now),
+            boot=self.boot, seq=self.seq, role=self.decision.role, error=sum(breakdown.values()),
+            available=local.available, target=self.decision.target,
+            seen=max(0, self.inbox.last_epoch), forced=self.arbiter.forced,
+            preferred=self.arbiter.preferred, breakdown=breakdown,
+            hears=self.partner_view(now) is not None, fencing=self.fence.active, probe=probe,
+            damp=round(max(0.0, self.damped_until - now), 3),
         ))
         for link in self.links.links:
             link.send(data)
 
     # --- pmon ----------------------------------------------------------------------
+    def _locked_report(self) -> dict[str, Any]:
+        with self.lock:
+            return self.report(self.clock())
+
     def report(self, now: float) -> dict[str, Any]:
         partner = self.partner_view(now)
-        local = self.local_view(now)
+        breakdown = self.breakdown(now)
         return {
             "role": self.decision.role.value if self.decision.role else None,
             "reason": self.arbiter.last_reason.value if self.arbiter.last_reason else None,
             "changed_at": self.changed_at,
             "restart_project": self.restart_pending,
             "epoch": self.arbiter.epoch,
-            "error": local.error,
-            "breakdown": self.breakdown(now),
+            "error": sum(breakdown.values()),
+            "breakdown": breakdown,
             "target": self.decision.target,
-            "forced": _choice(self.arbiter.forced_in_force(
-                local, partner.partner() if partner else None)),
+            "forced": _choice(self.arbiter.forced),
             "preferred": _choice(self.arbiter.preferred),
+            "queries": self.queries,
+            "fencing": self.fence.active,
+            "damp": round(max(0.0, self.damped_until - now), 3),
             "partner": None if partner is None else {
                 "name": partner.sender, "role": partner.role.value if partner.role else None,
                 "error": partner.error, "breakdown": partner.breakdown,
                 "available": partner.available, "epoch": partner.epoch,
+                "fencing": partner.fencing,
             },
             "links": [link.report(now, self.spec.timeout) for link in self.links.links],
             "dropped": dict(self.inbox.dropped),
             "pid": os.getpid(),
         }
 
-    def sync(self, now: float) -> bool:
-        """One exchange with pmon. False when pmon has been gone for longer than the timeout."""
-        try:
-            reply = call(self.config, "redu-sync", timeout=max(2.0, self.spec.timeout),
-                         report=self.report(now))
-        except (PmonError, OSError, ValueError):
-            if self.pmon_silent_since is None:
-                self.pmon_silent_since = now
-            return now - self.pmon_silent_since < max(self.spec.timeout, PMON_GRACE)
-        self.pmon_silent_since = None
+    def _on_reply(self, at: float, reply: dict[str, Any] | None) -> None:
+        if reply is None:
+            return
+        self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
         self.restart_pending = False
-        self.last_sync = reply
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
-        self.local = Local(error=0, available=bool(reply.get("available")))
+        self.available = bool(reply.get("available"))
+        self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
-        partner = self.partner_view(now)
+        now = self.clock()
+        damp = reply.get("damp", 0)
+        if isinstance(damp, (int, float)) and damp > 0:  # kept by pmon across a project restart
+            self.damped_until = max(self.damped_until, now + damp)
+            if self.decision.role is None:  # a restart in a flapping network: listen longer
+                self.arbiter.startup_wait = max(self.arbiter.startup_wait,
+                                                DAMPED_TIMEOUTS * self.spec.timeout)
         for request in reply.get("requests", []):
-            self.requests_applied += 1
+            local, partner = self.views(now)
             if request.get("op") == "force":
-                self.arbiter.force(request["server"], self.local_view(now),
-                                   partner.partner() if partner else None)
+                self.arbiter.force(request["server"], local, partner,
+                                   by=str(request.get("by", "")), at=time.time())
             elif request.get("op") == "prefer":
-                self.arbiter.prefer(request["server"], partner.partner() if partner else None)
-        return True
+                self.arbiter.prefer(request["server"], partner)
+        if reply.get("requests"):
+            self.evaluate(now, force_send=True)
 
 
 def _notify(message: str) -> None:
@@ -243,4 +438,6 @@ def main(config: Config) -> int:
     except OSError as exc:
         print(f"redundancy: {exc}", file=sys.stderr)
         return 1
+    if hasattr(signal, "SIGUSR2"):  # pmon's poke: sync now (a request, a new error state)
+        signal.signal(signal.SIGUSR2, lambda _s, _f: manager.poke())
     return manager.run()

@@ -2,7 +2,8 @@
 
 A link is up while a valid heartbeat from the partner arrived on it within the timeout. A
 send error (network unreachable, no route, refused) is counted and forgotten: the next
-heartbeat simply tries again.
+heartbeat simply tries again. The partner's address is resolved once, when the link opens,
+so that no heartbeat ever waits on a name lookup.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pmon.redundancy.settings import Link
 class LinkState:
     spec: Link
     sock: socket.socket
+    address: tuple[str, int] = ("", 0)  # the partner's, resolved at open
     last_rx: float | None = None
     received: int = 0
     sent: int = 0
@@ -31,7 +33,7 @@ class LinkState:
 
     def send(self, data: bytes) -> None:
         try:
-            self.sock.sendto(data, self.spec.partner)
+            self.sock.sendto(data, self.address)
             self.sent += 1
         except OSError as exc:  # unreachable, no route, refused: keep trying next beat
             self.send_errors += 1
@@ -73,12 +75,13 @@ class Links:
             sock.setblocking(False)
             try:
                 sock.bind(spec.local)
+                found = socket.getaddrinfo(*spec.partner, family, socket.SOCK_DGRAM)
             except OSError as exc:
                 sock.close()
                 for link in links:
                     link.sock.close()
-                raise OSError(f"cannot listen on {spec.local[0]}:{spec.local[1]}: {exc}") from None
-            links.append(LinkState(spec, sock))
+                raise OSError(f"link {spec.label()}: {exc}") from None
+            links.append(LinkState(spec, sock, address=(str(found[0][4][0]), int(found[0][4][1]))))
         return cls(links)
 
     def close(self) -> None:

@@ -54,12 +54,16 @@ class Heartbeat:
     forced: Choice | None = None
     preferred: Choice | None = None
     breakdown: dict[str, float] = field(default_factory=dict)
+    hears: bool = True
+    fencing: bool = False
+    probe: bool = False
+    damp: float = 0.0  # seconds failure stays damped on the sender (after a split brain)
 
     def partner(self) -> Partner:
         return Partner(
             name=self.sender, role=self.role, error=self.error, available=self.available,
             target=self.target, epoch=self.epoch, forced=self.forced, preferred=self.preferred,
-            boot=self.boot,
+            boot=self.boot, hears=self.hears, fencing=self.fencing,
         )
 
 
@@ -69,6 +73,9 @@ def _choice_out(choice: Choice | None) -> dict[str, Any] | None:
     out: dict[str, Any] = {"server": choice.server, "seq": choice.seq}
     if choice.errors:
         out["errors"] = [list(pair) for pair in choice.errors]
+    for key in ("at", "by", "ended", "ended_at"):
+        if getattr(choice, key):
+            out[key] = getattr(choice, key)
     return out
 
 
@@ -78,7 +85,8 @@ def encode(hb: Heartbeat) -> bytes:
         "seq": hb.seq, "role": hb.role.value if hb.role else None, "error": hb.error,
         "available": hb.available, "target": hb.target, "seen": hb.seen,
         "forced": _choice_out(hb.forced), "preferred": _choice_out(hb.preferred),
-        "breakdown": hb.breakdown,
+        "breakdown": hb.breakdown, "hears": hb.hears, "fencing": hb.fencing, "probe": hb.probe,
+        "damp": hb.damp,
     }, separators=(",", ":")).encode()
 
 
@@ -108,8 +116,13 @@ def _choice_in(value: Any) -> Choice | None:
         for p in errors
     ):
         raise BadMessage("choice errors must be [[name, error], ...]")
+    at, ended_at = value.get("at", 0.0), value.get("ended_at", 0.0)
+    by, ended = value.get("by", ""), value.get("ended", "")
+    if not (_number(at) and _number(ended_at) and isinstance(by, str) and isinstance(ended, str)):
+        raise BadMessage("choice at/by/ended/ended_at of the wrong type")
     return Choice(_get(value, "server", str), _get(value, "seq", int),
-                  tuple(sorted((name, error) for name, error in errors)))
+                  tuple(sorted((name, error) for name, error in errors)),
+                  at=float(at), by=by, ended=ended, ended_at=float(ended_at))
 
 
 def decode(data: bytes) -> Heartbeat:
@@ -139,8 +152,23 @@ def decode(data: bytes) -> Heartbeat:
         error=_get(message, "error", (int, float)), available=_get(message, "available", bool),
         target=_get(message, "target", str, optional=True), seen=_get(message, "seen", int),
         forced=_choice_in(message.get("forced")), preferred=_choice_in(message.get("preferred")),
-        breakdown=dict(breakdown),
+        breakdown=dict(breakdown), hears=_flag(message, "hears", True),
+        fencing=_flag(message, "fencing", False), probe=_flag(message, "probe", False),
+        damp=_damp(message.get("damp", 0.0)),
     )
+
+
+def _damp(value: Any) -> float:
+    if not _number(value) or value > 3600:
+        raise BadMessage("field 'damp' must be seconds, 0 to 3600")
+    return float(value)
+
+
+def _flag(message: dict[str, Any], key: str, default: bool) -> bool:
+    value = message.get(key, default)
+    if not isinstance(value, bool):
+        raise BadMessage(f"field {key!r} must be true or false")
+    return value
 
 
 @dataclass

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pmon.config import ManagerSpec, _Errors
 
 AUTO_NAME = "redundancy"
+SYNC_IDLE = 1.0  # seconds between syncs with pmon when nothing changes (daemon.py)
 RUN_ON = ("both", "active")
 
 
@@ -46,6 +47,22 @@ class RedundancySpec:
     first_active_change_interval: float = 5.0
     manager_weight: int = 1     # error weight of a manager that should run and does not
     link_weight: int = 1        # error weight of each link that is down
+    # Damping (docs/redundancy.md "Damping"): an error-state difference must last this long
+    # before it switches; after an automatic switchover, one caused by a newer change of the
+    # error states waits hold_down.
+    error_state_delay: float = 1.0
+    hold_down: float = 5.0
+    # pmon not answering the redundancy manager this long is an error source (pmon_weight);
+    # on the active server it fences the run_on = "active" managers: SIGTERM, SIGKILL after
+    # fence_grace; the partner waits fence_grace + one timeout for that before it takes over.
+    pmon_timeout: float = 2.0
+    pmon_weight: int = 1
+    fence_grace: float = 1.0
+
+    @property
+    def fence_bound(self) -> float:
+        """How long after the last heartbeat that said "fencing" the fence is surely done."""
+        return self.fence_grace + self.timeout
 
 
 def _address(value: Any) -> tuple[str, int]:
@@ -72,6 +89,11 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "first_active_change_interval": _seconds,
     "manager_weight": _weight,
     "link_weight": _weight,
+    "error_state_delay": _seconds,
+    "hold_down": _seconds,
+    "pmon_timeout": _seconds,
+    "pmon_weight": _weight,
+    "fence_grace": _seconds,
 }
 LINK_KEYS: dict[str, Callable[[Any], Any]] = {"local": _address, "partner": _address}
 
@@ -118,6 +140,10 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
     if timeout <= interval:
         errors.add("[redundancy], key 'timeout'",
                    f"must be longer than heartbeat_interval ({interval:g} s), e.g. 3 intervals")
+    pmon_timeout = values.get("pmon_timeout", RedundancySpec.pmon_timeout)
+    if pmon_timeout < 2 * SYNC_IDLE:
+        errors.add("[redundancy], key 'pmon_timeout'",
+                   f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
     if len({link.local for link in links}) < len(links):
         errors.add("[redundancy], key 'links'", "two links share a local address")
     if not (name and partner and links) or errors.lines:
@@ -129,6 +155,8 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
             "first_active_change_interval", RedundancySpec.first_active_change_interval),
         manager_weight=values.get("manager_weight", RedundancySpec.manager_weight),
         link_weight=values.get("link_weight", RedundancySpec.link_weight),
+        **{key: values[key] for key in ("error_state_delay", "hold_down", "pmon_timeout",
+                                        "pmon_weight", "fence_grace") if key in values},
     )
 
 

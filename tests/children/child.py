@@ -26,6 +26,7 @@ parser.add_argument("--watchdog-every", type=float, help="send WATCHDOG=1 this o
 parser.add_argument("--watchdog-for", type=float, help="... but only for this many seconds")
 parser.add_argument("--env-to", help="append the value of $PMON_TEST_VAR to this file")
 parser.add_argument("--on-usr1", help="append '<name> <pid> usr1' to this file on each SIGUSR1")
+parser.add_argument("--stamp", help="append 'start <time>' at start, 'stop <time>' on SIGTERM")
 args, _ = parser.parse_known_args()
 name = os.environ.get("PMON_MANAGER", "?")
 
@@ -46,6 +47,15 @@ if args.on_usr1:
             handle.write(f"{name} {os.getpid()} usr1\n")
 
     signal.signal(signal.SIGUSR1, usr1)
+if args.stamp:
+    def stamped_stop(_signum, _frame):
+        with open(args.stamp, "a") as handle:
+            handle.write(f"stop {time.time():.6f} {os.getpid()}\n")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stamped_stop)
+    with open(args.stamp, "a") as handle:
+        handle.write(f"start {time.time():.6f} {os.getpid()}\n")
 if args.record:
     with open(args.record, "a") as handle:
         handle.write(f"{name} {os.getpid()} start\n")
