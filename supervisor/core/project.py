@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping, Union
 from pmon.config import Config, ManagerSpec
 from pmon.core import adoption
 from pmon.core.change import Plan
-from pmon.core.manager import Action, Manager
+from pmon.core.manager import Action, Deadline, Manager
 from pmon.states import ManagerState
 from pmon.errors import CommandError, UnknownManager
 
@@ -320,8 +320,17 @@ class Project:
                 manager = self.get(job.waiting)  # a removed one still stopping, too
                 if manager is not None:
                     settled = self._settled(job, manager)
+                    if (job.phase is Phase.STARTING and job.deadline is not None
+                            and manager.deadline_kind is Deadline.START_TIMEOUT
+                            and manager.deadline is not None and manager.deadline > job.deadline):
+                        job.deadline = manager.deadline  # its timeout counts from its spawn
                     if not settled and (job.deadline is None or now < job.deadline):
                         return
+                    if not settled and manager.deadline is not None and now >= manager.deadline:
+                        # its own start timeout falls due with the job's: whichever timer
+                        # fired first, the manager's comes first (it is `not ready` then)
+                        self._tick_manager(manager, now)
+                        settled = self._settled(job, manager)
                     if job.phase is Phase.STARTING and (not settled or manager.ready_failed):
                         self._record(
                             "start-timeout",
@@ -442,15 +451,19 @@ class Project:
         """A timer fired: one manager's deadline (`name`), or the job's."""
         manager = self.get(name) if name is not None else None
         if manager is not None:
-            was_failed = manager.ready_failed
-            self._do(manager, manager.tick(now), now)
-            if manager.ready_failed and not was_failed:
-                self._record(
-                    "not-ready",
-                    f"{name} did not report READY=1 within {manager.spec.start_timeout:g} s",
-                    manager=name,
-                )
+            self._tick_manager(manager, now)
         self._advance(now)
+
+    def _tick_manager(self, manager: Manager, now: float) -> None:
+        was_failed = manager.ready_failed
+        self._do(manager, manager.tick(now), now)
+        if manager.ready_failed and not was_failed:
+            self._record(
+                "not-ready",
+                f"{manager.spec.name} did not report READY=1 within "
+                f"{manager.spec.start_timeout:g} s",
+                manager=manager.spec.name,
+            )
 
     def set_condition(
         self, condition: str, holds: bool, why: str, now: float, *, enforce: bool = True
