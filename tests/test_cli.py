@@ -25,6 +25,9 @@ def test_status_table_and_json(tmp_path, pmon):
     table = pmon_cli(config, "status")
     assert table.returncode == 0
     lines = table.stdout.splitlines()
+    assert lines[0].startswith(f"project {instance.config.project.name}: running")
+    assert lines[1].startswith("containment: ")  # which one is in force
+    lines = lines[1:]
     assert lines[1].split() == ["#", "NAME", "STATE", "PID", "START", "CORE", "RESTARTS", "UPTIME",
                                 "CPU", "RSS", "LAST", "EXIT"]
     assert lines[2].split()[:5] == ["1", "data", "running", str(instance.manager("data")["pid"]), "always"]

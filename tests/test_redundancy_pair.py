@@ -329,7 +329,7 @@ def test_a_forced_choice_ends_when_overruled_and_when_the_forced_server_fails(tm
     assert (forced["server"], forced["by"], forced["ended"]) == ("b", "set-active on a", None)
     assert "forced: b, in force; given " in pmon_cli(a.config_path, "redu", "status").stdout
 
-    b.call("stop", target="w")  # b gets worse: the forced choice is overruled, a takes over
+    b.call("stop", target="w", force=True)  # b gets worse (--force: it switches over): the forced choice is overruled, a takes over
     wait_roles(a, b, "active", "passive")
     poll_for(lambda: (redu(a)["forced"] or {}).get("ended") == "overruled", WAIT, "ended")
     b.call("start", target="w")  # the error states are equal again: the choice stays ended
