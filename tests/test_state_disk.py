@@ -123,7 +123,8 @@ def test_a_full_disk_is_waited_out_and_the_stop_survives_pmon(tmp_path, pmon, tm
     with pytest.raises(Exception) as not_saved:
         first.call("stop", target="man")
     assert "not saved" in str(not_saved.value)
-    assert first.manager("man")["state"] == "stopped"  # the change itself stands
+    # the change itself stands: the stop goes on (the reply came when its save failed)
+    poll_for(lambda: first.manager("man")["state"] == "stopped", what="man to stop")
     assert json.loads(state_path(first).read_text())["managers"]["man"]["state"] != "stopped"
     filler.unlink()  # room again: the retried write succeeds
     poll_for(lambda: json.loads(state_path(first).read_text())["managers"]["man"]["state"]
