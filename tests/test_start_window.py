@@ -97,3 +97,62 @@ def test_sigusr2_during_start_up_detaches_once_the_project_runs(tmp_path, where)
     finally:
         first.stop()
         kill_project_processes(name)
+
+
+def ignores_term(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as handle:
+        mask = next(line for line in handle if line.startswith("SigIgn:")).split()[1]
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_final_stop_cut_short_is_finished_then_the_project_starts(tmp_path):
+    """`systemctl stop` ending in SIGKILL (or a power cut during shutdown): the next pmon,
+    started as by `systemctl start` or at boot, finishes the stop and runs the project."""
+    config = write_project(tmp_path, [
+        {"name": "core1", "command": child(), "core": True},
+        {"name": "drv", "command": child()},
+        {"name": "slow", "command": child("--ignore-term"), "seconds_to_kill": 5},
+    ])
+    from pmon import config as config_module
+    name = config_module.load(config).project.name
+    first = Pmon(config)
+    try:
+        first.wait_ready()
+        old = first.manager("slow")["pid"]
+        poll_for(lambda: ignores_term(old), 10, "slow to ignore SIGTERM")
+        first.proc.send_signal(signal.SIGTERM)  # the final stop waits out slow's SIGTERM
+        poll_for(lambda: (saved(tmp_path).get("job") or {}).get("mode") == "irreversible",
+                 20, "the final stop on disk")
+        first.kill()
+        nxt = Pmon(config, env={"PMON_SYSTEMD_UNIT": "pmon-test.service"})
+        try:
+            status = poll_for(
+                lambda: (s := _answered(nxt)) and s["project_state"] == "running"
+                and all(m["state"] == "running" for m in s["managers"]) and s,
+                45, "the project running again after the stop was finished")
+            slow = next(m for m in status["managers"] if m["name"] == "slow")
+            assert slow["pid"] != old  # the stop was finished (killed at its deadline), then started
+            assert not psutil_alive(old)
+        finally:
+            assert nxt.stop() == 40  # a clean final stop under the unit
+        assert_next_pmon_supervises(config, name)  # and after that clean stop, a start again
+    finally:
+        first.stop()
+        kill_project_processes(name)
+
+
+def _answered(instance):
+    try:
+        return instance.status()
+    except Exception:
+        return None
+
+
+def psutil_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

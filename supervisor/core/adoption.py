@@ -117,6 +117,15 @@ def decide(
     job = saved.get("job")
     if isinstance(job, dict) and project_state not in ("stopped", "blocked", "running"):
         decision.resume = job
+    if decision.resume is not None and decision.resume.get("mode") == "irreversible":
+        # pmon's own final stop, cut short (SIGKILL at TimeoutStopSec, a power cut, the OOM
+        # killer). Had it ended, the next pmon would start the project (stopped_cleanly): a
+        # new pmon means "run the project". So the stop is finished, then the project
+        # starts: a restart. Only an operator's stop (`stop --all`) keeps it stopped.
+        reason = "pmon went away during its own final stop"
+        decision.resume = {**decision.resume, "kind": "restart", "mode": "replace",
+                           "final": "running", "reason": reason}
+        decision.notes.append(f"{reason}: finishing the stop, then starting the project")
     going_down = decision.resume is not None and decision.resume.get("kind") in ("stop", "block")
     for name, spec in specs.items():
         record = records.get(name)

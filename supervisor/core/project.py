@@ -495,8 +495,8 @@ class Project:
         """Carry on the job the previous pmon had under way, in the phase it stood in. The
         phase is walked again from its first step: a step already done is nothing (a stop
         of a manager already down, a start of one running), and a manager that died while
-        no pmon watched is not passed over. The final stop of a pmon that died is an
-        ordinary stop here: this pmon runs on, with the project stopped."""
+        no pmon watched is not passed over. The final stop of a pmon that died comes here
+        as a restart (core/adoption.py: a new pmon means "run the project")."""
         job = self._job(saved.kind, saved.reason, saved.final, saved.phase)
         job.skip = saved.skip | frozenset(skip)
         self._record(
