@@ -176,7 +176,8 @@ class Supervisor:
                 # a start leaves down what it left down after any hot restart; a restart
                 # starts everything again, as it would have
                 skip = taken.skip if job.kind is JobKind.START else frozenset()
-                self._perform(self.project.resume(job, self.now(), skip))
+                new = bool(taken.resume and taken.resume.get("new"))  # begun here, not resumed
+                self._perform(self.project.resume(job, self.now(), skip, new))
             elif taken.start_project:
                 self._perform(self.project.start(self.now(), skip=taken.skip))
             else:
