@@ -29,7 +29,7 @@ async def status(sup: "Supervisor") -> dict[str, Any]:
 async def start_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
     """Start the project (the normal start sequence)."""
     job = sup.start_project()
-    sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
+    await sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
     if wait:
         await sup.finish(job)
     return sup.status()
@@ -49,7 +49,7 @@ async def stop_all(sup: "Supervisor", wait: bool = True, force: bool = False) ->
     """Stop every manager in reverse order; pmon keeps running."""
     refuse_unsafe_stop(sup, "stop --all", force)
     job = sup.stop_project()
-    sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
+    await sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
     if wait:
         await sup.finish(job)
     return sup.status()
@@ -60,7 +60,7 @@ async def restart_all(sup: "Supervisor", wait: bool = True, force: bool = False)
     """Restart the project: stop everything in reverse order, then start in order."""
     refuse_unsafe_stop(sup, "restart --all", force)
     job = sup.restart_all("operator request")
-    sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
+    await sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
     if wait:
         await sup.finish(job)
     return sup.status()

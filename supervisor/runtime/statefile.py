@@ -97,8 +97,12 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
+def encode(state: dict[str, Any]) -> bytes:
+    return json.dumps({"version": VERSION, **state}, indent=1).encode()
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
-    write_atomically(path, json.dumps({"version": VERSION, **state}, indent=1).encode())
+    write_atomically(path, encode(state))
 
 
 def load(path: Path) -> dict[str, Any]:
