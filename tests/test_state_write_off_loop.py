@@ -75,3 +75,29 @@ def test_a_frozen_state_disk_stalls_no_death_nor_status(tmp_path):
             kill_project_processes(instance.config.project.name)
         for mount in reversed(mounts):
             subprocess.run(["umount", "-l", mount], timeout=30)
+
+
+def test_a_last_state_write_that_fails_is_an_error_exit(tmp_path):
+    """Finding 9: pmon's final state write on a full disk is retried, then pmon says so and
+    exits 1 (not 0, nor 40 under its unit): the next pmon would start from a stale file."""
+    state_dir = tmp_path / "var"
+    state_dir.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state_dir))
+    instance = None
+    try:
+        config = write_project(tmp_path, [{"name": "a", "command": child()}])
+        instance = Pmon(config, env={"PMON_SYSTEMD_UNIT": "pmon-test.service"})
+        instance.wait_ready()
+        with open(state_dir / "ballast", "wb") as ballast:  # fill the disk
+            try:
+                while True:
+                    ballast.write(b"\0" * 65536)
+                    ballast.flush()
+            except OSError:
+                pass
+        assert instance.stop() == 1
+    finally:
+        if instance is not None:
+            instance.stop()
+            kill_project_processes(instance.config.project.name)
+        subprocess.run(["umount", "-l", str(state_dir)], timeout=30)
