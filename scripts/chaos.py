@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A seeded chaos run against a real pmon: random SIGKILLs of pmon and of managers (the
-core manager too), random operator commands from several threads, random SIGHUPs; after
-each round the invariants are checked once the project has settled:
+core manager too) or SIGUSR2 (a hot restart, at any moment), random operator commands
+from several threads, random SIGHUPs; after each round the invariants are checked once the project has settled:
 
   one       at most one process per manager;
   status    `pmon status` equals the processes (a manager alive in status has exactly the
@@ -87,6 +87,7 @@ class Chaos:
         self.counts: collections.Counter[str] = collections.Counter()
         self.violations: list[str] = []
         self.core_victims: set[int] = set()  # processes alive at a core death
+        self.hot_restarted = False  # SIGUSR2 in this round
         self.history: dict[str, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=8))  # the last commands to each, for a report
 
@@ -103,6 +104,18 @@ class Chaos:
         self.proc.kill()
         self.proc.wait(30)
         self.counts["pmon SIGKILL"] += 1
+
+    def hot_restart_pmon(self) -> None:
+        """SIGUSR2: pmon detaches once any job is done (exit 0); the next one adopts. An
+        early signal must neither kill pmon nor leave the project stopped (review 1)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGUSR2)
+        code = self.proc.wait(120)
+        if code != 0:
+            self.violations.append(f"SIGUSR2: pmon exited {code}, not 0 (a hot restart)")
+            print("VIOLATION", self.violations[-1], flush=True)
+        self.counts["pmon SIGUSR2"] += 1
+        self.hot_restarted = True
 
     def status(self) -> dict[str, Any] | None:
         try:
@@ -198,7 +211,10 @@ class Chaos:
                 self.proc.send_signal(signal.SIGHUP)
                 self.counts["SIGHUP"] += 1
             elif roll < 0.55 and not killed_pmon:
-                self.kill_pmon()
+                if rng.random() < 0.3:
+                    self.hot_restart_pmon()  # at any moment, its start-up included
+                else:
+                    self.kill_pmon()
                 killed_pmon = True
                 with self.lock:  # unanswered commands may or may not have been made
                     for name in MANUAL:
@@ -211,6 +227,11 @@ class Chaos:
             thread.join(60)
         if killed_pmon:
             self.start_pmon()
+        if self.hot_restarted:  # nobody stops the project here: after a new pmon it runs
+            self.hot_restarted = False
+            status = self.status()
+            if status is not None and status["project_state"] == "stopped":
+                self.violation(number, "hot restart: the next pmon left the project stopped")
         self.check(number)
 
     def settled(self) -> dict[str, Any] | None:

@@ -36,6 +36,9 @@ def test_unit_is_notify_and_lets_pmon_stop_its_managers(tmp_path):
     timeout = float(next(line for line in text.splitlines()
                          if line.startswith("TimeoutStopSec=")).partition("=")[2])
     assert timeout >= 7 + 4  # the whole ordered stop fits
+    from pmon.service import start_timeout, stop_timeout
+    # a hot restart waits for a project restart under way: its stop and its start (review 1, 10)
+    assert timeout >= stop_timeout(config) + start_timeout(config)
     with pytest.raises(ValueError):
         systemd.unit_text(config, systemd.UnitOptions(kill_mode="control-group"))
 

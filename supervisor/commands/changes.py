@@ -25,7 +25,7 @@ from pmon.commands.registry import command
 from pmon.config import Config
 from pmon.core import change
 from pmon.states import ManagerState
-from pmon.errors import CommandError, ConfigError, PmonError
+from pmon.errors import CommandError, ConfigError, NotSaved, PmonError
 from pmon.runtime import platform
 from pmon.runtime.api import Api, Extension
 from pmon.runtime.statefile import write_atomically
@@ -254,5 +254,8 @@ class ReloadOnHangup(Extension):
     async def _reload(self, sup: "Supervisor") -> None:
         try:
             await reload(sup)
+        except NotSaved as exc:  # applied: only the disk is behind (retried; logged once)
+            sup.events.write("reload", f"SIGHUP reload applied, but not saved yet: {exc}",
+                             error=str(exc), saved=False)
         except PmonError as exc:  # nobody to answer: the event log says why
             sup.events.write("reload-failed", f"SIGHUP reload: {exc}", error=str(exc))

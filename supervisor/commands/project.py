@@ -29,7 +29,7 @@ async def status(sup: "Supervisor") -> dict[str, Any]:
 async def start_all(sup: "Supervisor", wait: bool = True) -> dict[str, Any]:
     """Start the project (the normal start sequence)."""
     job = sup.start_project()
-    sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
+    await sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
     if wait:
         await sup.finish(job)
     return sup.status()
@@ -49,7 +49,7 @@ async def stop_all(sup: "Supervisor", wait: bool = True, force: bool = False) ->
     """Stop every manager in reverse order; pmon keeps running."""
     refuse_unsafe_stop(sup, "stop --all", force)
     job = sup.stop_project()
-    sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
+    await sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
     if wait:
         await sup.finish(job)
     return sup.status()
@@ -60,7 +60,7 @@ async def restart_all(sup: "Supervisor", wait: bool = True, force: bool = False)
     """Restart the project: stop everything in reverse order, then start in order."""
     refuse_unsafe_stop(sup, "restart --all", force)
     job = sup.restart_all("operator request")
-    sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
+    await sup.commit()  # on disk before the job runs: a pmon killed meanwhile resumes it
     if wait:
         await sup.finish(job)
     return sup.status()
@@ -83,6 +83,11 @@ async def detach(sup: "Supervisor") -> dict[str, Any]:
     or restarting (the next pmon would not know how far that got) and while pmon shuts down."""
     if sup.project.closing and not sup.leave_running:
         raise CommandError("pmon is shutting down and stopping every manager; nothing detached")
+    if not sup.project_ready.is_set():  # still starting up: the project is not decided yet
+        raise CommandError(
+            "pmon is still starting up (its extensions, then the project); detach once the "
+            "project is running or stopped (`pmon status` shows when)"
+        )
     if sup.project_state in BUSY:
         raise CommandError(
             f"the project is {sup.project_state.value}; detach once it is running or stopped "
@@ -101,7 +106,13 @@ class DetachOnSignal(Extension):
     """HOT_RESTART_SIGNAL detaches, as `pmon detach` does. A signal has no one to refuse to:
     while a project job runs it waits for the job to end (the next pmon could not know how
     far it got), then detaches; during pmon's own final stop it is ignored (the stop goes
-    on, and the event log says so)."""
+    on, and the event log says so).
+
+    From its construction (before the config's extensions are even imported) until it is
+    armed, and again after it is disarmed, the signal is only noted: Python's default would
+    end pmon without its final state write. A signal noted early is honoured once armed,
+    and a detach always waits for the first start sequence (the project is not decided
+    before it: a detach then would save a project this pmon never stopped as stopped)."""
 
     name = "hot restart on " + HOT_RESTART_SIGNAL
 
@@ -109,6 +120,8 @@ class DetachOnSignal(Extension):
         self._sup: "Supervisor | None" = None
         self._armed = False
         self._pending = False
+        self._early = False
+        self._hold(lambda *_: setattr(self, "_early", True))
 
     async def start(self, api: Api) -> None:
         self._sup = cast("Supervisor", api)  # commands take the supervisor itself
@@ -116,10 +129,23 @@ class DetachOnSignal(Extension):
         self._armed = number is not None and platform.add_signal_handler(
             api.loop, number, self._signalled
         )
+        if self._early:
+            self._signalled()
 
     async def stop(self) -> None:
         if self._armed and self._sup is not None:
             self._sup.loop.remove_signal_handler(getattr(signal, HOT_RESTART_SIGNAL))
+            self._hold(lambda *_: None)  # pmon is ending: its final state write comes first
+
+    @staticmethod
+    def _hold(handler: Any) -> None:
+        """A plain Python handler (not SIG_IGN: children would inherit that across exec)."""
+        number = getattr(signal, HOT_RESTART_SIGNAL, None)
+        if number is not None:
+            try:
+                signal.signal(number, handler)
+            except ValueError:  # not the main thread (a Windows service): no such signal
+                pass
 
     def _signalled(self) -> None:
         sup = self._sup
@@ -135,6 +161,12 @@ class DetachOnSignal(Extension):
         sup.background(self, self._when_settled(sup))
 
     async def _when_settled(self, sup: "Supervisor") -> None:
+        if not sup.project_ready.is_set():
+            sup.events.write(
+                "hot-restart-waits",
+                f"{HOT_RESTART_SIGNAL}: detaching once pmon has started the project",
+            )
+            await sup.wait_for(lambda: sup.project_ready.is_set() or sup.project.closing)
         if sup.project_state in BUSY:
             sup.events.write(
                 "hot-restart-waits",

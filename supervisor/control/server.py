@@ -6,8 +6,11 @@ nonsense gets an error reply; it never reaches the supervisor's state, never kil
 
 No client can starve it: at most MAX_CONNECTIONS at once (a new one takes the place of the
 oldest that has not yet sent a good request: a flood of idle, token-less connections cannot
-shut the operator out), a first request within FIRST_REQUEST_SECONDS, at most IDLE_SECONDS of
-silence after it, and a wrong token answered late and, after MAX_AUTH_FAILURES, not at all.
+shut the operator out; a connection counts as good from the moment its request passes the
+token check, so a command in flight is never evicted), at most MAX_SUBSCRIBERS of them
+streams (the rest stay free for commands), a first request within FIRST_REQUEST_SECONDS, at
+most IDLE_SECONDS of silence after it, and a wrong token (on any request, `subscribe` too)
+answered late and, after MAX_AUTH_FAILURES, not at all.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pmon import commands
 from pmon.runtime import fdbudget, platform
 from pmon.runtime.api import Api, Extension
-from pmon.errors import PmonError, ProtocolError
+from pmon.errors import Busy, PmonError, ProtocolError
 from pmon.runtime.statefile import write_atomically
 from pmon.control import protocol
 from pmon.control.feed import QUEUE_LIMIT, Feed
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from pmon.states import ManagerState
 
 MAX_CONNECTIONS = fdbudget.CONTROL_CONNECTIONS  # bounds the fds clients hold
+MAX_SUBSCRIBERS = MAX_CONNECTIONS // 4  # streams never take the slots commands need
 FIRST_REQUEST_SECONDS = 5.0
 IDLE_SECONDS = 300.0
 AUTH_DELAY = 0.5  # seconds, times the failures so far on the connection
@@ -122,16 +126,21 @@ class ControlServer(Extension):
                         "protocol", f"message longer than {protocol.MAX_LINE} bytes")))
                     await writer.drain()
                     return
-                if _is_subscribe(line):
-                    await self._stream(line, reader, writer)
-                    return
-                reply = await self._answer(line)
-                code = reply.get("error", {}).get("code")
-                if code == "auth":
-                    failures += 1
-                    await asyncio.sleep(AUTH_DELAY * failures)  # guessing costs time
-                elif code != "protocol":  # past the token check: a client of ours
+                try:
+                    message = self._authenticate(line)
+                except PmonError as exc:
+                    if exc.code == "auth":
+                        failures += 1
+                        await asyncio.sleep(AUTH_DELAY * failures)  # guessing costs time
+                    reply = protocol.error_reply(exc.code, str(exc))
+                else:
+                    # past the token check: a client of ours, never evicted as an idle one,
+                    # also while its command runs
                     self._clients[task] = True
+                    if message.get("command") == "subscribe":
+                        await self._stream(message, writer, reader)
+                        return
+                    reply = await self._answer(message)
                 writer.write(protocol.encode(reply))
                 await writer.drain()
                 if failures >= MAX_AUTH_FAILURES:
@@ -168,20 +177,15 @@ class ControlServer(Extension):
             })
 
     async def _stream(
-        self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, message: dict[str, Any], writer: asyncio.StreamWriter, reader: asyncio.StreamReader
     ) -> None:
         """`subscribe`: one reply, then every record as a JSON line until the client goes.
         The client sends nothing more; anything it sends (or its EOF) ends the stream."""
         try:
-            message = protocol.decode(line)
-            if self.token is not None and not _same_token(str(message.get("token", "")), self.token):
-                writer.write(protocol.encode(protocol.error_reply("auth", "wrong or missing token")))
-                await writer.drain()
-                return
             managers, limit = _subscribe_args(message.get("args", {}))
-            task = asyncio.current_task()
-            if task in self._clients:  # past the token check: not evicted as an idle one
-                self._clients[task] = True
+            if len(self.feed.subscribers) >= MAX_SUBSCRIBERS:
+                raise Busy(f"{MAX_SUBSCRIBERS} subscribers are connected (the limit); "
+                           "close one (`pmon events -f`, a console) or try again later")
         except PmonError as exc:
             writer.write(protocol.encode(protocol.error_reply(exc.code, str(exc))))
             await writer.drain()
@@ -215,11 +219,15 @@ class ControlServer(Extension):
         idle.cancel()
         return True
 
-    async def _answer(self, line: bytes) -> dict[str, Any]:
+    def _authenticate(self, line: bytes) -> dict[str, Any]:
+        """The decoded request, if it carries the right token (only loopback TCP has one)."""
+        message = protocol.decode(line)
+        if self.token is not None and not _same_token(str(message.get("token", "")), self.token):
+            raise AuthFailed("wrong or missing token")
+        return message
+
+    async def _answer(self, message: dict[str, Any]) -> dict[str, Any]:
         try:
-            message = protocol.decode(line)
-            if self.token is not None and not _same_token(str(message.get("token", "")), self.token):
-                return protocol.error_reply("auth", "wrong or missing token")
             result = await commands.execute(
                 self.sup, message.get("command"), message.get("args", {})
             )
@@ -249,14 +257,8 @@ def _small_buffers(writer: asyncio.StreamWriter) -> None:
     writer.transport.set_write_buffer_limits(high=STREAM_BUFFER)
 
 
-def _is_subscribe(line: bytes) -> bool:
-    """Cheap test before decoding: only `subscribe` turns a connection into a stream."""
-    if b"subscribe" not in line:
-        return False
-    try:
-        return protocol.decode(line).get("command") == "subscribe"
-    except PmonError:
-        return False
+class AuthFailed(PmonError):
+    code = "auth"
 
 
 def _subscribe_args(args: Any) -> tuple[list[str], int]:

@@ -55,7 +55,8 @@ class Decision:
 
     project_state: str = "running"
     notes: list[str] = field(default_factory=list)
-    # The project job the previous pmon had under way (Job.as_dict), resumed by this one.
+    # The project job the previous pmon had under way (Job.as_dict), resumed by this one;
+    # with "new": True, a restart decided here (no pmon began it, nor recorded it).
     resume: Mapping[str, Any] | None = None
     # Adopted managers caught in a stop: seconds left until the kill, start again after it.
     stopping: dict[str, tuple[float, bool]] = field(default_factory=dict)
@@ -117,6 +118,15 @@ def decide(
     job = saved.get("job")
     if isinstance(job, dict) and project_state not in ("stopped", "blocked", "running"):
         decision.resume = job
+    if decision.resume is not None and decision.resume.get("mode") == "irreversible":
+        # pmon's own final stop, cut short (SIGKILL at TimeoutStopSec, a power cut, the OOM
+        # killer). Had it ended, the next pmon would start the project (stopped_cleanly): a
+        # new pmon means "run the project". So the stop is finished, then the project
+        # starts: a restart. Only an operator's stop (`stop --all`) keeps it stopped.
+        reason = "pmon went away during its own final stop"
+        decision.resume = {**decision.resume, "kind": "restart", "mode": "replace",
+                           "final": "running", "reason": reason, "new": True}
+        decision.notes.append(f"{reason}: finishing the stop, then starting the project")
     going_down = decision.resume is not None and decision.resume.get("kind") in ("stop", "block")
     for name, spec in specs.items():
         record = records.get(name)
@@ -162,7 +172,7 @@ def decide(
         reason = f"core manager {core_gone[0]} died while pmon was away"
         decision.resume = {
             "kind": "restart", "reason": reason, "mode": "replace", "final": "running",
-            "phase": "stopping", "order": [], "cursor": 0, "skip": [],
+            "phase": "stopping", "order": [], "cursor": 0, "skip": [], "new": True,
         }
         decision.notes.append(f"{reason}: restarting the whole project")
     return decision

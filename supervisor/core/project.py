@@ -504,14 +504,17 @@ class Project:
         manager = self.managers[name]
         self._do(manager, manager.resume_stop(now, kill_in, then_start), now)
 
-    def resume(self, saved: Job, now: float, skip: Iterable[str] = ()) -> int:
+    def resume(self, saved: Job, now: float, skip: Iterable[str] = (), new: bool = False) -> int:
         """Carry on the job the previous pmon had under way, in the phase it stood in. The
         phase is walked again from its first step: a step already done is nothing (a stop
         of a manager already down, a start of one running), and a manager that died while
-        no pmon watched is not passed over. The final stop of a pmon that died is an
-        ordinary stop here: this pmon runs on, with the project stopped."""
+        no pmon watched is not passed over. The final stop of a pmon that died comes here
+        as a restart (core/adoption.py: a new pmon means "run the project")."""
         job = self._job(saved.kind, saved.reason, saved.final, saved.phase)
         job.skip = saved.skip | frozenset(skip)
+        if new:  # decided at adoption: recorded as any project restart is (once)
+            self._record("project-restart", f"restarting the project: {saved.reason}",
+                         reason=saved.reason)
         self._record(
             "job-resumed",
             f"resuming the project {saved.kind.value} ({saved.reason}) where the previous "

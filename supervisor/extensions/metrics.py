@@ -90,6 +90,7 @@ class MetricsExporter(Extension):
         self.api = api
         self.counts_file = api.state_dir / "metrics.json"
         self._load_counts()
+        api.events.listeners.append(self._on_record)
         try:
             self.server = await asyncio.start_server(
                 self._serve, self.spec.host, self.spec.port, limit=MAX_REQUEST
@@ -119,8 +120,12 @@ class MetricsExporter(Extension):
         self._save_counts()
 
     # --- what only this exporter counts ----------------------------------------------------
-    def on_project(self, state: ProjectState) -> None:
-        if state is ProjectState.RESTARTING:
+    def _on_record(self, record: dict[str, Any]) -> None:
+        # The record, not the RESTARTING state: a restart resumed by the next pmon enters
+        # RESTARTING again, but the pmon that began it already counted it (and wrote
+        # the record); one that starts only at adoption (a core death while pmon was away)
+        # writes its own record.
+        if record.get("event") == "project-restart":
             self.project_restarts += 1
             self._save_counts()
 

@@ -9,7 +9,9 @@ SyslogIdentifier=pmon-PROJECT names the lines: `journalctl -t pmon-PROJECT -p wa
 shows pmon's warnings and errors.
 
 The priority of an event comes from its kind (the `event` of the event log), with the
-few kinds whose weight depends on their fields decided here too.
+few kinds whose weight depends on their fields decided here too. Every kind the code
+writes is in exactly one of the tables below (tests/test_journal_kinds.py reads the code
+and fails on a kind that is not), so a new warning cannot fall to info unnoticed.
 """
 
 from __future__ import annotations
@@ -23,16 +25,25 @@ ERR, WARNING, NOTICE, INFO = 3, 4, 5, 6
 _ERRORS = frozenset({
     "write-failed", "state-write-failed", "extension-error", "listener-error", "plugin-error",
     "plugin-failed", "spawn-failed", "start-refused", "reload-failed", "project-blocked",
-    "control-error", "pmon-tcp-failed",
+    "control-error", "pmon-tcp-failed", "metrics-failed", "metrics-error",
 })
 _WARNINGS = frozenset({
     "kill", "project-restart", "start-timeout", "not-ready", "died-away", "stray",
-    "pmon-tcp-error", "plugin-restart", "hot-restart-ignored",
+    "pmon-tcp-error", "plugin-restart", "hot-restart-ignored", "fd-limit",
+    "metrics-counts-lost", "stop-resumed", "job-resumed", "adoption", "pmon-tcp-refused",
+    "pmon-tcp-auth-failed",
 })
 _NOTICES = frozenset({
     "pmon-started", "pmon-stopped", "shutdown", "switchover", "redundancy-role", "reload",
     "adopted", "project-started", "plugin-recovered", "verdict-cleared", "hot-restart-waits",
+    "state-dir", "write-recovered",
 })
+_INFOS = frozenset({  # the routine: a manager started, ready, signalled, adopted; listening
+    "started", "ready", "signalled", "adopt", "plugins-loaded", "metrics-listening",
+    "pmon-tcp-listening",
+})
+_BY_FIELDS = frozenset({"exited", "verdict"})  # weighed by their fields, in priority()
+CLASSIFIED = _ERRORS | _WARNINGS | _NOTICES | _INFOS | _BY_FIELDS
 _VERDICT = {"error": ERR, "warning": WARNING}
 
 

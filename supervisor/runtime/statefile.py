@@ -97,10 +97,14 @@ def process_start_time(pid: int) -> float | None:
         return None
 
 
-def save(path: Path, state: dict[str, Any]) -> None:
+def encode(state: dict[str, Any]) -> bytes:
     # Compact: json.dumps with an indent runs the pure-Python encoder, ~10x slower, and
     # with 2000 managers the state is written up to 20 times a second.
-    write_atomically(path, json.dumps({"version": VERSION, **state}, separators=(",", ":")).encode())
+    return json.dumps({"version": VERSION, **state}, separators=(",", ":")).encode()
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    write_atomically(path, encode(state))
 
 
 def load(path: Path) -> dict[str, Any]:

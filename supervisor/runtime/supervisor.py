@@ -35,6 +35,7 @@ from pmon.core.project import (
 from pmon.states import ManagerState
 from pmon.errors import NotSaved, PmonError, SpawnRefused
 from pmon.runtime import adopt, containment, execution, fdbudget, platform, statefile
+from pmon.runtime.statewriter import StateWriter
 from pmon.runtime.api import Extension
 from pmon.runtime.instance import ProjectLock
 from pmon.runtime.logs import EventLog, describe_exit
@@ -46,6 +47,8 @@ S = ManagerState
 E = TypeVar("E", bound=Extension)
 T = TypeVar("T")
 STATE_RETRY_SECONDS = 1.0  # a state file that could not be written is tried again this often
+FINAL_WRITE_ATTEMPTS, FINAL_WRITE_PAUSE = 5, 0.2  # pmon's last write: tried this often, then
+EXIT_NOT_SAVED = 1  # pmon's exit status: the next pmon would start from a stale state file
 SETTLED_PROJECT = (ProjectState.RUNNING, ProjectState.STOPPED, ProjectState.BLOCKED)
 
 
@@ -66,6 +69,7 @@ class Supervisor:
         self._state_dirty = False  # changed since the state file was last written
         self.changes = 0  # counts changes: a command that made none has nothing to commit
         self._state_error: OSError | None = None  # why the last write failed
+        self._state_writer = StateWriter(lambda: self.state_file, self._state_written)
         self._reported: dict[str, ManagerState] = {}
         self._performing = False
         self.started_at = time.time()
@@ -158,7 +162,8 @@ class Supervisor:
         if not self.leave_running:
             self._sweep()  # every manager is down: nothing of theirs outlives pmon
             self.containment.release()
-        self._write_state()
+        await self._state_writer.idle()  # then the last word is this one
+        self._write_state(final=True)
         if self.leave_running:
             self.events.write("pmon-stopped", "pmon stopped; its managers run on (adopted at the next start)")
         else:
@@ -166,7 +171,7 @@ class Supervisor:
         for log in self.logs.values():
             log.close()
         self.events.close()
-        return 0
+        return 0 if self._state_error is None else EXIT_NOT_SAVED
 
     async def _lifetime(self) -> None:
         """Adopt, start the extensions and the project, run until told to stop, stop.
@@ -187,7 +192,8 @@ class Supervisor:
                 # a start leaves down what it left down after any hot restart; a restart
                 # starts everything again, as it would have
                 skip = taken.skip if job.kind is JobKind.START else frozenset()
-                self._perform(self.project.resume(job, self.now(), skip))
+                new = bool(taken.resume and taken.resume.get("new"))  # begun here, not resumed
+                self._perform(self.project.resume(job, self.now(), skip, new))
             elif taken.start_project:
                 self._perform(self.project.start(self.now(), skip=taken.skip))
             else:
@@ -650,13 +656,14 @@ class Supervisor:
         if self._state_dirty:
             self._write_state()
 
-    def commit(self) -> None:
+    async def commit(self) -> None:
         """Make what the project machine decided durable before a command is acknowledged:
         the state file written, synced, renamed, its directory synced (a few ms; see
         scripts/bench_durable.py). Raises NotSaved when it cannot be written: the change
         stands, and the write is retried until it succeeds."""
         if self._state_dirty:
             self._write_state()
+        await self._state_writer.written(self._state_writer.submitted)
         if self._state_error is not None:
             raise NotSaved(
                 f"done, but not saved: cannot write the state file {self.state_file} "
@@ -687,7 +694,9 @@ class Supervisor:
         """Write the state file now (the write probe: a full disk shows at once)."""
         self._write_state()
 
-    def _write_state(self) -> None:
+    def _write_state(self, final: bool = False) -> None:
+        """A snapshot of the state, written by the writer thread (`final`: here, now: the
+        loop is ending, nothing else is waiting on it)."""
         self._state_dirty = False
         managers = {}
         for name, manager in self.managers.items():
@@ -712,26 +721,38 @@ class Supervisor:
         self._start_times = {p: t for p, t in self._start_times.items() if p in live}
         self._identities = {p: i for p, i in self._identities.items() if p in live}
         job = self.project.job
-        try:
-            statefile.save(
-                self.state_file,
-                {
-                    "project": self.config.project.name,
-                    "config": str(self.config.path),
-                    "pmon_pid": os.getpid(),
-                    "project_state": self.project_state.value,
-                    "project_reason": self.project.reason,
-                    "job": job.as_dict() if job else None,
-                    "stopped_cleanly": self._stopped_cleanly,
-                    "managers": managers,
-                },
-            )
-        except OSError as exc:
+        state = {
+            "project": self.config.project.name,
+            "config": str(self.config.path),
+            "pmon_pid": os.getpid(),
+            "project_state": self.project_state.value,
+            "project_reason": self.project.reason,
+            "job": job.as_dict() if job else None,
+            "stopped_cleanly": self._stopped_cleanly,
+            "managers": managers,
+        }
+        if not final:
+            self._state_writer.submit(statefile.encode(state))
+            return
+        for attempt in range(FINAL_WRITE_ATTEMPTS):  # no loop is left to retry on
+            try:
+                statefile.save(self.state_file, state)
+                self._state_error = None
+                return
+            except OSError as exc:
+                failure = self._state_error = exc
+                if attempt + 1 < FINAL_WRITE_ATTEMPTS:
+                    time.sleep(FINAL_WRITE_PAUSE)  # a full disk may get room (logs rotate)
+        self.write_failed(f"the state file {self.state_file} (pmon's last write)", failure)
+
+    def _state_written(self, error: OSError | None) -> None:
+        """The writer thread's answer for one snapshot."""
+        if error is not None:
             self._state_dirty = True
             self._write_soon(STATE_RETRY_SECONDS)  # until the disk has room again
             if self._state_error is None:  # reported once per outage, not every retry
-                self.write_failed(f"the state file {self.state_file}", exc)
-            self._state_error = exc
+                self.write_failed(f"the state file {self.state_file}", error)
+            self._state_error = error
             return
         if self._state_error is not None:
             self._state_error = None
@@ -759,14 +780,14 @@ class Supervisor:
     # `wait=False` returns once the change is under way (PMON TCP answers at once).
     async def start_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager, job = self._perform(self.project.start_manager(target, self.now()))
-        self.commit()  # the decision on disk before the wait: a pmon killed meanwhile keeps it
+        await self.commit()  # the decision on disk before the wait: a pmon killed meanwhile keeps it
         if wait:
             await (self.finish(job) if job is not None else self._settle(manager))
         return manager
 
     async def stop_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager = self._perform(self.project.stop_manager(target, self.now()))
-        self.commit()
+        await self.commit()
         if wait:
             await self._settle(manager)
         return manager
@@ -774,14 +795,14 @@ class Supervisor:
     async def kill_manager(self, target: str | int, wait: bool = True) -> Manager:
         """Stop a manager without the polite signal: kill its process group now."""
         manager = self._perform(self.project.kill_manager(target, self.now()))
-        self.commit()
+        await self.commit()
         if wait:
             await self._settle(manager)
         return manager
 
     async def restart_manager(self, target: str | int, wait: bool = True) -> Manager:
         manager, job = self._perform(self.project.restart_manager(target, self.now()))
-        self.commit()
+        await self.commit()
         if wait:
             await (self.finish(job) if job is not None else self._settle(manager))
         return manager
@@ -806,9 +827,9 @@ class Supervisor:
             if write is not None:
                 write(new)
             touched = self._perform(self.project.change(new, plan, self.now(), source))
-            self.commit()
-            if plan.project:
+            if plan.project:  # applied with the change, saved or not
                 self._take_log_limits()
+            await self.commit()
             job = self.project.job
             if not wait:
                 return plan

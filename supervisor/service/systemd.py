@@ -171,7 +171,9 @@ def unit_text(config: "Config", options: UnitOptions = UnitOptions()) -> str:
         "KillSignal=SIGTERM",
         f"RestartKillSignal={HOT_RESTART_SIGNAL}",
         f"TimeoutStartSec={start_timeout(config):g}",
-        f"TimeoutStopSec={stop_timeout(config):g}",
+        # `systemctl restart` detaches once a job under way is done: a project restart is a
+        # stop and a start, so the stop may take both (the final stop takes only the first)
+        f"TimeoutStopSec={stop_timeout(config) + start_timeout(config):g}",
         "Restart=always",
         "RestartSec=1",
         f"SuccessExitStatus={EXIT_STOPPED}",
