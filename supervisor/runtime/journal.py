@@ -36,11 +36,11 @@ _WARNINGS = frozenset({
 _NOTICES = frozenset({
     "pmon-started", "pmon-stopped", "shutdown", "switchover", "redundancy-role", "reload",
     "adopted", "project-started", "plugin-recovered", "verdict-cleared", "hot-restart-waits",
-    "state-dir", "write-recovered",
+    "state-dir", "write-recovered", "general-query",
 })
 _INFOS = frozenset({  # the routine: a manager started, ready, signalled, adopted; listening
     "started", "ready", "signalled", "adopt", "plugins-loaded", "metrics-listening",
-    "pmon-tcp-listening",
+    "pmon-tcp-listening", "stop-command",
 })
 _BY_FIELDS = frozenset({"exited", "verdict"})  # weighed by their fields, in priority()
 CLASSIFIED = _ERRORS | _WARNINGS | _NOTICES | _INFOS | _BY_FIELDS
