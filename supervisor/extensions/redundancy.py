@@ -349,6 +349,7 @@ class RedundancyService(Extension):
             "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
             "forced": report.get("forced"),  # the last one, also once ended (when, why)
             "fencing": bool(report.get("fencing")),
+            "witness": report.get("witness"),  # None without one
             "epoch": self.epoch,
             "last_switchover": self.last_switchover,
             "dropped": report.get("dropped", {}),

@@ -148,15 +148,15 @@ class RedundancyManager:
     def lease_ok(self, now: float) -> bool:
         """May this server be (or stay) active as far as the witness goes? Without a witness,
         yes. With one: while it holds the lease; or, in failsafe (Patroni's failsafe_mode), an
-        active server that lost it (etcd unreachable) while its partner hears it, is passive
-        and names it the one to be active. Sets `failsafe`."""
+        active server that lost it (etcd unreachable) while its partner hears it and is
+        passive (a passive partner never claims the role while it hears an active one, and
+        without etcd this side hands nothing over: `Local.movable`). Sets `failsafe`."""
         self.failsafe = False
         if self.witness is None or self.witness.held(now):
             return True
         heard = self.partner_view(now)
         if self.decision.role is Role.ACTIVE and heard is not None and heard.hears and \
-                heard.role is Role.PASSIVE and heard.target == self.spec.name and \
-                not self.fence.active:
+                heard.role is Role.PASSIVE and not self.fence.active:
             self.failsafe = True
             return True
         return False
