@@ -201,7 +201,7 @@ def _witness(value: Any, fence_grace: float, name: str | None, errors: "_Errors"
             isinstance(u, str) and u.startswith(("http://", "https://")) and len(u) > 8 for u in urls):
         errors.add(f"{where}, key 'etcd'", f"expected a list of etcd client URLs; {example}")
         bad = True
-    ttl = value.get("ttl", WitnessSpec.ttl)
+    ttl = value.get("ttl", int(WitnessSpec.ttl))
     minimum = max(2.0, 2 * (fence_grace + 1))
     if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < minimum:
         errors.add(f"{where}, key 'ttl'",
