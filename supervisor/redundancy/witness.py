@@ -101,10 +101,8 @@ class Witness(threading.Thread):
             else:
                 pause = 3600.0  # nothing to do until wanted
             self.wake.wait(pause)
-        with self.lock:
-            lease = self.lease
-        if lease:
-            self._release(lease)
+        # Stopping (the redundancy manager exits) does not revoke a held lease: the
+        # run_on = "active" managers may still be stopping; the partner gets it once it expired.
 
     def _acquire(self, sent: float) -> None:
         reply = self._post("/v3/lease/grant", {"TTL": int(self.spec.ttl)})
