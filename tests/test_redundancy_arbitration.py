@@ -378,3 +378,76 @@ class PairMachine(RuleBasedStateMachine):
 
 TestPair = PairMachine.TestCase
 TestPair.settings = settings(max_examples=80, stateful_step_count=10, deadline=None)
+
+
+class WitnessPair(Pair):
+    """The pair with a witness: one lease, given to a side that wants it when free, given
+    back by a side that is passive and no longer wants it (what daemon.py and witness.py do
+    with etcd)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holder: str | None = None
+
+    def step(self, name: str) -> None:
+        arb = self.arb[name]
+        decision = arb.step(self.now, Local(self.error[name], self.available[name],
+                                            lease=self.holder == name), self.view(name))
+        self.last[name] = decision
+        if decision.changed:
+            self.changes.append((name, decision))
+        wants = decision.role is Role.ACTIVE or decision.wants_lease
+        if self.holder == name and not wants:
+            self.holder = None
+        elif self.holder is None and wants:
+            self.holder = name
+        self.sent[name] = Partner(name, decision.role, self.error[name], self.available[name],
+                                  decision.target, arb.epoch, arb.forced, arb.preferred,
+                                  boot=str(id(arb)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["cut", "heal", "err-a", "err-b", "fix", "round"]),
+                          st.integers(1, 12)), max_size=25))
+def test_with_a_witness_only_the_lease_holder_is_ever_active(script):
+    pair = WitnessPair()
+    pair.settle()
+    assert pair.active() == {"a"} and pair.holder == "a"
+    for op, rounds in script:
+        if op == "cut":
+            pair.set_link(False)
+        elif op == "heal":
+            pair.set_link(True)
+        elif op == "err-a":
+            pair.error["a"] += 1
+        elif op == "err-b":
+            pair.error["b"] += 1
+        elif op == "fix":
+            pair.error = {"a": 0, "b": 0}
+        for i in range(rounds):
+            pair.round(SERVERS if i % 2 else SERVERS[::-1])
+            assert pair.active() <= {pair.holder}, (pair.active(), pair.holder)
+    pair.set_link(True)
+    pair.settle(60)
+    assert len(pair.active()) == 1  # connected again: exactly one active, the holder
+
+
+def test_an_active_side_without_the_lease_goes_passive_as_fenced_and_a_passive_one_waits():
+    arb = Arbiter("a", "b", Choice("a", 0), startup_wait=0.5)
+    assert arb.step(0.0, Local(0, True, lease=False), None).role is None
+    waiting = arb.step(1.0, Local(0, True, lease=False), None)
+    assert (waiting.role, waiting.wants_lease) == (Role.PASSIVE, True)
+    assert not arb.alone  # it never was active: nothing diverged
+    assert arb.step(1.1, Local(0, True, lease=True), None).role is Role.ACTIVE
+    lost = arb.step(1.2, Local(0, True, lease=False), None)
+    assert (lost.role, lost.reason, lost.changed) == (Role.PASSIVE, Reason.FENCED, True)
+
+
+def test_without_etcd_the_active_hands_nothing_over():
+    arb = Arbiter("a", "b", Choice("a", 0))
+    partner = Partner("b", Role.PASSIVE, 0, True, "a")
+    assert arb.step(0.0, Local(0, True), partner).role is Role.ACTIVE
+    arb.prefer("b")
+    wants_b = Partner("b", Role.PASSIVE, 0, True, "b", preferred=arb.preferred)
+    assert arb.step(0.1, Local(0, True, movable=False), wants_b).role is Role.ACTIVE
+    assert arb.step(0.2, Local(0, True, movable=True), wants_b).role is Role.PASSIVE

@@ -99,12 +99,30 @@ def test_a_listed_redundancy_manager_is_used_as_is(tmp_path):
     ({}, [{"name": "d", "command": ["x"], "core": True, "run_on": "active"}], "a core manager runs on both"),
     ({}, [{"name": "d", "command": ["x"], "run_on": "passive"}], "expected one of 'both' | 'active'"),
     ({}, [{"name": "redundancy", "command": ["x"]}], "this name is taken"),
+    ({"witness": "etcd"}, None, "key 'witness': expected an inline table"),
+    ({"witness": {"etcd": [], "key": "/k"}}, None, "key 'witness', key 'etcd': expected a list of etcd client URLs"),
+    ({"witness": {"etcd": ["127.0.0.1:2379"], "key": "/k"}}, None, "key 'etcd': expected a list"),
+    ({"witness": {"etcd": ["http://127.0.0.1:2379"], "key": "/k", "ttl": 3}}, None,
+     "key 'ttl': expected whole seconds, at least 4"),
+    ({"witness": {"etcd": ["http://127.0.0.1:2379"], "key": "/k", "ttl": 6.5}}, None, "whole seconds"),
+    ({"witness": {"etcd": ["http://127.0.0.1:2379"]}}, None, "key 'witness', key 'key': expected the etcd key"),
+    ({"witness": {"etcd": ["http://x:1"], "key": "/k", "lease": 5}}, None, "key 'lease': unknown"),
 ])
 def test_bad_redundancy_settings_name_the_key(tmp_path, redundancy, managers, message):
     with pytest.raises(ConfigError) as error:
         load(tmp_path, managers, **redundancy)
     assert message in str(error.value)
     assert str(tmp_path / "pmon.toml") in str(error.value)
+
+
+def test_the_witness_is_off_by_default_and_read_when_given(tmp_path):
+    assert load(tmp_path).redundancy.witness is None
+    other = tmp_path / "other"
+    other.mkdir()
+    witness = load(other, witness={"etcd": ["http://127.0.0.1:2379/", "http://10.0.0.2:2379"],
+                                   "key": "/pmon/p/active"}).redundancy.witness
+    assert witness.etcd == ("http://127.0.0.1:2379", "http://10.0.0.2:2379")
+    assert (witness.key, witness.ttl, witness.lost_after) == ("/pmon/p/active", 6.0, 3.0)
 
 
 def test_a_standalone_project_is_unchanged(tmp_path):

@@ -46,7 +46,14 @@ def print_status(s: dict[str, Any]) -> None:
                  if forced.get("ended") else "in force")
         click.echo(f"forced: {forced['server']}, {state}; {given}")
     if s.get("fencing"):
-        click.echo("fencing: stopping the run_on = \"active\" managers (pmon does not answer)")
+        click.echo("fencing: stopping the run_on = \"active\" managers (pmon does not answer or the lease is lost)")
+    witness = s.get("witness")
+    if witness:
+        state = "held" if witness.get("held") else ("wanted, not held" if witness.get("wanted")
+                                                    else "not held")
+        failsafe = "; failsafe: active without it, the partner agrees" if witness.get("failsafe") else ""
+        error = f"; etcd: {witness['error']}" if witness.get("error") else ""
+        click.echo(f"witness {witness.get('key')}: lease {state}{failsafe}{error}")
     last = s.get("last_switchover")
     if last:
         click.echo(f"last switchover: {_when(last['at'])}, {last['active']} active ({last['reason']})")

@@ -123,6 +123,9 @@ class RedundancyService(Extension):
                 time.monotonic() - self.synced_at >= self.spec.pmon_timeout):
             raise SpawnRefused(f"this server ({self.spec.name}) has not heard its redundancy "
                                f"manager for {self.spec.pmon_timeout:g} s; the role is not sure")
+        if manager.spec.run_on == "active" and self.report.get("fencing"):
+            raise SpawnRefused(f"this server ({self.spec.name}) is fencing its run_on = "
+                               '"active" managers (it lost the witness\'s lease)')
         return {}
 
     def _tell_role(self) -> None:
@@ -346,6 +349,7 @@ class RedundancyService(Extension):
             "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
             "forced": report.get("forced"),  # the last one, also once ended (when, why)
             "fencing": bool(report.get("fencing")),
+            "witness": report.get("witness"),  # None without one
             "epoch": self.epoch,
             "last_switchover": self.last_switchover,
             "dropped": report.get("dropped", {}),

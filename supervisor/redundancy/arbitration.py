@@ -39,6 +39,11 @@ state loses, ties the one not preferred; but when the partner does not hear this
 all (a one-way partition), this server loses, since it is the only one that can act. The
 loser restarts its project when either side was alone meanwhile (both ran the drivers).
 
+With a witness (docs/redundancy.md "The witness"), being active needs the witness's lease
+(`Local.lease`): a decision to become active waits for it (`Decision.wants_lease` asks the
+daemon to get it), and an active side that lost it (and is not in failsafe) goes passive,
+reason "fenced", once the daemon has fenced its run_on = "active" managers.
+
 A server whose pmon does not answer cannot act (`Local.can_act`): it never becomes active,
 and an active one goes passive (reason "fenced") once the daemon has stopped its
 `run_on = "active"` managers. A partner that last said it was fencing is given
@@ -110,6 +115,9 @@ class Local:
     error: float
     available: bool  # project fully started, no blocked manager
     can_act: bool = True  # pmon answers (False: it cannot start or stop managers)
+    lease: bool = True  # holds the witness's lease (always True without a witness)
+    movable: bool = True  # the role can be handed over (False: the witness is unreachable,
+                          # the partner could not take the lease: no switchover by 2..4)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,7 @@ class Decision:
     reason: Reason | None = None
     restart_project: bool = False  # lost a split brain: the project diverged, restart it
     target: str | None = None   # whom this side thinks should be active (sent to the partner)
+    wants_lease: bool = False   # would be active, but waits for the witness's lease
 
 
 @dataclass
@@ -217,11 +226,21 @@ class Arbiter:
         if self.started_at is None:
             self.started_at = now
         self.wall = wall
-        before = self.role
+        before, alone = self.role, self.alone
         if partner is None:
             decision = self._alone(now, local)
         else:
             decision = self._together(now, local, partner)
+        if decision.role is Role.ACTIVE and not local.lease:
+            # The witness: being active needs its lease. Becoming active waits for it; an
+            # active side without it (and not in failsafe, which the daemon decides and
+            # passes as lease=True) has been fenced by the daemon and goes passive.
+            if before is Role.ACTIVE:
+                decision = Decision(Role.PASSIVE, reason=Reason.FENCED, target=decision.target)
+            else:
+                self.alone = alone  # not active: nothing diverged
+                decision = Decision(Role.PASSIVE, reason=self.last_reason or Reason.START,
+                                    target=decision.target, wants_lease=True)
         changed = decision.role is not before and decision.role is not None
         if changed:
             if decision.role is Role.ACTIVE:
@@ -289,7 +308,8 @@ class Arbiter:
         self.alone = False
         if self.role is Role.ACTIVE:
             ready = partner.available or reason is Reason.FORCED
-            if target == partner.name and agreed and ready and not self._settling(now, reason):
+            if target == partner.name and agreed and ready and local.movable and \
+                    not self._settling(now, reason):
                 return Decision(Role.PASSIVE, reason=reason, target=target)  # hand over
             return Decision(Role.ACTIVE, reason=self.last_reason, target=target)
 

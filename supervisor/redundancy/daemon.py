@@ -47,6 +47,7 @@ from pmon.redundancy.fence import Fence
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
 from pmon.redundancy.settings import SYNC_IDLE
+from pmon.redundancy.witness import Witness
 
 PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
@@ -123,6 +124,10 @@ class RedundancyManager:
         for sock in (self.wake_r, self.wake_w):
             sock.setblocking(False)
         self.sync = PmonSync(config, spec.pmon_timeout, self._locked_report, self._deliver)
+        # The witness (None without one): its own thread; this loop only reads its state.
+        self.witness = Witness(spec.witness, f"{spec.name} {self.boot}", self._wake) \
+            if spec.witness is not None else None
+        self.failsafe = False  # active without the lease: etcd away, the partner agrees
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
@@ -139,6 +144,22 @@ class RedundancyManager:
         if not self.pmon_ok(now) and self.spec.pmon_weight:
             out["pmon"] = self.spec.pmon_weight
         return out
+
+    def lease_ok(self, now: float) -> bool:
+        """May this server be (or stay) active as far as the witness goes? Without a witness,
+        yes. With one: while it holds the lease; or, in failsafe (Patroni's failsafe_mode), an
+        active server that lost it (etcd unreachable) while its partner hears it and is
+        passive (a passive partner never claims the role while it hears an active one, and
+        without etcd this side hands nothing over: `Local.movable`). Sets `failsafe`."""
+        self.failsafe = False
+        if self.witness is None or self.witness.held(now):
+            return True
+        heard = self.partner_view(now)
+        if self.decision.role is Role.ACTIVE and heard is not None and heard.hears and \
+                heard.role is Role.PASSIVE and not self.fence.active:
+            self.failsafe = True
+            return True
+        return False
 
     def silence(self, now: float) -> float:
         heard = [link.last_rx for link in self.links.links if link.last_rx is not None]
@@ -162,11 +183,13 @@ class RedundancyManager:
         heard = self.partner_view(now)
         ok = self.pmon_ok(now)
         can_act = ok or (self.decision.role is Role.ACTIVE and not self.fence.done)
+        lease = self.lease_ok(now)
+        movable = self.witness is None or self.witness.reachable()
         if heard is None:
-            return Local(sum(mine.values()), self.available and ok, can_act), None
+            return Local(sum(mine.values()), self.available and ok, can_act, lease, movable), None
         error, partner_error = judged_errors(mine, heard.breakdown)
         partner = replace(heard.partner(), error=partner_error)
-        return Local(error, self.available and ok, can_act), partner
+        return Local(error, self.available and ok, can_act, lease, movable), partner
 
     def probing(self, now: float) -> bool:
         """A heartbeat of the partner is overdue (but it is not given up yet): ask at once,
@@ -185,6 +208,8 @@ class RedundancyManager:
         selector.register(self.wake_r, selectors.EVENT_READ, None)
         interval = self.spec.heartbeat_interval
         self.sync.start()
+        if self.witness is not None:
+            self.witness.start()
         try:  # the epoch and error state before the first heartbeat
             first = self.replies.get(timeout=self.spec.pmon_timeout)
             with self.lock:
@@ -229,6 +254,8 @@ class RedundancyManager:
                     if news:  # a copy of a heartbeat already seen (the other link) changes nothing
                         self.evaluate(now)
         finally:
+            if self.witness is not None:
+                self.witness.stop()
             selector.close()
             self.links.close()
 
@@ -244,6 +271,10 @@ class RedundancyManager:
     def _deliver(self, at: float, reply: dict[str, Any] | None) -> None:
         """From the sync thread: queue pmon's reply and wake the heartbeat loop."""
         self.replies.put((at, reply))
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the heartbeat loop (from another thread: the sync, the witness)."""
         try:
             self.wake_w.send(b"x")
         except OSError:
@@ -296,16 +327,20 @@ class RedundancyManager:
 
     def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
         ok = self.pmon_ok(now)
-        if ok and self.fence.started_at is not None:
-            self.fence.reset()  # pmon is back: it decides about its managers again
-        if not ok and self.decision.role is Role.ACTIVE:
-            self.fence.start(now, self.fence_pids)
+        lease = self.lease_ok(now)
+        if ok and self.fence.started_at is not None and (
+                lease or self.decision.role is not Role.ACTIVE):
+            self.fence.reset()  # pmon is back (and the lease, or passive): pmon decides again
+        if (not ok or not lease) and self.decision.role is Role.ACTIVE:
+            self.fence.start(now, self.fence_pids)  # no pmon, or no lease: stop the drivers
         self.fence.step(now)
         before = self.decision.role
         if not self.fence.active:  # while fencing, the role stays: the partner waits
             local, partner = self.views(now)
             self.decision = self.arbiter.step(now, local, partner, wall=time.time())
         decision = self.decision
+        if self.witness is not None:  # hold the lease while active or waiting to be
+            self.witness.want(decision.role is Role.ACTIVE or decision.wants_lease, now)
         partner_role = self.heard.role if self.partner_view(now) and self.heard else None
         if self.dual and before is Role.ACTIVE and decision.role is Role.ACTIVE and \
                 partner_role is Role.PASSIVE:
@@ -348,7 +383,9 @@ class RedundancyManager:
             available=local.available, target=self.decision.target,
             seen=max(0, self.inbox.last_epoch), forced=self.arbiter.forced,
             preferred=self.arbiter.preferred, breakdown=breakdown,
-            hears=self.partner_view(now) is not None, fencing=self.fence.active, probe=probe,
+            hears=self.partner_view(now) is not None, probe=probe,
+            # in failsafe, losing the partner means fencing: it waits fence_bound for that
+            fencing=self.fence.active or self.failsafe,
             damp=round(max(0.0, self.damped_until - now), 3),
         ))
         for link in self.links.links:
@@ -375,6 +412,8 @@ class RedundancyManager:
             "preferred": _choice(self.arbiter.preferred),
             "queries": self.queries,
             "fencing": self.fence.active,
+            "witness": None if self.witness is None else {
+                **self.witness.status(now), "failsafe": self.failsafe},
             "damp": round(max(0.0, self.damped_until - now), 3),
             "partner": None if partner is None else {
                 "name": partner.sender, "role": partner.role.value if partner.role else None,

@@ -37,6 +37,22 @@ class Link:
 
 
 @dataclass(frozen=True)
+class WitnessSpec:
+    """`[redundancy] witness`: an etcd key held under a lease; only its holder is active."""
+
+    etcd: tuple[str, ...]   # client URLs of the etcd cluster, e.g. "http://127.0.0.1:2379"
+    key: str                # the key both servers compete for
+    ttl: float = 6.0        # the lease's time to live (seconds, whole, at least 2)
+
+    @property
+    def lost_after(self) -> float:
+        """No lease renewal for this long: this server counts the lease lost and fences (or
+        stays active in failsafe, docs/redundancy.md "The witness"), well before etcd lets
+        it expire (the TTL, counted by etcd from a renewal at least as late)."""
+        return self.ttl / 2
+
+
+@dataclass(frozen=True)
 class RedundancySpec:
     name: str                   # this server
     partner: str                # the other one
@@ -58,6 +74,7 @@ class RedundancySpec:
     pmon_timeout: float = 2.0
     pmon_weight: int = 1
     fence_grace: float = 1.0
+    witness: WitnessSpec | None = None  # None: no witness (both active when all links are down)
 
     @property
     def fence_bound(self) -> float:
@@ -94,6 +111,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "pmon_timeout": _seconds,
     "pmon_weight": _weight,
     "fence_grace": _seconds,
+    "witness": lambda v: v,  # checked below (_witness)
 }
 LINK_KEYS: dict[str, Callable[[Any], Any]] = {"local": _address, "partner": _address}
 
@@ -146,6 +164,8 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
                    f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
     if len({link.local for link in links}) < len(links):
         errors.add("[redundancy], key 'links'", "two links share a local address")
+    witness = _witness(table["witness"], values.get("fence_grace", RedundancySpec.fence_grace),
+                       name, errors) if "witness" in table else None
     if not (name and partner and links) or errors.lines:
         return None
     return RedundancySpec(
@@ -157,7 +177,48 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
         link_weight=values.get("link_weight", RedundancySpec.link_weight),
         **{key: values[key] for key in ("error_state_delay", "hold_down", "pmon_timeout",
                                         "pmon_weight", "fence_grace") if key in values},
+        witness=witness,
     )
+
+
+WITNESS_KEYS = ("etcd", "ttl", "key")
+
+
+def _witness(value: Any, fence_grace: float, name: str | None, errors: "_Errors") -> WitnessSpec | None:
+    where = "[redundancy], key 'witness'"
+    example = ('e.g. witness = { etcd = ["http://127.0.0.1:2379"], ttl = 6, '
+               'key = "/pmon/PROJECT/active" }')
+    if not isinstance(value, dict):
+        errors.add(where, f"expected an inline table; {example}")
+        return None
+    bad = False
+    for key in value:
+        if key not in WITNESS_KEYS:
+            errors.add(f"{where}, key '{key}'", f"unknown; the witness takes {', '.join(WITNESS_KEYS)}")
+            bad = True
+    urls = value.get("etcd")
+    if not isinstance(urls, list) or not urls or not all(
+            isinstance(u, str) and u.startswith(("http://", "https://")) and len(u) > 8 for u in urls):
+        errors.add(f"{where}, key 'etcd'", f"expected a list of etcd client URLs; {example}")
+        bad = True
+    ttl = value.get("ttl", int(WitnessSpec.ttl))
+    minimum = max(2.0, 2 * (fence_grace + 1))
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < minimum:
+        errors.add(f"{where}, key 'ttl'",
+                   f"expected whole seconds, at least {minimum:g} (2 x (fence_grace + 1): the "
+                   "lease counts lost at half the TTL, then the fence must end before etcd "
+                   "lets it expire)")
+        bad = True
+    key = value.get("key")
+    if not isinstance(key, str) or not key.strip():
+        errors.add(f"{where}, key 'key'",
+                   "expected the etcd key both servers compete for, the same on both, "
+                   'e.g. key = "/pmon/PROJECT/active"')
+        bad = True
+    if bad or not name:
+        return None
+    assert isinstance(urls, list)
+    return WitnessSpec(etcd=tuple(u.rstrip("/") for u in urls), key=key, ttl=float(ttl))
 
 
 _MISSING = {
