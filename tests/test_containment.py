@@ -406,3 +406,45 @@ def test_kill_manager_never_kills_the_caller_sitting_in_that_cgroup(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[:2] == ["True", "-9"]  # the manager's process killed, caller alive
     assert not done.stdout.split()[2].endswith("manager-x")
+
+
+def test_a_fence_kills_the_managers_whole_cgroup_and_spares_pmon_stalled_inside(tmp_path):
+    """Redundancy's fence with cgroups (review 2, finding 1): the fenced manager's setsid and
+    double-forked helpers are in its cgroup, not its process group, and go with it; a pmon
+    stopped (SIGSTOP) while it sits in that cgroup for a spawn is moved home and lives."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    import subprocess
+    import time
+
+    from pmon.redundancy.fence import Fence
+
+    base = cgroups.mount_point() / "pmon" / f"fence-test-{os.getpid()}"
+    cgroup, home = base / "manager-drv", base / "home"
+    for each in (cgroup, home):
+        each.mkdir(parents=True)
+    enter = f"echo $$ > {cgroup}/cgroup.procs && exec "
+    procs: list[subprocess.Popen] = []
+    try:
+        drv = subprocess.Popen(["sh", "-c", enter + f"{sys.executable} {DAEMONIZER} {tmp_path}/m.rec"],
+                               start_new_session=True)
+        procs.append(drv)
+        record = _started(tmp_path)
+        stalled_pmon = subprocess.Popen(["sh", "-c", enter + "sleep 600"])
+        procs.append(stalled_pmon)
+        poll_for(lambda: stalled_pmon.pid in cgroups.procs(cgroup), 10, "the stand-in pmon inside")
+        os.kill(stalled_pmon.pid, signal.SIGSTOP)
+        fence = Fence(grace=0.5)
+        fence.start(time.monotonic(), [drv.pid], [str(cgroup)], (stalled_pmon.pid, str(home)))
+        poll_for(lambda: fence.step(time.monotonic()) or fence.done, 10, "the fence to end")
+        _all_dead(record["manager"] + _helpers(record), "the fenced manager and its helpers to go")
+        assert stalled_pmon.poll() is None  # pmon lives: moved out before the kill
+        assert stalled_pmon.pid in cgroups.procs(home)
+        assert cgroups.procs(cgroup) == []
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        for each in (cgroup, home, base):
+            cgroups.kill_and_wait(each)
+            cgroups.remove(each)

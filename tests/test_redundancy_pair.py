@@ -385,3 +385,45 @@ def test_the_general_query_reaches_the_managers_that_keep_running_on_both_server
              "the survivor's w and drv queried")
     event = b.wait_event("general-query", reason="the partner lost a split brain")
     assert set(event["managers"]) == {"w", "drv"}
+
+
+def test_a_fence_takes_the_drivers_helpers_along_in_its_cgroup(tmp_path, pmon, relay):
+    """With cgroups, a fenced driver's setsid and daemonised helpers (in its cgroup, not in
+    its process group) die with it before the partner starts its own (review 2, finding 1)."""
+    import os
+    import sys
+
+    import psutil
+
+    from support import cgroups_writable
+
+    if why := cgroups_writable():
+        pytest.skip(why)
+    daemonizer = str(Path(__file__).parent / "children" / "daemonizer.py")
+
+    def for_server(server: str) -> list[dict[str, Any]]:
+        return [{"name": "drv", "command": [sys.executable, daemonizer, str(tmp_path / f"rec-{server}")],
+                 "run_on": "active"}]
+
+    def recorded() -> list[int]:
+        path = tmp_path / "rec-a"
+        return [int(line.split()[1]) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    a, b = start_pair(pmon, tmp_path, relay, for_server)
+    wait_roles(a, b, "active", "passive")
+    pids = poll_for(lambda: len(r := recorded()) == 3 and r, WAIT, "a's driver and its helpers")
+    try:
+        a.proc.kill()  # pmon alone dies; the redundancy manager fences
+        poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over")
+        poll_for(lambda: not [p for p in pids if alive(p)], WAIT, "a's driver and helpers fenced")
+        b.wait_state("drv", "running")
+    finally:
+        for pid in pids:  # what a fence left (before the fix: the helpers)
+            if alive(pid):
+                os.kill(pid, 9)

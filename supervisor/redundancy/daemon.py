@@ -103,6 +103,8 @@ class RedundancyManager:
         self.available = False
         self.pmon_breakdown: dict[str, float] = {}
         self.fence_pids: list[int] = []
+        self.fence_cgroups: list[str] = []  # their cgroups (cgroup containment)
+        self.fence_pmon: tuple[int, str] | None = None  # pmon's pid and home cgroup
         self.fence = Fence(spec.fence_grace)
         self.decision = Decision(None)
         self.changed_at: float | None = None
@@ -299,7 +301,7 @@ class RedundancyManager:
         if ok and self.fence.started_at is not None:
             self.fence.reset()  # pmon is back: it decides about its managers again
         if not ok and self.decision.role is Role.ACTIVE:
-            self.fence.start(now, self.fence_pids)
+            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon)
         self.fence.step(now)
         before = self.decision.role
         if not self.fence.active:  # while fencing, the role stays: the partner waits
@@ -395,6 +397,10 @@ class RedundancyManager:
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
         self.available = bool(reply.get("available"))
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
+        self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
+        pmon = reply.get("pmon")
+        self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
+            pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
         now = self.clock()
         damp = reply.get("damp", 0)

@@ -839,6 +839,11 @@ class Supervisor:
             out.update(extension.status())
         return out
 
+    def cgroups(self) -> tuple[Callable[[str], Path], Path] | None:
+        if isinstance(self.containment, containment.CgroupContainment):
+            return self.containment.tree.of, self.containment.tree.home
+        return None
+
     def plugin_error_state(self) -> float:
         """What the extensions' current verdicts add to this server's error state (0: none);
         the redundancy manager adds it to its other error sources."""
