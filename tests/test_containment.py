@@ -448,3 +448,27 @@ def test_a_fence_kills_the_managers_whole_cgroup_and_spares_pmon_stalled_inside(
         for each in (cgroup, home, base):
             cgroups.kill_and_wait(each)
             cgroups.remove(each)
+
+
+def test_a_cgroup_pmon_s_managers_are_adopted_by_a_pmon_without_cgroups(tmp_path, pmon):
+    """The downgrade (review 2, finding 2): `pmon detach` from a pmon with cgroups, then one
+    with PMON_NO_CGROUPS=1 adopts the running manager (the state file says who it was: uid
+    and exe), kills nothing, starts no second copy, and still stops it with its helpers."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    from support import pmon_cli
+
+    config = _project(tmp_path)
+    first = pmon(config, env=_env("cgroup"))
+    record = _started(tmp_path)
+    manager = record["manager"][0]
+    assert pmon_cli(config, "detach").returncode == 0
+    assert first.proc.wait(20) == 0
+    second = pmon(config, env=_env("process-group"))
+    assert second.manager("m")["pid"] == manager
+    assert all(_alive(p) for p in [manager, *_helpers(record)])
+    events = [e["message"] for e in second.events()]
+    assert not [m for m in events if "outlived" in m or "not adopted" in m or "away" in m], events
+    second.call("stop", target="m")
+    second.wait_state("m", "stopped")
+    _all_dead([manager, *_helpers(record)], "the adopted manager and its helpers to die")

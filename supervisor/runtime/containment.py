@@ -97,8 +97,16 @@ class Containment:
         """The manager left the project."""
 
     def identity(self, pid: int) -> dict[str, Any]:
-        """What the state file keeps about a spawned manager's process, for adoption."""
-        return {}
+        """What the state file keeps about a spawned manager's process, for adoption: its
+        owner and executable. In both kinds, so that a pmon of the other kind (a downgrade
+        from cgroups to process groups, e.g. PMON_NO_CGROUPS=1) adopts it too."""
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            return {"uid": proc.uids().real, "exe": proc.exe()}
+        except (psutil.Error, OSError):
+            return {}
 
     def find(
         self, names: set[str], records: Mapping[str, Any]
@@ -208,9 +216,6 @@ class CgroupContainment(Containment):
     def forget(self, name: str) -> None:
         self._leave(self.tree.of(name))
         cgroups.remove(self.tree.of(name))
-
-    def identity(self, pid: int) -> dict[str, Any]:
-        return {}
 
     def find(
         self, names: set[str], records: Mapping[str, Any]
@@ -359,15 +364,6 @@ class GroupContainment(Containment):
             if _ended(pid):
                 dying.discard(pid)
         return not dying
-
-    def identity(self, pid: int) -> dict[str, Any]:
-        import psutil
-
-        try:
-            proc = psutil.Process(pid)
-            return {"uid": proc.uids().real, "exe": proc.exe()}
-        except (psutil.Error, OSError):
-            return {}
 
     def find(
         self, names: set[str], records: Mapping[str, Any]
