@@ -41,12 +41,11 @@ from typing import Any, Callable
 from pmon.config import Config
 from pmon.control.client import call
 from pmon.errors import PmonError
-from pmon.redundancy.arbitration import (Arbiter, Choice, Decision, Local, Partner, Role,
-                                         judged_errors)
+from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Role
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
-from pmon.redundancy.settings import SYNC_IDLE
+from pmon.redundancy.settings import SYNC_IDLE, judged_errors
 
 PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
