@@ -472,3 +472,43 @@ def test_a_cgroup_pmon_s_managers_are_adopted_by_a_pmon_without_cgroups(tmp_path
     second.call("stop", target="m")
     second.wait_state("m", "stopped")
     _all_dead([manager, *_helpers(record)], "the adopted manager and its helpers to die")
+
+
+PROBE = """
+import asyncio, sys
+from pmon.app import build_extensions
+from pmon.config import load
+from pmon.runtime import cgroups
+from pmon.runtime.api import Extension
+from pmon.runtime.supervisor import Supervisor
+
+class Probe(Extension):
+    name = "probe"
+    async def start(self, api):
+        self.sup = api
+    def on_manager(self, manager, old):
+        print(manager.spec.name, manager.state.value, cgroups.own_cgroup(), flush=True)
+        states = {m.state.value for m in self.sup.managers.values()}
+        if states == {"running"} or "blocked" in states:
+            self.sup.request_shutdown("probe")
+
+config = load(sys.argv[1])
+sys.exit(asyncio.run(Supervisor(config, build_extensions(config) + [Probe()], echo=False).run()))
+"""
+
+
+def test_pmon_is_home_when_the_hooks_run_after_a_spawn(tmp_path):
+    """The extensions' (and so the plugins') hooks run with pmon back in its own cgroup,
+    not in the manager's it just spawned into (review 2, finding 5): what pmon's threads
+    fault in or fork there would be charged to, and killed with, that manager."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    import subprocess
+
+    config = write_project(tmp_path, [{"name": n, "command": ["sleep", "600"]} for n in ("m", "n")])
+    done = subprocess.run([sys.executable, "-c", PROBE, str(config)], capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    seen = [line.split() for line in done.stdout.splitlines()]
+    assert ["m", "running"] in [s[:2] for s in seen] and ["n", "running"] in [s[:2] for s in seen]
+    assert not [s for s in seen if "/manager-" in s[2]], seen

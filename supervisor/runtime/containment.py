@@ -147,9 +147,10 @@ class CgroupContainment(Containment):
         # No CLONE_INTO_CGROUP from Python's subprocess, and a preexec_fn doubles the cost
         # of a spawn (fork instead of vfork): pmon steps into the manager's cgroup for the
         # spawn, so the child is born in it (no window in which it could fork outside it).
-        # pmon goes home in settle(), once the burst of spawns is done: one move per spawn
-        # instead of two (a move costs ~0.1-0.6 ms here). pmon's loop is single-threaded,
-        # and every kill or signal to the cgroup pmon sits in sends it home first.
+        # pmon goes home in settle(), once the burst of spawns is done (the supervisor calls
+        # it right after its effects, before any hook): one move per spawn instead of two
+        # (a move costs ~0.1-0.6 ms here). Every kill or signal to the cgroup pmon sits in
+        # sends it home first.
         cgroup = self.tree.of(name)
         try:
             cgroup.mkdir()
@@ -164,6 +165,8 @@ class CgroupContainment(Containment):
             cgroups.write_pid(cgroup, os.getpid())  # straight from the last one: one move
             self._left(left)
         yield
+        if limits:  # at once: pmon must not count against (or be OOM-killed by) its limits
+            self._leave(cgroup)
 
     def _apply(self, cgroup: Path, limits: dict[str, str]) -> None:
         """Write the limits (and reset the ones no longer set). pids.max waits until pmon

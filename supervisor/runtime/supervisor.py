@@ -322,6 +322,9 @@ class Supervisor:
                 elif isinstance(effect, JobEnded):
                     for waiter in self._job_waiters.pop(effect.job, []):
                         _wake(waiter)
+            # Home before the hooks: pmon's own pages, and the forks of its other threads
+            # (plugins, to_thread), must not land in the last manager's cgroup.
+            self.containment.settle()
             for name in touched:  # after the spawns: a start reports None -> running at once
                 self._arm_timer(name)
                 self._report(name)
