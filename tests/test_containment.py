@@ -512,3 +512,33 @@ def test_pmon_is_home_when_the_hooks_run_after_a_spawn(tmp_path):
     seen = [line.split() for line in done.stdout.splitlines()]
     assert ["m", "running"] in [s[:2] for s in seen] and ["n", "running"] in [s[:2] for s in seen]
     assert not [s for s in seen if "/manager-" in s[2]], seen
+
+
+def test_a_resumed_stop_runs_no_second_stop_command_and_takes_its_leftovers(tmp_path, pmon, mode):
+    """pmon killed while a manager's stop_command hangs; the next pmon resumes the stop with
+    the stop signal only: the stop_command ran once (review 2, finding 6). With cgroups it
+    ran in the manager's cgroup, so the manager's kill takes it and its children along."""
+    from support import child
+
+    runs = tmp_path / "runs"
+    config = write_project(tmp_path, [{
+        "name": "m", "command": child(), "seconds_to_kill": 3,
+        "stop_command": ["sh", "-c", f"echo $$ >> {runs}; sleep 60 & echo $! >> {runs}; wait"],
+    }])
+    first = pmon(config, env=_env(mode))
+    manager = first.manager("m")["pid"]
+    first.call("stop", target="m", wait=False)
+    try:
+        pids = poll_for(lambda: runs.exists() and len(p := runs.read_text().split()) == 2 and p,
+                        10, "the stop_command and its child to run")
+        first.kill()
+        second = pmon(config, env=_env(mode))
+        second.wait_state("m", "stopped")
+        assert not _alive(manager)
+        assert len(runs.read_text().split()) == 2  # no second stop_command
+        if mode == "cgroup":
+            _all_dead([int(p) for p in pids], "the stop_command and its child to go with m")
+    finally:  # the fallback leaves them (orphans of the dead pmon)
+        for pid in map(int, runs.read_text().split() if runs.exists() else []):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -77,6 +77,11 @@ class Containment:
         """The OOM killer killed a process of it since its spawn (memory_max)."""
         return False
 
+    def beside(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Wraps the spawn of a helper of manager `name` (its stop_command): born in the
+        manager's containment, its limits untouched."""
+        return contextlib.nullcontext()
+
     def spawned(self, name: str, pid: int) -> None:
         """Manager `name`'s process is `pid` (just spawned)."""
 
@@ -166,6 +171,20 @@ class CgroupContainment(Containment):
             self._left(left)
         yield
         if limits:  # at once: pmon must not count against (or be OOM-killed by) its limits
+            self._leave(cgroup)
+
+    @contextlib.contextmanager
+    def beside(self, name: str) -> Iterator[None]:
+        cgroup = self.tree.of(name)
+        self.settle()
+        try:
+            cgroups.write_pid(cgroup, os.getpid())
+            self._inside = cgroup
+        except OSError:
+            pass  # its cgroup is gone: the helper runs beside pmon
+        try:
+            yield
+        finally:
             self._leave(cgroup)
 
     def _apply(self, cgroup: Path, limits: dict[str, str]) -> None:

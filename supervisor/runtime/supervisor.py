@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, TypeVar
@@ -305,7 +306,7 @@ class Supervisor:
                         self._spawn_guarded(manager)
                 elif isinstance(effect, Terminate):
                     if effect.name in self.procs:
-                        self._terminate(effect.name)
+                        self._terminate(effect.name, effect.resumed)
                 elif isinstance(effect, Kill):
                     proc = self.procs.get(effect.name)
                     if proc is not None:
@@ -421,12 +422,13 @@ class Supervisor:
             "started", f"{spec.name} started (pid {proc.pid})", manager=spec.name, pid=proc.pid
         )
 
-    def _terminate(self, name: str) -> None:
+    def _terminate(self, name: str, resumed: bool = False) -> None:
         """The polite stop: the manager's stop_command first (if it has one), then its
-        stop_signal. The kill after seconds_to_kill is the manager machine's, as ever."""
+        stop_signal. The kill after seconds_to_kill is the manager machine's, as ever.
+        `resumed`: the previous pmon began this stop (and its stop_command): the signal only."""
         proc, manager = self.procs[name], self.project.get(name)
         spec = manager.spec if manager is not None else None
-        if spec is None or spec.stop_command is None:
+        if spec is None or spec.stop_command is None or resumed:
             proc.terminate(execution.stop_signal(spec) if spec else signal.SIGTERM)
             return
         self._group.create_task(self._stop_command(proc, spec))
@@ -445,10 +447,13 @@ class Supervisor:
             manager=name,
         )
         try:
-            command = await asyncio.create_subprocess_exec(
-                *(spec.stop_command or ()), cwd=spec.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd, stderr=asyncio.subprocess.STDOUT, **execution.popen_settings(spec),
-            )
+            # Born in the manager's containment (its cgroup), so that the manager's kill
+            # takes whatever it leaves behind; a plain Popen, so pmon steps out at once.
+            with self.containment.beside(name):
+                command: subprocess.Popen[bytes] | None = subprocess.Popen(
+                    list(spec.stop_command or ()), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=fd, stderr=subprocess.STDOUT, **execution.popen_settings(spec),
+                )
         except (OSError, ValueError) as exc:
             self.events.write("stop-command", f"{name}: stop_command failed to start: {exc}", manager=name)
             command = None
@@ -456,10 +461,10 @@ class Supervisor:
             os.close(fd)
         if command is not None:
             try:
-                await asyncio.wait_for(command.wait(), spec.seconds_to_kill)
+                await asyncio.wait_for(asyncio.to_thread(command.wait), spec.seconds_to_kill)
             except asyncio.TimeoutError:
                 command.kill()
-                await command.wait()
+                await asyncio.to_thread(command.wait)
         if self.procs.get(name) is proc:  # still running after its own stop: the signal
             proc.terminate(execution.stop_signal(spec))
 
