@@ -542,3 +542,59 @@ def test_a_resumed_stop_runs_no_second_stop_command_and_takes_its_leftovers(tmp_
         for pid in map(int, runs.read_text().split() if runs.exists() else []):
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_limits_are_refused_in_a_unit_delegated_without_a_subgroup(tmp_path):
+    """A real systemd (tests/systemd_box.py): under Delegate=yes without DelegateSubgroup=,
+    memory_max would enable controllers below the unit's cgroup, and systemd could not put
+    the next pmon there on a restart (219/CGROUP). pmon refuses the limit, says why, and the
+    unit survives a `systemctl restart` (review 2, finding 4)."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    try:
+        from systemd_box import Container
+    except ImportError:
+        pytest.skip("needs tests/systemd_box.py (the systemd container of issue 10)")
+    if not shutil.which("systemd-nspawn"):
+        pytest.skip("needs systemd-nspawn (apt-get install systemd-container)")
+    project = tmp_path / "proj"
+    project.mkdir()
+    config = write_project(project, [
+        {"name": "m", "command": ["sleep", "600"]},
+        {"name": "big", "command": ["sleep", "600"], "memory_max": "64M"},
+    ])
+    events = project / "var" / "log" / "events.jsonl"
+    pmon_bin = str(Path(sys.executable).parent / "pmon")
+    box = tmp_path / "box"
+    box.mkdir()
+    container = Container(box, [project, Path(__file__).resolve().parent.parent])
+    try:
+        def status():
+            out = container.run(pmon_bin, "status", "--json", "-c", str(config))
+            try:  # a blocked manager makes the exit code non-zero: the JSON is there
+                return json.loads(out.stdout)
+            except ValueError:
+                return None
+
+        def refusals() -> list[str]:
+            lines = events.read_text().splitlines() if events.exists() else []
+            return [e["message"] for e in map(json.loads, lines)
+                    if e["event"] == "spawn-failed" and e.get("manager") == "big"]
+
+        started = container.run("systemd-run", "--unit=pmon13l", "-p", "Delegate=yes", "-p",
+                                "KillMode=process", "-p", "Restart=always", "-p",
+                                "RestartKillSignal=SIGUSR2", pmon_bin, "run", "-q",
+                                "-c", str(config))
+        assert started.returncode == 0, started.stderr
+        poll_for(lambda: refusals(), 30, "big's start to be refused")
+        assert "DelegateSubgroup=pmon-supervisor" in refusals()[0], refusals()
+        first = poll_for(lambda: (s := status()) and "managers" in s and s, 30, "pmon under systemd")
+        m = next(row for row in first["managers"] if row["name"] == "m")["pid"]
+        assert container.run("systemctl", "restart", "pmon13l").returncode == 0
+        poll_for(lambda: container.run("systemctl", "is-active", "pmon13l").stdout.strip() == "active"
+                 and (s := status()) and s.get("project_state") in ("running", "blocked")
+                 and s["pmon_pid"] != first["pmon_pid"], 30, "pmon started again in its unit")
+        again = status()
+        assert next(row for row in again["managers"] if row["name"] == "m")["pid"] == m  # adopted
+    finally:
+        container.close()

@@ -156,6 +156,8 @@ class CgroupContainment(Containment):
         # it right after its effects, before any hook): one move per spawn instead of two
         # (a move costs ~0.1-0.6 ms here). Every kill or signal to the cgroup pmon sits in
         # sends it home first.
+        if limits and self.tree.no_limits:
+            raise OSError(f"{', '.join(_key(f) for f in limits)} cannot be used: {self.tree.no_limits}")
         cgroup = self.tree.of(name)
         try:
             cgroup.mkdir()
