@@ -505,9 +505,15 @@ def test_pmon_is_home_when_the_hooks_run_after_a_spawn(tmp_path):
         pytest.skip(why)
     import subprocess
 
+    from pmon.config import load
+    from support import remove_project_cgroups
+
     config = write_project(tmp_path, [{"name": n, "command": ["sleep", "600"]} for n in ("m", "n")])
-    done = subprocess.run([sys.executable, "-c", PROBE, str(config)], capture_output=True,
-                          text=True, timeout=30)
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE, str(config)], capture_output=True,
+                              text=True, timeout=30)
+    finally:  # a probe that timed out left its managers (in their cgroups)
+        remove_project_cgroups(load(config))
     assert done.returncode == 0, done.stderr
     seen = [line.split() for line in done.stdout.splitlines()]
     assert ["m", "running"] in [s[:2] for s in seen] and ["n", "running"] in [s[:2] for s in seen]
