@@ -25,6 +25,7 @@ class RelayLink:
         self.b_local = b_local
         self.a_side, self.b_side = _bound(), _bound()  # A's and B's "partner" addresses
         self.up = True
+        self.deaf: set[str] = set()  # servers ("a", "b") that get nothing on this link (one way)
         self.forwarded = 0
 
     def address(self, sock: socket.socket) -> str:
@@ -75,7 +76,7 @@ class Relay:
                     data = key.fileobj.recv(65536)
                 except OSError:
                     continue
-                if link.up:
+                if link.up and ("b" if to == link.b_local else "a") not in link.deaf:
                     try:
                         out.sendto(data, to)
                         link.forwarded += 1

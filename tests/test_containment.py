@@ -406,3 +406,201 @@ def test_kill_manager_never_kills_the_caller_sitting_in_that_cgroup(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[:2] == ["True", "-9"]  # the manager's process killed, caller alive
     assert not done.stdout.split()[2].endswith("manager-x")
+
+
+def test_a_fence_kills_the_managers_whole_cgroup_and_spares_pmon_stalled_inside(tmp_path):
+    """Redundancy's fence with cgroups (review 2, finding 1): the fenced manager's setsid and
+    double-forked helpers are in its cgroup, not its process group, and go with it; a pmon
+    stopped (SIGSTOP) while it sits in that cgroup for a spawn is moved home and lives."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    import subprocess
+    import time
+
+    from pmon.redundancy.fence import Fence
+
+    base = cgroups.mount_point() / "pmon" / f"fence-test-{os.getpid()}"
+    cgroup, home = base / "manager-drv", base / "home"
+    for each in (cgroup, home):
+        each.mkdir(parents=True)
+    enter = f"echo $$ > {cgroup}/cgroup.procs && exec "
+    procs: list[subprocess.Popen] = []
+    try:
+        drv = subprocess.Popen(["sh", "-c", enter + f"{sys.executable} {DAEMONIZER} {tmp_path}/m.rec"],
+                               start_new_session=True)
+        procs.append(drv)
+        record = _started(tmp_path)
+        stalled_pmon = subprocess.Popen(["sh", "-c", enter + "sleep 600"])
+        procs.append(stalled_pmon)
+        poll_for(lambda: stalled_pmon.pid in cgroups.procs(cgroup), 10, "the stand-in pmon inside")
+        os.kill(stalled_pmon.pid, signal.SIGSTOP)
+        fence = Fence(grace=0.5)
+        fence.start(time.monotonic(), [drv.pid], [str(cgroup)], (stalled_pmon.pid, str(home)))
+        poll_for(lambda: fence.step(time.monotonic()) or fence.done, 10, "the fence to end")
+        _all_dead(record["manager"] + _helpers(record), "the fenced manager and its helpers to go")
+        assert stalled_pmon.poll() is None  # pmon lives: moved out before the kill
+        assert stalled_pmon.pid in cgroups.procs(home)
+        assert cgroups.procs(cgroup) == []
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+        for each in (cgroup, home, base):
+            cgroups.kill_and_wait(each)
+            cgroups.remove(each)
+
+
+def test_a_cgroup_pmon_s_managers_are_adopted_by_a_pmon_without_cgroups(tmp_path, pmon):
+    """The downgrade (review 2, finding 2): `pmon detach` from a pmon with cgroups, then one
+    with PMON_NO_CGROUPS=1 adopts the running manager (the state file says who it was: uid
+    and exe), kills nothing, starts no second copy, and still stops it with its helpers."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    from support import pmon_cli
+
+    config = _project(tmp_path)
+    first = pmon(config, env=_env("cgroup"))
+    record = _started(tmp_path)
+    manager = record["manager"][0]
+    assert pmon_cli(config, "detach").returncode == 0
+    assert first.proc.wait(20) == 0
+    second = pmon(config, env=_env("process-group"))
+    assert second.manager("m")["pid"] == manager
+    assert all(_alive(p) for p in [manager, *_helpers(record)])
+    events = [e["message"] for e in second.events()]
+    assert not [m for m in events if "outlived" in m or "not adopted" in m or "away" in m], events
+    second.call("stop", target="m")
+    second.wait_state("m", "stopped")
+    _all_dead([manager, *_helpers(record)], "the adopted manager and its helpers to die")
+
+
+PROBE = """
+import asyncio, sys
+from pmon.app import build_extensions
+from pmon.config import load
+from pmon.runtime import cgroups
+from pmon.runtime.api import Extension
+from pmon.runtime.supervisor import Supervisor
+
+class Probe(Extension):
+    name = "probe"
+    async def start(self, api):
+        self.sup = api
+    def on_manager(self, manager, old):
+        print(manager.spec.name, manager.state.value, cgroups.own_cgroup(), flush=True)
+        states = {m.state.value for m in self.sup.managers.values()}
+        if states == {"running"} or "blocked" in states:
+            self.sup.request_shutdown("probe")
+
+config = load(sys.argv[1])
+sys.exit(asyncio.run(Supervisor(config, build_extensions(config) + [Probe()], echo=False).run()))
+"""
+
+
+def test_pmon_is_home_when_the_hooks_run_after_a_spawn(tmp_path):
+    """The extensions' (and so the plugins') hooks run with pmon back in its own cgroup,
+    not in the manager's it just spawned into (review 2, finding 5): what pmon's threads
+    fault in or fork there would be charged to, and killed with, that manager."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    import subprocess
+
+    from pmon.config import load
+    from support import remove_project_cgroups
+
+    config = write_project(tmp_path, [{"name": n, "command": ["sleep", "600"]} for n in ("m", "n")])
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE, str(config)], capture_output=True,
+                              text=True, timeout=30)
+    finally:  # a probe that timed out left its managers (in their cgroups)
+        remove_project_cgroups(load(config))
+    assert done.returncode == 0, done.stderr
+    seen = [line.split() for line in done.stdout.splitlines()]
+    assert ["m", "running"] in [s[:2] for s in seen] and ["n", "running"] in [s[:2] for s in seen]
+    assert not [s for s in seen if "/manager-" in s[2]], seen
+
+
+def test_a_resumed_stop_runs_no_second_stop_command_and_takes_its_leftovers(tmp_path, pmon, mode):
+    """pmon killed while a manager's stop_command hangs; the next pmon resumes the stop with
+    the stop signal only: the stop_command ran once (review 2, finding 6). With cgroups it
+    ran in the manager's cgroup, so the manager's kill takes it and its children along."""
+    from support import child
+
+    runs = tmp_path / "runs"
+    config = write_project(tmp_path, [{
+        "name": "m", "command": child(), "seconds_to_kill": 3,
+        "stop_command": ["sh", "-c", f"echo $$ >> {runs}; sleep 60 & echo $! >> {runs}; wait"],
+    }])
+    first = pmon(config, env=_env(mode))
+    manager = first.manager("m")["pid"]
+    first.call("stop", target="m", wait=False)
+    try:
+        pids = poll_for(lambda: runs.exists() and len(p := runs.read_text().split()) == 2 and p,
+                        10, "the stop_command and its child to run")
+        first.kill()
+        second = pmon(config, env=_env(mode))
+        second.wait_state("m", "stopped")
+        assert not _alive(manager)
+        assert len(runs.read_text().split()) == 2  # no second stop_command
+        if mode == "cgroup":
+            _all_dead([int(p) for p in pids], "the stop_command and its child to go with m")
+    finally:  # the fallback leaves them (orphans of the dead pmon)
+        for pid in map(int, runs.read_text().split() if runs.exists() else []):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_limits_are_refused_in_a_unit_delegated_without_a_subgroup(tmp_path):
+    """A real systemd (tests/systemd_box.py): under Delegate=yes without DelegateSubgroup=,
+    memory_max would enable controllers below the unit's cgroup, and systemd could not put
+    the next pmon there on a restart (219/CGROUP). pmon refuses the limit, says why, and the
+    unit survives a `systemctl restart` (review 2, finding 4)."""
+    if why := cgroups_writable():
+        pytest.skip(why)
+    try:
+        from systemd_box import Container
+    except ImportError:
+        pytest.skip("needs tests/systemd_box.py (the systemd container of issue 10)")
+    if not shutil.which("systemd-nspawn"):
+        pytest.skip("needs systemd-nspawn (apt-get install systemd-container)")
+    project = tmp_path / "proj"
+    project.mkdir()
+    config = write_project(project, [
+        {"name": "m", "command": ["sleep", "600"]},
+        {"name": "big", "command": ["sleep", "600"], "memory_max": "64M"},
+    ])
+    events = project / "var" / "log" / "events.jsonl"
+    pmon_bin = str(Path(sys.executable).parent / "pmon")
+    box = tmp_path / "box"
+    box.mkdir()
+    container = Container(box, [project, Path(__file__).resolve().parent.parent])
+    try:
+        def status():
+            out = container.run(pmon_bin, "status", "--json", "-c", str(config))
+            try:  # a blocked manager makes the exit code non-zero: the JSON is there
+                return json.loads(out.stdout)
+            except ValueError:
+                return None
+
+        def refusals() -> list[str]:
+            lines = events.read_text().splitlines() if events.exists() else []
+            return [e["message"] for e in map(json.loads, lines)
+                    if e["event"] == "spawn-failed" and e.get("manager") == "big"]
+
+        started = container.run("systemd-run", "--unit=pmon13l", "-p", "Delegate=yes", "-p",
+                                "KillMode=process", "-p", "Restart=always", "-p",
+                                "RestartKillSignal=SIGUSR2", pmon_bin, "run", "-q",
+                                "-c", str(config))
+        assert started.returncode == 0, started.stderr
+        poll_for(lambda: refusals(), 30, "big's start to be refused")
+        assert "DelegateSubgroup=pmon-supervisor" in refusals()[0], refusals()
+        first = poll_for(lambda: (s := status()) and "managers" in s and s, 30, "pmon under systemd")
+        m = next(row for row in first["managers"] if row["name"] == "m")["pid"]
+        assert container.run("systemctl", "restart", "pmon13l").returncode == 0
+        poll_for(lambda: container.run("systemctl", "is-active", "pmon13l").stdout.strip() == "active"
+                 and (s := status()) and s.get("project_state") in ("running", "blocked")
+                 and s["pmon_pid"] != first["pmon_pid"], 30, "pmon started again in its unit")
+        again = status()
+        assert next(row for row in again["managers"] if row["name"] == "m")["pid"] == m  # adopted
+    finally:
+        container.close()

@@ -11,8 +11,8 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pmon.redundancy.arbitration import (Arbiter, Choice, Decision, Local, Partner, Reason, Role,
-                                         judged_errors)
+from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Reason, Role
+from pmon.redundancy.settings import judged_errors
 
 SERVERS = ("a", "b")
 ROUND = 0.1  # one heartbeat interval
@@ -451,3 +451,21 @@ def test_without_etcd_the_active_hands_nothing_over():
     wants_b = Partner("b", Role.PASSIVE, 0, True, "b", preferred=arb.preferred)
     assert arb.step(0.1, Local(0, True, movable=False), wants_b).role is Role.ACTIVE
     assert arb.step(0.2, Local(0, True, movable=True), wants_b).role is Role.PASSIVE
+_SOURCES = st.dictionaries(st.sampled_from(["link 1", "link 2", "manager x", "manager y", "plugins"]),
+                           st.sampled_from([0.5, 1.0, 2.0, 3.0]), max_size=4)
+
+
+@given(mine=_SOURCES, theirs=_SOURCES, weight=st.sampled_from([0.5, 1.0, 2.0]),
+       preferred=st.sampled_from(SERVERS))
+@settings(max_examples=300, deadline=None)
+def test_the_stop_guard_predicts_the_arbitration(mine, theirs, weight, preferred):
+    """pmon's `stop` guard (commands/managers.py) says "the pair would switch over" exactly
+    when the arbitration, given the active a's error sources with the manager stopped, picks
+    b: links left out on both sides, a tie decided by preference (review 2, finding 3)."""
+    from pmon.commands.managers import stop_would_switch
+
+    arbiter = Arbiter(me="a", partner="b", preferred=Choice(preferred, 0))
+    after, partner_error = judged_errors({**mine, "manager w": weight}, theirs)
+    target, _ = arbiter.target(Local(after, True), Partner("b", Role.PASSIVE, partner_error, True, "a"))
+    predicted = stop_would_switch(mine, theirs, "w", weight, preferred=preferred == "b")
+    assert (predicted is not None) == (target == "b"), (mine, theirs, predicted, target)

@@ -385,3 +385,99 @@ def test_the_general_query_reaches_the_managers_that_keep_running_on_both_server
              "the survivor's w and drv queried")
     event = b.wait_event("general-query", reason="the partner lost a split brain")
     assert set(event["managers"]) == {"w", "drv"}
+
+
+def test_a_fence_takes_the_drivers_helpers_along_in_its_cgroup(tmp_path, pmon, relay):
+    """With cgroups, a fenced driver's setsid and daemonised helpers (in its cgroup, not in
+    its process group) die with it before the partner starts its own (review 2, finding 1)."""
+    import os
+    import sys
+
+    import psutil
+
+    from support import cgroups_writable
+
+    if why := cgroups_writable():
+        pytest.skip(why)
+    daemonizer = str(Path(__file__).parent / "children" / "daemonizer.py")
+
+    def for_server(server: str) -> list[dict[str, Any]]:
+        return [{"name": "drv", "command": [sys.executable, daemonizer, str(tmp_path / f"rec-{server}")],
+                 "run_on": "active"}]
+
+    def recorded() -> list[int]:
+        path = tmp_path / "rec-a"
+        return [int(line.split()[1]) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    a, b = start_pair(pmon, tmp_path, relay, for_server)
+    wait_roles(a, b, "active", "passive")
+    pids = poll_for(lambda: len(r := recorded()) == 3 and r, WAIT, "a's driver and its helpers")
+    try:
+        a.proc.kill()  # pmon alone dies; the redundancy manager fences
+        poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over")
+        poll_for(lambda: not [p for p in pids if alive(p)], WAIT, "a's driver and helpers fenced")
+        b.wait_state("drv", "running")
+    finally:
+        for pid in pids:  # what a fence left (before the fix: the helpers)
+            if alive(pid):
+                os.kill(pid, 9)
+
+
+def _guarded_pair(pmon, tmp_path: Path, relay: Relay) -> tuple[Pmon, Pmon]:
+    def for_server(server: str) -> list[dict[str, Any]]:
+        return [{"name": "w", "command": child()},  # weight 1 (manager_weight)
+                {"name": "tool", "command": child(), "start": "manual", "weight": 2}]
+    a, b = start_pair(pmon, tmp_path, relay, for_server)
+    wait_roles(a, b, "active", "passive")
+    return a, b
+
+
+def test_the_stop_guard_leaves_links_out_as_the_arbitration_does(tmp_path, pmon, relay):
+    """b counts link 2 down (it hears nothing on it; a hears b there): b's full error state
+    is 1, a's 0, but the arbitration leaves links out, so stopping a's w (weight 1) switches
+    over, and the guard says so (review 2, finding 3)."""
+    a, b = _guarded_pair(pmon, tmp_path, relay)
+    relay.links[1].deaf.add("b")
+    poll_for(lambda: redu(a)["partner_error_breakdown"] == {"link 2": 1}
+             and redu(a)["partner_available"] and redu(a)["error_breakdown"] == {}, WAIT,
+             "b to count link 2 down")
+    out = pmon_cli(a.config_path, "stop", "w")
+    assert out.returncode == 1, out.stdout
+    assert "raises its error state from 0 to 1, above the partner's (0): the pair would " \
+           "switch over to b" in out.stderr
+    assert a.manager("w")["state"] == "running"
+
+
+def test_the_stop_guard_counts_a_tie_with_the_preferred_partner_as_a_switch(tmp_path, pmon, relay):
+    a, b = _guarded_pair(pmon, tmp_path, relay)
+    assert pmon_cli(b.config_path, "stop", "w").returncode == 0  # b: error state 1
+    assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0  # a stays: 0 < 1
+    poll_for(lambda: redu(a)["partner_error_breakdown"] == {"manager w": 1}
+             and redu(a)["preferred"] == "b" and redu(a)["partner_available"], WAIT,
+             "b preferred, with an error state of 1")
+    assert redu(a)["role"] == "active"
+    out = pmon_cli(a.config_path, "stop", "w")
+    assert out.returncode == 1, out.stdout
+    assert "from 0 to 1, equal to the partner's (1), and b is the preferred server: the pair " \
+           "would switch over to b" in out.stderr
+    assert pmon_cli(a.config_path, "stop", "w", "--force").returncode == 0
+    wait_roles(a, b, "passive", "active", connected=False)  # what the guard foretold
+
+
+def test_the_stop_guard_lets_a_manual_manager_stop(tmp_path, pmon, relay):
+    """An operator's stop of a manual manager makes it unwanted: it adds no error state, so
+    the stop needs no --force, and the pair does not switch."""
+    a, b = _guarded_pair(pmon, tmp_path, relay)
+    assert pmon_cli(a.config_path, "start", "tool").returncode == 0
+    a.wait_state("tool", "running")
+    out = pmon_cli(a.config_path, "stop", "tool")
+    assert out.returncode == 0, out.stderr
+    assert a.manager("tool")["state"] == "stopped"
+    poll_for(lambda: a.call("redu-status")["redundancy_manager"] == "connected", WAIT, "a sync")
+    assert "manager tool" not in redu(a)["error_breakdown"] and redu(a)["role"] == "active"

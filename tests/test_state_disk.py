@@ -55,6 +55,7 @@ def test_wrong_typed_fields_are_ignored_with_a_warning_and_nothing_runs_twice(tm
     data["managers"]["a"]["state"] = ["running"]
     data["managers"]["b"]["pid"] = "12"
     data["managers"]["b"]["restarts"] = {"n": 1}
+    data["managers"]["c"]["uid"] = "0"  # a string, not the uid (review 2, finding 2)
     state_path(first).write_text(json.dumps(data))
 
     second = pmon(config)
@@ -62,6 +63,7 @@ def test_wrong_typed_fields_are_ignored_with_a_warning_and_nothing_runs_twice(tm
     notes = " ".join(e["message"] for e in second.events() if e["event"] == "adoption")
     assert "entry of 'a' ignored: wrong type (state" in notes
     assert "entry of 'b' ignored" in notes
+    assert 'entry of \'c\' ignored: wrong type (uid = "0")' in notes
     for name in pids:
         assert len(project_processes(second.config.project.name, name)) == 1
 

@@ -37,8 +37,12 @@ async def stop(
 
 def switchover_by_stop(sup: "Supervisor", target: str | int) -> str | None:
     """Why stopping this manager would switch the pair over, or None: on the active server,
-    its weight would raise this server's error state above the partner's."""
+    its weight would raise this server's error state above the partner's, or to the
+    partner's when the partner is the preferred server, as the arbitration judges them
+    (links left out, `judged_errors`). A manual manager stopped by an operator is not
+    wanted any more: it adds nothing."""
     from pmon.extensions.redundancy import RedundancyService
+    from pmon.states import StartType
 
     service = sup.extension(RedundancyService)
     manager = sup.find(target)
@@ -46,18 +50,41 @@ def switchover_by_stop(sup: "Supervisor", target: str | int) -> str | None:
         return None
     spec = manager.spec
     weight = spec.weight if spec.weight is not None else service.spec.manager_weight
-    if not weight or not service.should_run(manager):
+    if not weight or not service.should_run(manager) or spec.start is StartType.MANUAL:
         return None
     report = service.status()
-    partner_error = report.get("partner_error_state")
-    if not report.get("partner_available") or partner_error is None:
+    mine = dict(report.get("error_breakdown") or {})
+    theirs = report.get("partner_error_breakdown")
+    if not report.get("partner_available") or not isinstance(theirs, dict):
         return None  # no partner to take over: the pair cannot switch
-    mine = float(report.get("error_state") or 0)
-    if mine + weight <= float(partner_error):
+    if f"manager {spec.name}" in mine:
+        return None  # counted already (not ready): its stop changes nothing
+    after = stop_would_switch(mine, theirs, spec.name, weight,
+                              preferred=report.get("preferred") == service.spec.partner)
+    if after is None:
         return None
+    before, then, partner = after
+    why = "above" if then > partner else "equal to"
+    tie = f", and {service.spec.partner} is the preferred server" if then == partner else ""
     return (f"this server ({service.spec.name}) is active; stopping {spec.name} (weight {weight:g}) "
-            f"raises its error state from {mine:g} to {mine + weight:g}, above the partner's "
-            f"({float(partner_error):g}): the pair would switch over to {service.spec.partner}")
+            f"raises its error state from {before:g} to {then:g}, {why} the partner's "
+            f"({partner:g}){tie}: the pair would switch over to {service.spec.partner}")
+
+
+def stop_would_switch(
+    mine: dict[str, float], theirs: dict[str, float], name: str, weight: float, preferred: bool
+) -> tuple[float, float, float] | None:
+    """The arbitration's verdict on the active server's error sources `mine` with manager
+    `name` (of `weight`) stopped, against the partner's `theirs` (`preferred`: the partner
+    is the preferred server): None when this server stays active, else (its error state
+    before, after, the partner's), all without links."""
+    from pmon.redundancy.settings import judged_errors
+
+    before, _ = judged_errors(mine, theirs)
+    after, partner = judged_errors({**mine, f"manager {name}": weight}, theirs)
+    if after < partner or (after == partner and not preferred):
+        return None
+    return before, after, partner
 
 
 @command("kill")

@@ -128,6 +128,7 @@ class Spawn:
 @dataclass(frozen=True)
 class Terminate:
     name: str
+    resumed: bool = False  # a stop the previous pmon began: its stop_command ran already
 
 
 @dataclass(frozen=True)
@@ -502,7 +503,10 @@ class Project:
     def resume_stop(self, name: str, now: float, kill_in: float, then_start: bool) -> None:
         """An adopted manager was stopping when the previous pmon went away: go on."""
         manager = self.managers[name]
-        self._do(manager, manager.resume_stop(now, kill_in, then_start), now)
+        actions = manager.resume_stop(now, kill_in, then_start)
+        if Action.TERMINATE in actions:  # the stop signal only: never a second stop_command
+            self._effects.append(Terminate(name, resumed=True))
+        self._do(manager, [a for a in actions if a is not Action.TERMINATE], now)
 
     def resume(self, saved: Job, now: float, skip: Iterable[str] = (), new: bool = False) -> int:
         """Carry on the job the previous pmon had under way, in the phase it stood in. The

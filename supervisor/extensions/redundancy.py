@@ -200,7 +200,20 @@ class RedundancyService(Extension):
         self._poked = (self.error_breakdown(), self.available(), tuple(self._fence_pids()))
         return {"breakdown": self._poked[0], "available": self._poked[1],
                 "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2]),
-                "damp": round(max(0.0, self.damp_until - time.monotonic()), 3)}
+                "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
+                **self._fence_cgroups()}
+
+    def _fence_cgroups(self) -> dict[str, Any]:
+        """With cgroup containment: the cgroups of the managers to fence (their helpers are
+        in them, not in their process groups), and pmon's pid and home cgroup (pmon may sit
+        in one of them for a spawn; the fence moves it out first)."""
+        where = self.sup.cgroups()
+        if where is None:
+            return {}
+        cgroup_of, home = where
+        return {"fence_cgroups": [str(cgroup_of(m.spec.name)) for m in self.sup.managers.values()
+                                  if m.spec.run_on == "active" and m.alive and m.pid],
+                "pmon": {"pid": os.getpid(), "home": str(home)}}
 
     def _signature(self) -> tuple[Any, ...]:
         """What commands wait on; a change wakes them (and rewrites the state file)."""

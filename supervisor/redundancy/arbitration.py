@@ -31,7 +31,8 @@ comparison of the two error states (and availabilities) must have held `error_st
 before it moves the role; after an automatic switchover, an outcome that changed after it
 waits until `hold_down` has passed since that switchover (a hold-down, as routing protocols
 damp a flapping route). Both sides judge links by the same evidence: the daemon passes error
-states in which links, which would weigh on both sides alike, are left out (`judged_errors`).
+states in which links, which would weigh on both sides alike, are left out (`judged_errors`,
+in settings.py).
 
 Dual active: a server that hears its partner claim "active" while it is active itself
 resolves it at once (after the short settle that follows a reconnection): the higher error
@@ -361,17 +362,6 @@ class Arbiter:
 
 def _sign(value: float) -> int:
     return (value > 0) - (value < 0)
-
-
-def judged_errors(mine: dict[str, float], theirs: dict[str, float]) -> tuple[float, float]:
-    """Both error states judged by the same evidence: a link that either side counts down
-    would weigh on both alike (the links are the pair's, not one server's), so links cancel
-    out of every comparison and are left out: a datagram lost on one side only never makes
-    the two differ, and a forced choice does not record (and is not overruled by) a link's
-    blink. Link sources are named "link N"; the full error states are still shown."""
-    def own(breakdown: dict[str, float]) -> float:
-        return sum(v for k, v in breakdown.items() if not k.startswith("link "))
-    return own(mine), own(theirs)
 
 
 def _errors_key(errors: dict[str, float]) -> tuple[tuple[str, float], ...]:

@@ -41,12 +41,11 @@ from typing import Any, Callable
 from pmon.config import Config
 from pmon.control.client import call
 from pmon.errors import PmonError
-from pmon.redundancy.arbitration import (Arbiter, Choice, Decision, Local, Partner, Role,
-                                         judged_errors)
+from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Role
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
-from pmon.redundancy.settings import SYNC_IDLE
+from pmon.redundancy.settings import SYNC_IDLE, judged_errors
 from pmon.redundancy.witness import Witness
 
 PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
@@ -104,6 +103,8 @@ class RedundancyManager:
         self.available = False
         self.pmon_breakdown: dict[str, float] = {}
         self.fence_pids: list[int] = []
+        self.fence_cgroups: list[str] = []  # their cgroups (cgroup containment)
+        self.fence_pmon: tuple[int, str] | None = None  # pmon's pid and home cgroup
         self.fence = Fence(spec.fence_grace)
         self.decision = Decision(None)
         self.changed_at: float | None = None
@@ -332,7 +333,8 @@ class RedundancyManager:
                 lease or self.decision.role is not Role.ACTIVE):
             self.fence.reset()  # pmon is back (and the lease, or passive): pmon decides again
         if (not ok or not lease) and self.decision.role is Role.ACTIVE:
-            self.fence.start(now, self.fence_pids)  # no pmon, or no lease: stop the drivers
+            # no pmon, or no lease: stop the drivers (their whole cgroups where there are)
+            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon)
         self.fence.step(now)
         before = self.decision.role
         if not self.fence.active:  # while fencing, the role stays: the partner waits
@@ -434,6 +436,10 @@ class RedundancyManager:
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
         self.available = bool(reply.get("available"))
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
+        self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
+        pmon = reply.get("pmon")
+        self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
+            pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
         now = self.clock()
         damp = reply.get("damp", 0)

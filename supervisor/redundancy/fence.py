@@ -2,18 +2,25 @@
 when its pmon does not answer (docs/redundancy.md "Fencing").
 
 pmon starts every manager as the leader of its own session and process group, and tells the
-redundancy manager at every sync the pids of the `run_on = "active"` ones that run. A fence
-sends SIGTERM to each of those process groups, SIGKILL after `grace`, and is done when no
-process of those groups is left alive (a zombie counts as dead: its parent, pmon, may be
-stopped and unable to reap it). Never blocks: `step(now)` is called from the heartbeat loop.
-POSIX only (Windows has no process groups to signal here; the fence is then empty).
+redundancy manager at every sync the pids of the `run_on = "active"` ones that run and,
+with cgroup containment, their cgroups and its own pid and home cgroup. A fence sends
+SIGTERM to each of those process groups and to every process in those cgroups (a manager's
+setsid or daemonised helpers are in its cgroup, not in its group), SIGKILL (cgroup.kill)
+after `grace`, and is done when no process of those groups is left alive (a zombie counts as
+dead: its parent, pmon, may be stopped and unable to reap it) and those cgroups are empty.
+pmon itself may sit in a manager's cgroup (a stall in the middle of a spawn): it is moved
+home first, and never signalled. Never blocks: `step(now)` is called from the heartbeat
+loop, and polls. POSIX only (Windows has no process groups to signal here; the fence is
+then empty).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -41,10 +48,38 @@ def _signal_groups(groups: set[int], signum: int) -> None:
             pass  # gone already
 
 
+def _procs(cgroup: Path) -> set[int]:
+    """The live processes in a cgroup (v2 lists no zombies); none once it is gone."""
+    try:
+        return {int(line) for line in (cgroup / "cgroup.procs").read_text().split()}
+    except (OSError, ValueError):
+        return set()
+
+
+def _signal_cgroups(cgroups: list[Path], signum: int, spare: set[int]) -> None:
+    """`signum` to every process in `cgroups` except `spare`: cgroup.kill for a SIGKILL of
+    a cgroup that holds none of them (it also catches processes forking meanwhile)."""
+    for cgroup in cgroups:
+        pids = _procs(cgroup)
+        if signum == signal.SIGKILL and not pids & spare:
+            try:
+                (cgroup / "cgroup.kill").write_text("1")
+                continue
+            except OSError:
+                pass  # before Linux 5.14: one by one
+        for pid in pids - spare:
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+
 @dataclass
 class Fence:
     grace: float
     groups: set[int] = field(default_factory=set)
+    cgroups: list[Path] = field(default_factory=list)
+    spare: set[int] = field(default_factory=set)  # never signalled: pmon, this process
     started_at: float | None = None
     killed: bool = False
     done: bool = False
@@ -54,14 +89,26 @@ class Fence:
         """Started and not done yet (the heartbeats say "fencing")."""
         return self.started_at is not None and not self.done
 
-    def start(self, now: float, pids: list[int]) -> None:
+    def start(self, now: float, pids: list[int], cgroups: Sequence[str] = (),
+              pmon: tuple[int, str] | None = None) -> None:
+        """`cgroups`: the managers' cgroups; `pmon`: pmon's pid and home cgroup."""
         if self.started_at is not None:
             return
         self.started_at = now
         self.groups = {pid for pid in pids if pid > 1 and pid != os.getpgrp()}
         if not hasattr(os, "killpg"):
             self.groups = set()
+        self.cgroups = [Path(c) for c in cgroups if Path(c, "cgroup.procs").exists()]
+        self.spare = {os.getpid()}
+        if pmon is not None:
+            self.spare.add(pmon[0])
+            if any(pmon[0] in _procs(c) for c in self.cgroups):
+                try:  # pmon stalled in a manager's cgroup (a spawn): out before the kill
+                    (Path(pmon[1]) / "cgroup.procs").write_text(str(pmon[0]))
+                except OSError:
+                    pass  # then its cgroup is signalled one process at a time, pmon spared
         _signal_groups(self.groups, signal.SIGTERM)
+        _signal_cgroups(self.cgroups, signal.SIGTERM, self.spare)
         self.step(now)
 
     def step(self, now: float) -> None:
@@ -69,13 +116,16 @@ class Fence:
             return
         if self.groups:
             self.groups = _alive_members(self.groups)
-        if not self.groups:
+        self.cgroups = [c for c in self.cgroups if _procs(c) - self.spare]
+        if not self.groups and not self.cgroups:
             self.done = True
             return
         assert self.started_at is not None
         if not self.killed and now - self.started_at >= self.grace:
             self.killed = True
             _signal_groups(self.groups, signal.SIGKILL)
+            _signal_cgroups(self.cgroups, signal.SIGKILL, self.spare)
 
     def reset(self) -> None:
         self.groups, self.started_at, self.killed, self.done = set(), None, False, False
+        self.cgroups, self.spare = [], set()

@@ -256,3 +256,16 @@ def check_managers(
         cwd=path.parent,
     )
     return (*managers, auto)
+
+
+def judged_errors(mine: Mapping[str, float], theirs: Mapping[str, float]) -> tuple[float, float]:
+    """Both error states judged by the same evidence: a link that either side counts down
+    would weigh on both alike (the links are the pair's, not one server's), so links cancel
+    out of every comparison and are left out: a datagram lost on one side only never makes
+    the two differ, and a forced choice does not record (and is not overruled by) a link's
+    blink. Link sources are named "link N"; the full error states are still shown.
+    Here (a base module), not in arbitration.py: pmon's `stop` guard predicts the
+    arbitration with it."""
+    def own(breakdown: Mapping[str, float]) -> float:
+        return sum(v for k, v in breakdown.items() if not k.startswith("link "))
+    return own(mine), own(theirs)

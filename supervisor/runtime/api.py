@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Coroutine, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, Mapping, Protocol
 
 if TYPE_CHECKING:
     from pmon.config import Config
@@ -60,6 +60,8 @@ class Api(Protocol):
     def rotate_logs(self) -> None: ...
     def write_failed(self, what: str, exc: OSError) -> None: ...
     def request_shutdown(self, reason: str = "request") -> None: ...
+    def cgroups(self) -> tuple[Callable[[str], Path], Path] | None:
+        """With cgroup containment: a manager's cgroup (by name) and pmon's home cgroup."""
 
 
 class Extension(Protocol):

@@ -41,6 +41,7 @@ class Tree:
     home: Path  # pmon's own cgroup (it returns there after each spawn)
     how: str  # for `pmon status`: "delegated by systemd" | "root"
     top: Path  # the highest cgroup pmon may configure (controllers): the unit, or the mount
+    no_limits: str = ""  # why memory_max & co. may not be used here ("": they may)
 
     def of(self, name: str) -> Path:
         return self.base / f"{PREFIX}{name}"
@@ -94,7 +95,15 @@ def find_tree(project: str, state_dir: Path) -> tuple[Tree | None, str]:
             base.mkdir(exist_ok=True)
         except OSError as exc:
             return None, f"the delegated cgroup {unit} is not usable ({exc})"
-        return Tree(base, home, "delegated by systemd", unit), ""
+        # Controllers enabled below the unit forbid processes in the unit's own cgroup, and
+        # systemd starts the next pmon (a restart, Restart= after a crash) right there:
+        # only a unit with DelegateSubgroup= (pmon started in its leaf) may have limits.
+        why = "" if here.name == SUPERVISOR_LEAF else (
+            f"the unit's cgroup {unit} is delegated without DelegateSubgroup=: controllers "
+            "enabled under it would make systemd fail to start pmon there again on a restart "
+            f"(status 219/CGROUP); add DelegateSubgroup={SUPERVISOR_LEAF} to the unit "
+            "(systemd 254 or later), or remove the limits")
+        return Tree(base, home, "delegated by systemd", unit, why), ""
     if not os.access(mount / "cgroup.procs", os.W_OK):
         return None, f"no permission to make cgroups under {mount} (not root, no delegation)"
     base = mount / "pmon" / project_key(project, state_dir)

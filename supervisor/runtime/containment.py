@@ -77,6 +77,11 @@ class Containment:
         """The OOM killer killed a process of it since its spawn (memory_max)."""
         return False
 
+    def beside(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Wraps the spawn of a helper of manager `name` (its stop_command): born in the
+        manager's containment, its limits untouched."""
+        return contextlib.nullcontext()
+
     def spawned(self, name: str, pid: int) -> None:
         """Manager `name`'s process is `pid` (just spawned)."""
 
@@ -97,8 +102,16 @@ class Containment:
         """The manager left the project."""
 
     def identity(self, pid: int) -> dict[str, Any]:
-        """What the state file keeps about a spawned manager's process, for adoption."""
-        return {}
+        """What the state file keeps about a spawned manager's process, for adoption: its
+        owner and executable. In both kinds, so that a pmon of the other kind (a downgrade
+        from cgroups to process groups, e.g. PMON_NO_CGROUPS=1) adopts it too."""
+        import psutil
+
+        try:
+            proc = psutil.Process(pid)
+            return {"uid": proc.uids().real, "exe": proc.exe()}
+        except (psutil.Error, OSError):
+            return {}
 
     def find(
         self, names: set[str], records: Mapping[str, Any]
@@ -139,9 +152,12 @@ class CgroupContainment(Containment):
         # No CLONE_INTO_CGROUP from Python's subprocess, and a preexec_fn doubles the cost
         # of a spawn (fork instead of vfork): pmon steps into the manager's cgroup for the
         # spawn, so the child is born in it (no window in which it could fork outside it).
-        # pmon goes home in settle(), once the burst of spawns is done: one move per spawn
-        # instead of two (a move costs ~0.1-0.6 ms here). pmon's loop is single-threaded,
-        # and every kill or signal to the cgroup pmon sits in sends it home first.
+        # pmon goes home in settle(), once the burst of spawns is done (the supervisor calls
+        # it right after its effects, before any hook): one move per spawn instead of two
+        # (a move costs ~0.1-0.6 ms here). Every kill or signal to the cgroup pmon sits in
+        # sends it home first.
+        if limits and self.tree.no_limits:
+            raise OSError(f"{', '.join(_key(f) for f in limits)} cannot be used: {self.tree.no_limits}")
         cgroup = self.tree.of(name)
         try:
             cgroup.mkdir()
@@ -156,6 +172,22 @@ class CgroupContainment(Containment):
             cgroups.write_pid(cgroup, os.getpid())  # straight from the last one: one move
             self._left(left)
         yield
+        if limits:  # at once: pmon must not count against (or be OOM-killed by) its limits
+            self._leave(cgroup)
+
+    @contextlib.contextmanager
+    def beside(self, name: str) -> Iterator[None]:
+        cgroup = self.tree.of(name)
+        self.settle()
+        try:
+            cgroups.write_pid(cgroup, os.getpid())
+            self._inside = cgroup
+        except OSError:
+            pass  # its cgroup is gone: the helper runs beside pmon
+        try:
+            yield
+        finally:
+            self._leave(cgroup)
 
     def _apply(self, cgroup: Path, limits: dict[str, str]) -> None:
         """Write the limits (and reset the ones no longer set). pids.max waits until pmon
@@ -208,9 +240,6 @@ class CgroupContainment(Containment):
     def forget(self, name: str) -> None:
         self._leave(self.tree.of(name))
         cgroups.remove(self.tree.of(name))
-
-    def identity(self, pid: int) -> dict[str, Any]:
-        return {}
 
     def find(
         self, names: set[str], records: Mapping[str, Any]
@@ -359,15 +388,6 @@ class GroupContainment(Containment):
             if _ended(pid):
                 dying.discard(pid)
         return not dying
-
-    def identity(self, pid: int) -> dict[str, Any]:
-        import psutil
-
-        try:
-            proc = psutil.Process(pid)
-            return {"uid": proc.uids().real, "exe": proc.exe()}
-        except (psutil.Error, OSError):
-            return {}
 
     def find(
         self, names: set[str], records: Mapping[str, Any]

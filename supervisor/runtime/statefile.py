@@ -50,6 +50,7 @@ RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "restarts": (int,), "recent_restarts": (list,), "wanted": (bool,),
     "exit_code": (int, type(None)), "reason": (str, type(None)),
     "kill_at": (int, float, type(None)), "then_start": (bool,), "ready_failed": (bool,),
+    "uid": (int,), "exe": (str,),
 }
 TOP_TYPES: dict[str, tuple[type, ...]] = {
     "project": (str,), "project_state": (str,), "project_reason": (str, type(None)),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Coroutine, Mapping, TypeVar
@@ -311,7 +312,7 @@ class Supervisor:
                         self._spawn_guarded(manager)
                 elif isinstance(effect, Terminate):
                     if effect.name in self.procs:
-                        self._terminate(effect.name)
+                        self._terminate(effect.name, effect.resumed)
                 elif isinstance(effect, Kill):
                     proc = self.procs.get(effect.name)
                     if proc is not None:
@@ -328,6 +329,9 @@ class Supervisor:
                 elif isinstance(effect, JobEnded):
                     for waiter in self._job_waiters.pop(effect.job, []):
                         _wake(waiter)
+            # Home before the hooks: pmon's own pages, and the forks of its other threads
+            # (plugins, to_thread), must not land in the last manager's cgroup.
+            self.containment.settle()
             for name in touched:  # after the spawns: a start reports None -> running at once
                 self._arm_timer(name)
                 self._report(name)
@@ -424,12 +428,13 @@ class Supervisor:
             "started", f"{spec.name} started (pid {proc.pid})", manager=spec.name, pid=proc.pid
         )
 
-    def _terminate(self, name: str) -> None:
+    def _terminate(self, name: str, resumed: bool = False) -> None:
         """The polite stop: the manager's stop_command first (if it has one), then its
-        stop_signal. The kill after seconds_to_kill is the manager machine's, as ever."""
+        stop_signal. The kill after seconds_to_kill is the manager machine's, as ever.
+        `resumed`: the previous pmon began this stop (and its stop_command): the signal only."""
         proc, manager = self.procs[name], self.project.get(name)
         spec = manager.spec if manager is not None else None
-        if spec is None or spec.stop_command is None:
+        if spec is None or spec.stop_command is None or resumed:
             proc.terminate(execution.stop_signal(spec) if spec else signal.SIGTERM)
             return
         self._group.create_task(self._stop_command(proc, spec))
@@ -448,10 +453,13 @@ class Supervisor:
             manager=name,
         )
         try:
-            command = await asyncio.create_subprocess_exec(
-                *(spec.stop_command or ()), cwd=spec.cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd, stderr=asyncio.subprocess.STDOUT, **execution.popen_settings(spec),
-            )
+            # Born in the manager's containment (its cgroup), so that the manager's kill
+            # takes whatever it leaves behind; a plain Popen, so pmon steps out at once.
+            with self.containment.beside(name):
+                command: subprocess.Popen[bytes] | None = subprocess.Popen(
+                    list(spec.stop_command or ()), cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=fd, stderr=subprocess.STDOUT, **execution.popen_settings(spec),
+                )
         except (OSError, ValueError) as exc:
             self.events.write("stop-command", f"{name}: stop_command failed to start: {exc}", manager=name)
             command = None
@@ -459,10 +467,10 @@ class Supervisor:
             os.close(fd)
         if command is not None:
             try:
-                await asyncio.wait_for(command.wait(), spec.seconds_to_kill)
+                await asyncio.wait_for(asyncio.to_thread(command.wait), spec.seconds_to_kill)
             except asyncio.TimeoutError:
                 command.kill()
-                await command.wait()
+                await asyncio.to_thread(command.wait)
         if self.procs.get(name) is proc:  # still running after its own stop: the signal
             proc.terminate(execution.stop_signal(spec))
 
@@ -859,6 +867,11 @@ class Supervisor:
         for extension in self.extensions:
             out.update(extension.status())
         return out
+
+    def cgroups(self) -> tuple[Callable[[str], Path], Path] | None:
+        if isinstance(self.containment, containment.CgroupContainment):
+            return self.containment.tree.of, self.containment.tree.home
+        return None
 
     def plugin_error_state(self) -> float:
         """What the extensions' current verdicts add to this server's error state (0: none);

@@ -21,8 +21,10 @@ Choices, and why:
   warnings and errors (pmon writes sd-daemon priority prefixes, runtime/journal.py).
 - Delegate=yes: the unit's cgroup subtree is pmon's, so that each manager runs in a cgroup
   of its own that holds every descendant (runtime/cgroups.py); pmon sits in the leaf
-  pmon-supervisor. (memory_max & co. would also need DelegateSubgroup=, systemd 254+, so
-  that a restarted pmon may start in a unit whose subtree has controllers: not written.)
+  pmon-supervisor. memory_max & co. also need DelegateSubgroup=, systemd 254+, so that a
+  restarted pmon may start in a unit whose subtree has controllers: not written (older
+  systemd rejects the unit), so pmon refuses the limits in such a unit with the reason
+  (runtime/cgroups.py find_tree); add the line by hand on a newer systemd.
 - TimeoutStopSec covers the longest ordered stop (the sum of the managers' seconds_to_kill).
 - WatchdogSec (optional): pmon's loop sends WATCHDOG=1 at half of it.
 
