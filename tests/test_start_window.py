@@ -20,7 +20,12 @@ GATED = str(Path(__file__).parent / "children" / "gated_pmon.py")
 
 
 def saved(config_dir: Path) -> dict:
-    return json.loads((config_dir / "var" / "state.json").read_text())
+    """The state file as pmon last wrote it ({} before its first write; it is replaced
+    atomically, never seen half-written)."""
+    try:
+        return json.loads((config_dir / "var" / "state.json").read_text())
+    except FileNotFoundError:
+        return {}
 
 
 def project(tmp_path: Path) -> Path:
