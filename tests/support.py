@@ -20,6 +20,18 @@ CHILD = str(Path(__file__).parent / "children" / "child.py")
 T = TypeVar("T")
 
 
+def saved_state(state_dir: Path) -> dict[str, Any]:
+    """The state file as pmon last wrote it; {} before its first write (it is replaced
+    atomically, so never seen half-written; ValueError only for a hand-made one)."""
+    import json
+
+    try:
+        data = json.loads((state_dir / "state.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def poll_for(predicate: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Poll `predicate` until it returns a true value; fail the test after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from pmon.runtime import cgroups
-from support import cgroups_writable, poll_for, write_project
+from support import cgroups_writable, poll_for, saved_state, write_project
 
 DAEMONIZER = str(Path(__file__).parent / "children" / "daemonizer.py")
 
@@ -169,13 +169,7 @@ def test_a_manager_that_died_while_pmon_was_away_takes_its_helpers_along(
 
 
 def _saved_pid(instance, name: str = "m") -> int | None:
-    import json
-
-    try:
-        data = json.loads((instance.config.project.state_dir / "state.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data.get("managers", {}).get(name, {}).get("pid")
+    return saved_state(instance.config.project.state_dir).get("managers", {}).get(name, {}).get("pid")
 
 
 def test_chaos_never_two_copies_and_no_strays(tmp_path, pmon, mode):

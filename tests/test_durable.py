@@ -4,7 +4,6 @@ on by the next pmon where it stood. Real processes, pmon killed at each point.""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -12,14 +11,11 @@ import time
 
 import psutil
 
-from support import child, poll_for, project_processes, write_project
+from support import child, poll_for, project_processes, saved_state, write_project
 
 
 def saved(instance) -> dict:
-    try:
-        return json.loads((instance.config.project.state_dir / "state.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
+    return saved_state(instance.config.project.state_dir)
 
 
 def kinds(instance) -> list[str]:

@@ -10,7 +10,7 @@ import sys
 
 import psutil
 
-from support import child, pmon_cli, poll_for, project_processes, write_project
+from support import child, pmon_cli, poll_for, project_processes, saved_state, write_project
 
 
 def pids(instance) -> dict[str, int | None]:
@@ -19,10 +19,7 @@ def pids(instance) -> dict[str, int | None]:
 
 def saved(instance) -> dict:
     """The state file as pmon last wrote it ({} while it is not written yet)."""
-    try:
-        return json.loads((instance.config.project.state_dir / "state.json").read_text())
-    except FileNotFoundError:
-        return {}
+    return saved_state(instance.config.project.state_dir)
 
 
 def saved_pid(instance, name: str) -> int | None:

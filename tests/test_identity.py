@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 
-from support import child, pmon_cli, poll_for, project_processes, write_project
+from support import child, pmon_cli, poll_for, project_processes, saved_state, write_project
 
 
 def _pids(instance) -> dict[str, int | None]:
@@ -18,13 +18,7 @@ def _pids(instance) -> dict[str, int | None]:
 
 
 def _saved(instance, name: str) -> int | None:
-    import json
-
-    try:
-        data = json.loads((instance.config.project.state_dir / "state.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data.get("managers", {}).get(name, {}).get("pid")
+    return saved_state(instance.config.project.state_dir).get("managers", {}).get(name, {}).get("pid")
 
 
 def test_symlinked_and_relative_spellings_find_the_same_managers(tmp_path, pmon):

@@ -4,19 +4,15 @@ manager died while no pmon watched) is counted. Real pmon processes, SIGKILLed."
 
 from __future__ import annotations
 
-import json
 
-from support import Pmon, child, kill_project_processes, poll_for, project_processes, write_project
+from support import Pmon, child, kill_project_processes, poll_for, project_processes, saved_state, write_project
 from test_metrics import scrape, value
 
 WAIT = 20.0
 
 
 def saved(instance: Pmon) -> dict:
-    try:
-        return json.loads((instance.config.project.state_dir / "state.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
+    return saved_state(instance.config.project.state_dir)
 
 
 def restarts(instance: Pmon) -> float | None:

@@ -5,7 +5,6 @@ stopped for good. Real pmon processes, a gate file instead of sleeps."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,18 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from support import Pmon, child, kill_project_processes, pmon_cli, poll_for, project_processes, write_project
+from support import Pmon, child, kill_project_processes, pmon_cli, poll_for, project_processes, saved_state, write_project
 
 GATED = str(Path(__file__).parent / "children" / "gated_pmon.py")
 
 
 def saved(config_dir: Path) -> dict:
-    """The state file as pmon last wrote it ({} before its first write; it is replaced
-    atomically, never seen half-written)."""
-    try:
-        return json.loads((config_dir / "var" / "state.json").read_text())
-    except FileNotFoundError:
-        return {}
+    return saved_state(config_dir / "var")
 
 
 def project(tmp_path: Path) -> Path:
