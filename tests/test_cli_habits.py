@@ -82,9 +82,13 @@ def test_stop_that_would_switch_the_pair_over_needs_force(tmp_path, pmon):
         config_a, config_b = write_pair(tmp_path, relay, managers)
         a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
         a.wait_ready(15), b.wait_ready(15)
+        # drv must run on a: while it is still starting its weight is counted already,
+        # and stopping it would change nothing (the guard lets that stop through)
         poll_for(lambda: a.call("redu-status")["role"] == "active"
                  and a.call("redu-status")["partner_available"]
-                 and a.call("redu-status")["partner_error_state"] == 0, 15, "a active, b available")
+                 and a.call("redu-status")["error_state"] == 0
+                 and a.call("redu-status")["partner_error_state"] == 0
+                 and a.manager("drv")["state"] == "running", 15, "a active with drv running, b available")
         out = pmon_cli(config_a, "stop", "drv")
         assert out.returncode == 1
         assert "stop drv refused: this server (a) is active; stopping drv (weight 3) raises its " \

@@ -55,8 +55,10 @@ def switchover_by_stop(sup: "Supervisor", target: str | int) -> str | None:
     report = service.status()
     mine = dict(report.get("error_breakdown") or {})
     theirs = report.get("partner_error_breakdown")
-    if not report.get("partner_available") or not isinstance(theirs, dict):
+    if not report.get("partner_available"):
         return None  # no partner to take over: the pair cannot switch
+    if not isinstance(theirs, dict):  # its breakdown not heard yet: judge by its total
+        theirs = {"partner": float(report.get("partner_error_state") or 0)}
     if f"manager {spec.name}" in mine:
         return None  # counted already (not ready): its stop changes nothing
     after = stop_would_switch(mine, theirs, spec.name, weight,
