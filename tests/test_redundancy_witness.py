@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 import pytest
 
 from etcd import Etcd
@@ -60,9 +61,17 @@ def holder(etcd: Etcd) -> str | None:
 
 
 def running(path: Path) -> bool:
-    """The driver whose stamps are in `path` runs (started and not stopped since)."""
-    kinds = [kind for kind, _at in stamps(path)]
-    return bool(kinds) and kinds[-1] == "start"
+    """The driver whose stamps are in `path` runs: started, not stopped since, and its process
+    is alive (a SIGKILL leaves no stop stamp)."""
+    if not path.exists():
+        return False
+    lines = [line.split() for line in path.read_text().splitlines()]
+    if not lines or lines[-1][0] != "start":
+        return False
+    try:
+        return psutil.Process(int(lines[-1][2])).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def roles(a: Pmon, b: Pmon) -> tuple[str, str]:

@@ -437,6 +437,7 @@ class RedundancyManager:
         self.available = bool(reply.get("available"))
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
+        self.fence.extend(self.fence_pids, self.fence_cgroups)  # pmon restarted one meanwhile
         pmon = reply.get("pmon")
         self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
             pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
@@ -474,6 +475,8 @@ def _notify(message: str) -> None:
 
 def main(config: Config) -> int:
     def stop(signum: int, _frame: Any) -> None:
+        if hasattr(signal, "SIGUSR2"):  # a poke from pmon during the exit must not kill it
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)

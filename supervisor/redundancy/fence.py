@@ -9,7 +9,10 @@ setsid or daemonised helpers are in its cgroup, not in its group), SIGKILL (cgro
 after `grace`, and is done when no process of those groups is left alive (a zombie counts as
 dead: its parent, pmon, may be stopped and unable to reap it) and those cgroups are empty.
 pmon itself may sit in a manager's cgroup (a stall in the middle of a spawn): it is moved
-home first, and never signalled. Never blocks: `step(now)` is called from the heartbeat
+home first, and never signalled. pmon, while it answers, may restart a manager the fence
+has just stopped before it hears of the fence (a few ms against a sync's round trip): the
+fence takes in what each sync reply reports (`extend`) and signals, at every step, any
+process that appeared in a fenced cgroup since. Never blocks: `step(now)` is called from the heartbeat
 loop, and polls. POSIX only (Windows has no process groups to signal here; the fence is
 then empty).
 """
@@ -56,22 +59,26 @@ def _procs(cgroup: Path) -> set[int]:
         return set()
 
 
-def _signal_cgroups(cgroups: list[Path], signum: int, spare: set[int]) -> None:
+def _signal_cgroups(cgroups: list[Path], signum: int, spare: set[int]) -> set[int]:
     """`signum` to every process in `cgroups` except `spare`: cgroup.kill for a SIGKILL of
-    a cgroup that holds none of them (it also catches processes forking meanwhile)."""
+    a cgroup that holds none of them (it also catches processes forking meanwhile).
+    Returns the processes signalled."""
+    signalled: set[int] = set()
     for cgroup in cgroups:
-        pids = _procs(cgroup)
-        if signum == signal.SIGKILL and not pids & spare:
+        pids = _procs(cgroup) - spare
+        signalled |= pids
+        if signum == signal.SIGKILL and not _procs(cgroup) & spare:
             try:
                 (cgroup / "cgroup.kill").write_text("1")
                 continue
             except OSError:
                 pass  # before Linux 5.14: one by one
-        for pid in pids - spare:
+        for pid in pids:
             try:
                 os.kill(pid, signum)
             except OSError:
                 pass
+    return signalled
 
 
 @dataclass
@@ -80,6 +87,7 @@ class Fence:
     groups: set[int] = field(default_factory=set)
     cgroups: list[Path] = field(default_factory=list)
     spare: set[int] = field(default_factory=set)  # never signalled: pmon, this process
+    signalled: set[int] = field(default_factory=set)  # processes of the cgroups signalled
     started_at: float | None = None
     killed: bool = False
     done: bool = False
@@ -108,8 +116,24 @@ class Fence:
                 except OSError:
                     pass  # then its cgroup is signalled one process at a time, pmon spared
         _signal_groups(self.groups, signal.SIGTERM)
-        _signal_cgroups(self.cgroups, signal.SIGTERM, self.spare)
+        self.signalled = _signal_cgroups(self.cgroups, signal.SIGTERM, self.spare)
         self.step(now)
+
+    def extend(self, pids: list[int], cgroups: Sequence[str] = ()) -> None:
+        """Take in what pmon reports running while the fence is under way: a manager it
+        restarted before it heard of the fence is fenced too (with the signal of the phase
+        the fence is in)."""
+        if not self.active:
+            return
+        signum = signal.SIGKILL if self.killed else signal.SIGTERM
+        new = {pid for pid in pids if pid > 1 and pid != os.getpgrp()} - self.groups
+        if hasattr(os, "killpg") and new:
+            self.groups |= new
+            _signal_groups(new, signum)
+        fresh = [Path(c) for c in cgroups if Path(c) not in self.cgroups and
+                 Path(c, "cgroup.procs").exists()]
+        self.cgroups += fresh
+        self.signalled |= _signal_cgroups(fresh, signum, self.spare)
 
     def step(self, now: float) -> None:
         if not self.active:
@@ -124,8 +148,18 @@ class Fence:
         if not self.killed and now - self.started_at >= self.grace:
             self.killed = True
             _signal_groups(self.groups, signal.SIGKILL)
-            _signal_cgroups(self.cgroups, signal.SIGKILL, self.spare)
+            self.signalled |= _signal_cgroups(self.cgroups, signal.SIGKILL, self.spare)
+            return
+        # a process that came into a fenced cgroup after its signal (a restart by pmon, a
+        # fork): the same signal now, not a grace later
+        appeared = {pid for cgroup in self.cgroups for pid in _procs(cgroup)}
+        for pid in appeared - self.spare - self.signalled:
+            try:
+                os.kill(pid, signal.SIGKILL if self.killed else signal.SIGTERM)
+                self.signalled.add(pid)
+            except OSError:
+                pass
 
     def reset(self) -> None:
         self.groups, self.started_at, self.killed, self.done = set(), None, False, False
-        self.cgroups, self.spare = [], set()
+        self.cgroups, self.spare, self.signalled = [], set(), set()
