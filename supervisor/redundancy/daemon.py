@@ -35,7 +35,6 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import replace
 from typing import Any, Callable
 
 from pmon.config import Config
@@ -189,7 +188,7 @@ class RedundancyManager:
         if heard is None:
             return Local(sum(mine.values()), self.available and ok, can_act, lease, movable), None
         error, partner_error = judged_errors(mine, heard.breakdown)
-        partner = replace(heard.partner(), error=partner_error)
+        partner = heard.partner(error=partner_error)
         return Local(error, self.available and ok, can_act, lease, movable), partner
 
     def probing(self, now: float) -> bool:
@@ -245,15 +244,25 @@ class RedundancyManager:
                 events = selector.select(timeout)
                 now = self.clock()
                 with self.lock:
-                    news = not events  # a deadline passed
+                    # a deadline passed (the beat's own is met at the top of the loop)
+                    news = not events and now < next_beat
                     for key, _ in events:
                         if key.data is None:
                             self._drain_replies()
                             news = True
-                        else:
-                            news = self.on_readable(key.data, now) or news
-                    if news:  # a copy of a heartbeat already seen (the other link) changes nothing
+                    beat_heard = self.heard
+                    if any(key.data is not None for key, _ in events):
+                        # every link, not only the one that woke the loop: the copy of a
+                        # heartbeat on the other link has mostly arrived by now, and is taken
+                        # in this wake-up instead of costing one of its own
+                        for link in self.links.links:
+                            news = self.on_readable(link, now) or news
+                    if news:  # a copy of a heartbeat already seen changes nothing
                         self.evaluate(now)
+                    if self.heard is not beat_heard and now >= next_beat - interval / 4:
+                        # the partner beat and this side's beat is nearly due: answer now,
+                        # so both sides beat in step (a wake-up fewer on each)
+                        next_beat = now
         finally:
             if self.witness is not None:
                 self.witness.stop()
@@ -316,8 +325,7 @@ class RedundancyManager:
             if newer:
                 # Only a heartbeat that says something new (or ends a silence) needs a
                 # decision now; the same words again wait for the next beat's step.
-                if self.heard is None or replace(hb, seq=0, damp=0.0) != replace(
-                        self.heard, seq=0, damp=0.0):
+                if self.heard is None or _says(hb) != _says(self.heard):
                     news = True
                 self.heard = hb
                 if hb.probe and now - self.last_sent > self.spec.heartbeat_interval / 8:
@@ -377,12 +385,11 @@ class RedundancyManager:
     def send(self, now: float, probe: bool = False) -> None:
         self.seq += 1
         self.last_sent = now
-        local, _ = self.views(now)
-        breakdown = self.breakdown(now)
+        breakdown = self.breakdown(now)  # (failsafe: as the last evaluate judged it)
         data = encode(Heartbeat(
             sender=self.spec.name, to=self.spec.partner, epoch=self.arbiter.epoch,
             boot=self.boot, seq=self.seq, role=self.decision.role, error=sum(breakdown.values()),
-            available=local.available, target=self.decision.target,
+            available=self.available and self.pmon_ok(now), target=self.decision.target,
             seen=max(0, self.inbox.last_epoch), forced=self.arbiter.forced,
             preferred=self.arbiter.preferred, breakdown=breakdown,
             hears=self.partner_view(now) is not None, probe=probe,
@@ -458,6 +465,11 @@ class RedundancyManager:
                 self.arbiter.prefer(request["server"], partner)
         if reply.get("requests"):
             self.evaluate(now, force_send=True)
+
+
+def _says(hb: Heartbeat) -> dict[str, Any]:
+    """What a heartbeat says, without what changes at every beat."""
+    return {**vars(hb), "seq": 0, "damp": 0.0}
 
 
 def _notify(message: str) -> None:

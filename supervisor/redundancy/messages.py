@@ -59,9 +59,11 @@ class Heartbeat:
     probe: bool = False
     damp: float = 0.0  # seconds failure stays damped on the sender (after a split brain)
 
-    def partner(self) -> Partner:
+    def partner(self, error: float | None = None) -> Partner:
+        """The partner as the arbitration sees it; `error`: as this side judges it."""
         return Partner(
-            name=self.sender, role=self.role, error=self.error, available=self.available,
+            name=self.sender, role=self.role, error=self.error if error is None else error,
+            available=self.available,
             target=self.target, epoch=self.epoch, forced=self.forced, preferred=self.preferred,
             boot=self.boot, hears=self.hears, fencing=self.fencing,
         )
@@ -182,6 +184,8 @@ class Inbox:
     dropped: dict[str, int] = field(
         default_factory=lambda: {"garbage": 0, "unknown": 0, "stale": 0}
     )
+    heard: Heartbeat | None = None  # the newest accepted, and its bytes
+    last_data: bytes = b""
 
     def accept(self, data: bytes) -> tuple[Heartbeat, bool] | None:
         """(heartbeat, newer) for a valid message from the partner, else None (counted).
@@ -189,6 +193,8 @@ class Inbox:
         `newer` is False for a copy of one already seen (the same datagram on another link,
         or an older one overtaken): it proves the link is up, but changes no view.
         """
+        if data == self.last_data and self.heard is not None:
+            return self.heard, False  # the other link's copy of the newest: nothing to check
         try:
             hb = decode(data)
         except BadMessage:
@@ -204,4 +210,5 @@ class Inbox:
         newer = self.last is None or self.last[0] != hb.boot or hb.seq > self.last[1]
         if newer:
             self.last = (hb.boot, hb.seq)
+            self.heard, self.last_data = hb, data
         return hb, newer
