@@ -12,9 +12,9 @@ pmon itself may sit in a manager's cgroup (a stall in the middle of a spawn): it
 home first, and never signalled. pmon, while it answers, may restart a manager the fence
 has just stopped before it hears of the fence (a few ms against a sync's round trip): the
 fence takes in what each sync reply reports (`extend`) and signals, at every step, any
-process that appeared in a fenced cgroup since. Never blocks: `step(now)` is called from the heartbeat
-loop, and polls. POSIX only (Windows has no process groups to signal here; the fence is
-then empty).
+process that appeared in a fenced cgroup since. Never blocks: `step(now)` is called from
+the heartbeat loop, and polls. POSIX only (Windows has no process groups to signal here;
+the fence is then empty).
 """
 
 from __future__ import annotations
@@ -43,6 +43,14 @@ def _alive_members(groups: set[int]) -> set[int]:
     return alive
 
 
+def _leaders(pids: list[int]) -> set[int]:
+    """The process groups to fence: each manager leads its own (never init's, never ours;
+    none where there are no process groups to signal)."""
+    if not hasattr(os, "killpg"):
+        return set()
+    return {pid for pid in pids if pid > 1 and pid != os.getpgrp()}
+
+
 def _signal_groups(groups: set[int], signum: int) -> None:
     for group in groups:
         try:
@@ -65,20 +73,28 @@ def _signal_cgroups(cgroups: list[Path], signum: int, spare: set[int]) -> set[in
     Returns the processes signalled."""
     signalled: set[int] = set()
     for cgroup in cgroups:
-        pids = _procs(cgroup) - spare
-        signalled |= pids
-        if signum == signal.SIGKILL and not _procs(cgroup) & spare:
+        members = _procs(cgroup)
+        signalled |= members - spare
+        if signum == signal.SIGKILL and not members & spare:
             try:
                 (cgroup / "cgroup.kill").write_text("1")
                 continue
             except OSError:
                 pass  # before Linux 5.14: one by one
-        for pid in pids:
-            try:
-                os.kill(pid, signum)
-            except OSError:
-                pass
+        _signal_each(members - spare, signum)
     return signalled
+
+
+def _signal_each(pids: set[int], signum: int) -> set[int]:
+    """`signum` to each of `pids`; returns those it reached (the others are gone)."""
+    reached: set[int] = set()
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+            reached.add(pid)
+        except OSError:
+            pass
+    return reached
 
 
 @dataclass
@@ -103,9 +119,7 @@ class Fence:
         if self.started_at is not None:
             return
         self.started_at = now
-        self.groups = {pid for pid in pids if pid > 1 and pid != os.getpgrp()}
-        if not hasattr(os, "killpg"):
-            self.groups = set()
+        self.groups = _leaders(pids)
         self.cgroups = [Path(c) for c in cgroups if Path(c, "cgroup.procs").exists()]
         self.spare = {os.getpid()}
         if pmon is not None:
@@ -126,8 +140,8 @@ class Fence:
         if not self.active:
             return
         signum = signal.SIGKILL if self.killed else signal.SIGTERM
-        new = {pid for pid in pids if pid > 1 and pid != os.getpgrp()} - self.groups
-        if hasattr(os, "killpg") and new:
+        new = _leaders(pids) - self.groups
+        if new:
             self.groups |= new
             _signal_groups(new, signum)
         fresh = [Path(c) for c in cgroups if Path(c) not in self.cgroups and
@@ -140,7 +154,8 @@ class Fence:
             return
         if self.groups:
             self.groups = _alive_members(self.groups)
-        self.cgroups = [c for c in self.cgroups if _procs(c) - self.spare]
+        members = {cgroup: _procs(cgroup) - self.spare for cgroup in self.cgroups}
+        self.cgroups = [cgroup for cgroup, pids in members.items() if pids]
         if not self.groups and not self.cgroups:
             self.done = True
             return
@@ -152,13 +167,9 @@ class Fence:
             return
         # a process that came into a fenced cgroup after its signal (a restart by pmon, a
         # fork): the same signal now, not a grace later
-        appeared = {pid for cgroup in self.cgroups for pid in _procs(cgroup)}
-        for pid in appeared - self.spare - self.signalled:
-            try:
-                os.kill(pid, signal.SIGKILL if self.killed else signal.SIGTERM)
-                self.signalled.add(pid)
-            except OSError:
-                pass
+        appeared = {pid for pids in members.values() for pid in pids}
+        self.signalled |= _signal_each(appeared - self.signalled,
+                                       signal.SIGKILL if self.killed else signal.SIGTERM)
 
     def reset(self) -> None:
         self.groups, self.started_at, self.killed, self.done = set(), None, False, False
