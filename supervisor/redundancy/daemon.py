@@ -259,9 +259,12 @@ class RedundancyManager:
                             news = self.on_readable(link, now) or news
                     if news:  # a copy of a heartbeat already seen changes nothing
                         self.evaluate(now)
-                    if self.heard is not beat_heard and now >= next_beat - interval / 4:
+                    if self.heard is not beat_heard and now >= next_beat - interval / 4 and \
+                            now - self.last_sent >= interval * 3 / 4:
                         # the partner beat and this side's beat is nearly due: answer now,
-                        # so both sides beat in step (a wake-up fewer on each)
+                        # so both sides beat in step (a wake-up fewer on each); not when
+                        # this side just sent (a probe's answer): a partner that beats
+                        # faster must not make this side beat faster too
                         next_beat = now
         finally:
             if self.witness is not None:
