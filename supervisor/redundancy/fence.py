@@ -7,7 +7,9 @@ with cgroup containment, their cgroups and its own pid and home cgroup. A fence 
 SIGTERM to each of those process groups and to every process in those cgroups (a manager's
 setsid or daemonised helpers are in its cgroup, not in its group), SIGKILL (cgroup.kill)
 after `grace`, and is done when no process of those groups is left alive (a zombie counts as
-dead: its parent, pmon, may be stopped and unable to reap it) and those cgroups are empty.
+dead: its parent, pmon, may be stopped and unable to reap it; so does a process stuck in
+the kernel with the SIGKILL pending, which runs no more code of its own) and those cgroups
+are empty.
 pmon itself may sit in a manager's cgroup (a stall in the middle of a spawn): it is moved
 home first, and never signalled. pmon, while it answers, may restart a manager the fence
 has just stopped before it hears of the fence (a few ms against a sync's round trip): the
@@ -28,12 +30,33 @@ from pathlib import Path
 import psutil
 
 
-def _alive_members(groups: set[int]) -> set[int]:
-    """The groups of `groups` that still have a live (non-zombie) process."""
+def _doomed(pid: int) -> bool:
+    """Stuck in the kernel (D state) with a SIGKILL pending: it dies the moment it leaves the
+    kernel and runs no more code of its own, so a fence need not wait for it (a driver
+    blocked on a dead device would otherwise hold the fence, and the role, for ever)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if not fields.get("State", "").strip().startswith("D"):
+        return False
+    kill = 1 << (signal.SIGKILL - 1)
+    try:
+        return any(int(fields.get(key, "0"), 16) & kill for key in ("SigPnd", "ShdPnd"))
+    except ValueError:
+        return False
+
+
+def _alive_members(groups: set[int], killed: bool) -> set[int]:
+    """The groups of `groups` that still have a live process: not a zombie, and (once
+    SIGKILLed) not doomed."""
     alive: set[int] = set()
     for proc in psutil.process_iter(["status"]):
         try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            status = proc.info["status"]
+            if status == psutil.STATUS_ZOMBIE or (
+                    killed and status == psutil.STATUS_DISK_SLEEP and _doomed(proc.pid)):
                 continue
             group = os.getpgid(proc.pid)
         except (psutil.Error, OSError):
@@ -153,8 +176,9 @@ class Fence:
         if not self.active:
             return
         if self.groups:
-            self.groups = _alive_members(self.groups)
-        members = {cgroup: _procs(cgroup) - self.spare for cgroup in self.cgroups}
+            self.groups = _alive_members(self.groups, self.killed)
+        members = {cgroup: {pid for pid in _procs(cgroup) - self.spare
+                            if not (self.killed and _doomed(pid))} for cgroup in self.cgroups}
         self.cgroups = [cgroup for cgroup, pids in members.items() if pids]
         if not self.groups and not self.cgroups:
             self.done = True
