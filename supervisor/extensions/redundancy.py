@@ -41,6 +41,7 @@ from pmon.runtime.statefile import write_atomically
 
 if TYPE_CHECKING:
     from pmon.core.manager import Manager
+    from pmon.redundancy.settings import RedundancySpec
 
 S = ManagerState
 
@@ -59,6 +60,7 @@ class RedundancyService(Extension):
         self.last_switchover: dict[str, Any] | None = None
         self.queries = 0  # the redundancy manager's count of split brains won (general query)
         self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
+        self.preferred: dict[str, Any] | None = None  # an operator's prefer, kept across restarts
         self._poked: tuple[Any, ...] = ()
 
     # --- lifecycle ----------------------------------------------------------------
@@ -69,6 +71,10 @@ class RedundancyService(Extension):
             saved = json.loads(self.epoch_file.read_text())
             self.epoch = int(saved.get("epoch", 0))
             self.last_switchover = saved.get("last_switchover")
+            # an operator's `redu prefer` outlives a restart of both servers; an edit of the
+            # configured preference since (the file is the newer word) drops it
+            if saved.get("configured") == self.spec.preferred:
+                self.preferred = _preference(saved.get("preferred"), self.spec)
         except (OSError, ValueError, AttributeError):
             pass
         # The project machine starts with "active" off (not decided yet): nothing to tell.
@@ -77,7 +83,8 @@ class RedundancyService(Extension):
         self._save()
 
     def _save(self) -> None:
-        data = {"epoch": self.epoch, "last_switchover": self.last_switchover}
+        data = {"epoch": self.epoch, "last_switchover": self.last_switchover,
+                "preferred": self.preferred, "configured": self.spec.preferred}
         try:
             write_atomically(self.epoch_file, json.dumps(data).encode())
         except OSError as exc:
@@ -180,8 +187,13 @@ class RedundancyService(Extension):
         self.report = report
         self.synced_at = time.monotonic()
         epoch = report.get("epoch")
+        changed = False
         if isinstance(epoch, int) and epoch > self.epoch:
-            self.epoch = epoch
+            self.epoch, changed = epoch, True
+        preferred = _preference(report.get("preferred"), self.spec)
+        if preferred is not None and preferred["seq"] > 0 and preferred != self.preferred:
+            self.preferred, changed = preferred, True  # an operator's prefer: kept on disk
+        if changed:
             self._save()
         role = report.get("role")
         if role in ("active", "passive") and role != self.role:
@@ -200,6 +212,7 @@ class RedundancyService(Extension):
         self._poked = (self.error_breakdown(), self.available(), tuple(self._fence_pids()))
         return {"breakdown": self._poked[0], "available": self._poked[1],
                 "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2]),
+                "preferred": self.preferred,
                 "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
                 **self._fence_cgroups()}
 
@@ -368,3 +381,12 @@ class RedundancyService(Extension):
             "dropped": report.get("dropped", {}),
             "redundancy_manager": "connected" if self.fresh() else "not connected",
         }
+
+
+def _preference(value: Any, spec: RedundancySpec) -> dict[str, Any] | None:
+    """An operator's preference as the redundancy manager reports it, if well formed and
+    naming a server of this pair."""
+    if not isinstance(value, dict) or value.get("server") not in (spec.name, spec.partner) or \
+            not isinstance(value.get("seq"), int) or isinstance(value.get("seq"), bool):
+        return None
+    return {"server": value["server"], "seq": value["seq"]}

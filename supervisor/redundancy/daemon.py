@@ -40,7 +40,7 @@ from typing import Any, Callable
 from pmon.config import Config
 from pmon.control.client import call
 from pmon.errors import PmonError
-from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Role
+from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Role, newest
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
@@ -240,6 +240,9 @@ class RedundancyManager:
                     wake.append(self.pmon_ok_at + self.spec.pmon_timeout)
                 if self.fence.active:
                     wake.append(now + 0.05)
+                if self.witness is not None and (lost := self.witness.lost_at()) is not None \
+                        and lost > now:
+                    wake.append(lost)  # the lease counts as lost then: fence at once
                 timeout = max(0.0, min(wake) - now)
                 events = selector.select(timeout)
                 now = self.clock()
@@ -452,6 +455,11 @@ class RedundancyManager:
         self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
             pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
+        kept = reply.get("preferred")  # an operator's prefer, as pmon kept it across restarts
+        if isinstance(kept, dict) and kept.get("server") in (self.spec.name, self.spec.partner) \
+                and type(kept.get("seq")) is int:
+            self.arbiter.preferred = newest(self.arbiter.preferred, Choice(
+                kept["server"], kept["seq"])) or self.arbiter.preferred
         now = self.clock()
         damp = reply.get("damp", 0)
         if isinstance(damp, (int, float)) and damp > 0:  # kept by pmon across a project restart

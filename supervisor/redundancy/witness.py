@@ -59,6 +59,13 @@ class Witness(threading.Thread):
             return self.lease != 0 and self.renewed_at is not None and \
                 now - self.renewed_at < self.spec.lost_after
 
+    def lost_at(self) -> float | None:
+        """When the held lease counts as lost unless renewed first (None: none held): the
+        heartbeat loop wakes then, to fence at once, not at its next beat."""
+        with self.lock:
+            return None if not self.lease or self.renewed_at is None else \
+                self.renewed_at + self.spec.lost_after
+
     def reachable(self) -> bool:
         """The last call to etcd worked (a partner could take the lease if handed over)."""
         return not self.error
