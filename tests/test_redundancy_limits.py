@@ -7,12 +7,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import textwrap
 import threading
+import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import tomli_w
 from hypothesis import given, settings, strategies as st
 
 from pmon.redundancy.arbitration import Role
@@ -21,8 +24,8 @@ from pmon.redundancy.settings import WitnessSpec, judged_errors
 from pmon.redundancy.witness import Witness
 from etcd import Etcd
 from relay import Relay
-from support import child, poll_for
-from test_redundancy_pair import WAIT, redu, start_pair, wait_roles
+from support import cgroups_writable, child, poll_for, write_pair
+from test_redundancy_pair import WAIT, redu, stamps, start_pair, wait_roles
 
 
 @pytest.fixture
@@ -241,3 +244,58 @@ class _Proxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+STALL_AFTER_RESTART = """
+    import os, signal
+    from pmon.hookspecs import RestartAdvice, hookimpl
+
+    @hookimpl
+    def pmon_restart_decision(manager, exit_code, delay):
+        if manager.name == "drv":  # long enough for a sync to report no driver running
+            return RestartAdvice(delay=0.5, reason="test")
+
+    @hookimpl
+    def pmon_manager_state(manager, old, new, exit_code):
+        if manager.name == "drv" and new == "running" and old is not None:
+            os.kill(os.getpid(), signal.SIGSTOP)  # pmon stalls right after the restart
+"""
+
+
+@pytest.mark.parametrize("mode", ["cgroup", "process-group"])
+def test_a_driver_restarted_just_before_pmon_stalls_is_fenced_too(tmp_path, pmon, relay, mode):
+    """review 3, finding 8: the fence knew only the pids and cgroups of the last sync, which
+    can fall between a driver's death and its restart: the new driver ran on on a while b
+    took over."""
+    if mode == "cgroup" and (why := cgroups_writable()):
+        pytest.skip(why)
+
+    def for_server(server: str) -> list[dict[str, Any]]:
+        # weight 0: its death must not switch over by error state (a planned handover
+        # while pmon stalls is another matter); only the fence is under test
+        return [{"name": "drv", "command": child("--stamp", str(tmp_path / f"stamp-{server}")),
+                 "run_on": "active", "weight": 0}]
+
+    config_a, config_b = write_pair(tmp_path, relay, for_server, pmon_timeout=2, fence_grace=0.3)
+    (tmp_path / "a" / "plugins.d").mkdir()
+    (tmp_path / "a" / "plugins.d" / "stall.py").write_text(textwrap.dedent(STALL_AFTER_RESTART))
+    data = tomllib.loads(config_a.read_text())
+    data["plugins"] = {"paths": ["plugins.d"]}
+    config_a.write_text(tomli_w.dumps(data))
+    env = {"PMON_NO_CGROUPS": "1"} if mode == "process-group" else {}
+    a, b = pmon(config_a, wait=False, env=env), pmon(config_b, wait=False, env=env)
+    wait_roles(a, b, "active", "passive")
+    first = a.wait_state("drv", "running")["pid"]
+    os.kill(first, signal.SIGKILL)  # the driver dies; pmon restarts it 0.5 s later, then stalls
+    try:
+        poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over")
+        poll_for(lambda: stamps(tmp_path / "stamp-b"), WAIT, "b's driver to start")
+        b_started = min(at for kind, at in stamps(tmp_path / "stamp-b") if kind == "start")
+        lines = [line.split() for line in (tmp_path / "stamp-a").read_text().splitlines()]
+        again = [(kind, float(at)) for kind, at, pid in lines if int(pid) != first]
+        assert again and again[0][0] == "start", lines  # pmon restarted it before it stalled
+        stops = [at for kind, at in again if kind == "stop"]
+        assert stops and stops[0] < b_started, (lines, b_started)  # fenced before b's start
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+

@@ -84,7 +84,9 @@ class RedundancyService(Extension):
 
     def _save(self) -> None:
         data = {"epoch": self.epoch, "last_switchover": self.last_switchover,
-                "preferred": self.preferred, "configured": self.spec.preferred}
+                "preferred": self.preferred,
+                "fence_names": [m.spec.name for m in self.sup.managers.values()
+                                if m.spec.run_on == "active"], "configured": self.spec.preferred}
         try:
             write_atomically(self.epoch_file, json.dumps(data).encode())
         except OSError as exc:
@@ -213,6 +215,8 @@ class RedundancyService(Extension):
         return {"breakdown": self._poked[0], "available": self._poked[1],
                 "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2]),
                 "preferred": self.preferred,
+                "fence_names": [m.spec.name for m in self.sup.managers.values()
+                                if m.spec.run_on == "active"],
                 "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
                 **self._fence_cgroups()}
 
@@ -224,8 +228,10 @@ class RedundancyService(Extension):
         if where is None:
             return {}
         cgroup_of, home = where
+        # every run_on = "active" manager's, running or not: one restarted after this sync
+        # (just before a stall) is in its cgroup, and the fence finds it there
         return {"fence_cgroups": [str(cgroup_of(m.spec.name)) for m in self.sup.managers.values()
-                                  if m.spec.run_on == "active" and m.alive and m.pid],
+                                  if m.spec.run_on == "active"],
                 "pmon": {"pid": os.getpid(), "home": str(home)}}
 
     def _signature(self) -> tuple[Any, ...]:

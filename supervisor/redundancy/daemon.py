@@ -103,6 +103,7 @@ class RedundancyManager:
         self.pmon_breakdown: dict[str, float] = {}
         self.fence_pids: list[int] = []
         self.fence_cgroups: list[str] = []  # their cgroups (cgroup containment)
+        self.fence_names: list[str] = []  # the run_on = "active" managers, running or not
         self.fence_pmon: tuple[int, str] | None = None  # pmon's pid and home cgroup
         self.fence = Fence(spec.fence_grace)
         self.decision = Decision(None)
@@ -348,7 +349,8 @@ class RedundancyManager:
             self.fence.reset()  # pmon is back (and the lease, or passive): pmon decides again
         if (not ok or not lease) and self.decision.role is Role.ACTIVE:
             # no pmon, or no lease: stop the drivers (their whole cgroups where there are)
-            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon)
+            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon,
+                             self.fence_names)
         self.fence.step(now)
         before = self.decision.role
         if not self.fence.active:  # while fencing, the role stays: the partner waits
@@ -450,6 +452,7 @@ class RedundancyManager:
         self.available = bool(reply.get("available"))
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
+        self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
         self.fence.extend(self.fence_pids, self.fence_cgroups)  # pmon restarted one meanwhile
         pmon = reply.get("pmon")
         self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(

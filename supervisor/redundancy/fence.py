@@ -48,15 +48,25 @@ def _doomed(pid: int) -> bool:
         return False
 
 
+def _finished(status: str, pid: int, killed: bool) -> bool:
+    """A zombie, or (once SIGKILLed) doomed: runs no more code of its own."""
+    return status == psutil.STATUS_ZOMBIE or (
+        killed and status == psutil.STATUS_DISK_SLEEP and _doomed(pid))
+
+
+def _dead(pid: int, killed: bool) -> bool:
+    try:
+        return _finished(psutil.Process(pid).status(), pid, killed)
+    except psutil.Error:
+        return True  # gone
+
+
 def _alive_members(groups: set[int], killed: bool) -> set[int]:
-    """The groups of `groups` that still have a live process: not a zombie, and (once
-    SIGKILLed) not doomed."""
+    """The groups of `groups` that still have a process that is not `_finished`."""
     alive: set[int] = set()
     for proc in psutil.process_iter(["status"]):
         try:
-            status = proc.info["status"]
-            if status == psutil.STATUS_ZOMBIE or (
-                    killed and status == psutil.STATUS_DISK_SLEEP and _doomed(proc.pid)):
+            if _finished(proc.info["status"], proc.pid, killed):
                 continue
             group = os.getpgid(proc.pid)
         except (psutil.Error, OSError):
@@ -72,6 +82,31 @@ def _leaders(pids: list[int]) -> set[int]:
     if not hasattr(os, "killpg"):
         return set()
     return {pid for pid in pids if pid > 1 and pid != os.getpgrp()}
+
+
+def _marked(names: frozenset[str]) -> set[int]:
+    """The live processes that came from the managers `names` of this project: their
+    environment carries this project's NOTIFY_SOCKET (this process has it from the same
+    pmon) and PMON_MANAGER, inherited by their helpers. It finds a driver that pmon started
+    after its last sync (a restart just before a stall), which no reported pid or cgroup
+    names. Only a hint (a process may change its environment), so it adds to the rest."""
+    socket = os.environ.get("NOTIFY_SOCKET")
+    if not names or not socket or not os.path.isdir("/proc"):
+        return set()
+    mark = f"\0NOTIFY_SOCKET={socket}\0".encode()
+    wanted = {f"\0PMON_MANAGER={name}\0".encode() for name in names}
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                raw = b"\0" + handle.read() + b"\0"
+        except OSError:
+            continue
+        if mark in raw and any(name in raw for name in wanted):
+            found.add(int(entry))
+    return found
 
 
 def _signal_groups(groups: set[int], signum: int) -> None:
@@ -127,6 +162,8 @@ class Fence:
     cgroups: list[Path] = field(default_factory=list)
     spare: set[int] = field(default_factory=set)  # never signalled: pmon, this process
     signalled: set[int] = field(default_factory=set)  # processes of the cgroups signalled
+    names: frozenset[str] = frozenset()  # the managers fenced (to find their processes)
+    strays: set[int] = field(default_factory=set)  # found by their marks, not yet gone
     started_at: float | None = None
     killed: bool = False
     done: bool = False
@@ -137,11 +174,13 @@ class Fence:
         return self.started_at is not None and not self.done
 
     def start(self, now: float, pids: list[int], cgroups: Sequence[str] = (),
-              pmon: tuple[int, str] | None = None) -> None:
-        """`cgroups`: the managers' cgroups; `pmon`: pmon's pid and home cgroup."""
+              pmon: tuple[int, str] | None = None, names: Sequence[str] = ()) -> None:
+        """`cgroups`: the managers' cgroups; `pmon`: pmon's pid and home cgroup; `names`:
+        the managers (their processes are found by their marks too)."""
         if self.started_at is not None:
             return
         self.started_at = now
+        self.names = frozenset(names)
         self.groups = _leaders(pids)
         self.cgroups = [Path(c) for c in cgroups if Path(c, "cgroup.procs").exists()]
         self.spare = {os.getpid()}
@@ -154,6 +193,8 @@ class Fence:
                     pass  # then its cgroup is signalled one process at a time, pmon spared
         _signal_groups(self.groups, signal.SIGTERM)
         self.signalled = _signal_cgroups(self.cgroups, signal.SIGTERM, self.spare)
+        self.strays = _marked(self.names) - self.spare
+        self.signalled |= _signal_each(self.strays - self.signalled, signal.SIGTERM)
         self.step(now)
 
     def extend(self, pids: list[int], cgroups: Sequence[str] = ()) -> None:
@@ -180,7 +221,9 @@ class Fence:
         members = {cgroup: {pid for pid in _procs(cgroup) - self.spare
                             if not (self.killed and _doomed(pid))} for cgroup in self.cgroups}
         self.cgroups = [cgroup for cgroup, pids in members.items() if pids]
-        if not self.groups and not self.cgroups:
+        self.strays = {pid for pid in _marked(self.names) - self.spare
+                       if not _dead(pid, self.killed)}
+        if not self.groups and not self.cgroups and not self.strays:
             self.done = True
             return
         assert self.started_at is not None
@@ -188,13 +231,15 @@ class Fence:
             self.killed = True
             _signal_groups(self.groups, signal.SIGKILL)
             self.signalled |= _signal_cgroups(self.cgroups, signal.SIGKILL, self.spare)
+            _signal_each(self.strays, signal.SIGKILL)
             return
         # a process that came into a fenced cgroup after its signal (a restart by pmon, a
-        # fork): the same signal now, not a grace later
-        appeared = {pid for pids in members.values() for pid in pids}
+        # fork), or that its marks show: the same signal now, not a grace later
+        appeared = {pid for pids in members.values() for pid in pids} | self.strays
         self.signalled |= _signal_each(appeared - self.signalled,
                                        signal.SIGKILL if self.killed else signal.SIGTERM)
 
     def reset(self) -> None:
         self.groups, self.started_at, self.killed, self.done = set(), None, False, False
         self.cgroups, self.spare, self.signalled = [], set(), set()
+        self.names, self.strays = frozenset(), set()
