@@ -299,3 +299,27 @@ def test_a_driver_restarted_just_before_pmon_stalls_is_fenced_too(tmp_path, pmon
     finally:
         os.kill(a.proc.pid, signal.SIGCONT)
 
+
+
+def test_a_report_that_waited_out_a_stall_does_not_reopen_the_gate(tmp_path, pmon, relay):
+    """review 3, finding 9: during a stall of pmon longer than pmon_timeout, the redundancy
+    manager's sync (role active) waits in pmon's socket; its caller gave up, fenced and went
+    passive; a thawed pmon must not take that stale report's word and start the driver. The
+    window is narrow (the later reports say fencing, then passive): this guards the rule, it
+    did not reproduce the finding here."""
+    def for_server(server: str) -> list[dict[str, Any]]:
+        return [{"name": "drv", "command": child("--stamp", str(tmp_path / f"stamp-{server}")),
+                 "run_on": "active", "weight": 0}]
+
+    a, b = start_pair(pmon, tmp_path, relay, for_server, pmon_timeout=2, fence_grace=0.3)
+    wait_roles(a, b, "active", "passive")
+    a.wait_state("drv", "running")
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over from the stalled a")
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    poll_for(lambda: a.call("redu-status")["role"] == "passive", WAIT, "a's pmon to hear passive")
+    a.wait_state("drv", "stopped", WAIT)
+    starts = [at for kind, at in stamps(tmp_path / "stamp-a") if kind == "start"]
+    assert len(starts) == 1, stamps(tmp_path / "stamp-a")  # never started again on a

@@ -185,6 +185,11 @@ class RedundancyService(Extension):
 
     # --- the redundancy manager's sync ----------------------------------------------------
     def sync(self, report: dict[str, Any]) -> dict[str, Any]:
+        sent = report.get("sent")
+        if isinstance(sent, (int, float)) and time.monotonic() - sent > self.spec.pmon_timeout:
+            # it waited out a stall of pmon in the socket: its sender gave up on it (and may
+            # have fenced and handed over since); its word would reopen the start gate
+            return {"stale": True}
         before = self._signature()
         self.report = report
         self.synced_at = time.monotonic()

@@ -441,11 +441,12 @@ class RedundancyManager:
             "links": [link.report(now, self.spec.timeout) for link in self.links.links],
             "dropped": dict(self.inbox.dropped),
             "pid": os.getpid(),
+            "sent": time.monotonic(),  # one clock for every process of the machine
         }
 
     def _on_reply(self, at: float, reply: dict[str, Any] | None) -> None:
-        if reply is None:
-            return
+        if reply is None or reply.get("stale"):
+            return  # no answer (or pmon found our report too old: no answer to it either)
         self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
         self.restart_pending = False
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
