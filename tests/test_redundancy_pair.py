@@ -271,8 +271,10 @@ def test_back_to_active_while_an_active_only_manager_still_stops_starts_it_again
     wait_roles(a, b, "active", "passive")
     old = a.wait_state("drv", "running")["pid"]
     assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0
-    wait_roles(a, b, "passive", "active")
+    # a hands over, but b waits while a's driver still stops (the release): never two
+    poll_for(lambda: redu(a)["role"] == "passive" and redu(a)["releasing"], WAIT, "a releasing")
     a.wait_state("drv", "stopping")
+    assert redu(b)["role"] == "passive"
     assert pmon_cli(a.config_path, "redu", "prefer", "a").returncode == 0
     wait_roles(a, b, "active", "passive")
     kill_tree(old)  # do not wait for seconds_to_kill

@@ -47,6 +47,9 @@ def print_status(s: dict[str, Any]) -> None:
         click.echo(f"forced: {forced['server']}, {state}; {given}")
     if s.get("fencing"):
         click.echo("fencing: stopping the run_on = \"active\" managers (pmon does not answer or the lease is lost)")
+    if s.get("releasing"):
+        click.echo('releasing: handed over; pmon still stops the run_on = "active" managers '
+                   "(the partner waits)")
     witness = s.get("witness")
     if witness:
         state = "held" if witness.get("held") else ("wanted, not held" if witness.get("wanted")

@@ -137,6 +137,12 @@ class RedundancyService(Extension):
                                '"active" managers (it lost the witness\'s lease)')
         return {}
 
+    def release_bound(self) -> float:
+        """How long a handover may wait for the old active's drivers to stop (the release,
+        docs/redundancy.md "Fencing"), as the redundancy manager bounds it."""
+        return max((m.spec.seconds_to_kill for m in self.sup.managers.values()
+                    if m.spec.run_on == "active"), default=0.0) + self.spec.pmon_timeout
+
     def _tell_role(self) -> None:
         """The project machine's condition "active" follows this server's role. Not knowing
         the role stops nothing (the pair decides soon); passive stops the drivers."""
@@ -217,7 +223,9 @@ class RedundancyService(Extension):
             self.sup.changed()  # wake waiters (set-active waits for the new role)
         requests, self.requests = self.requests, []
         self._poked = (self.error_breakdown(), self.available(), tuple(self._fence_pids()))
-        return {"breakdown": self._poked[0], "available": self._poked[1],
+        # "seq" names the report this answers: the redundancy manager takes a restart or
+        # the end of a handover only from a reply to a report that asked for it
+        return {"seq": report.get("seq"), "breakdown": self._poked[0], "available": self._poked[1],
                 "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2]),
                 "preferred": self.preferred,
                 "fence_names": [m.spec.name for m in self.sup.managers.values()
@@ -386,6 +394,7 @@ class RedundancyService(Extension):
             "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
             "forced": report.get("forced"),  # the last one, also once ended (when, why)
             "fencing": bool(report.get("fencing")),
+            "releasing": bool(report.get("releasing")),
             "witness": report.get("witness"),  # None without one
             "epoch": self.epoch,
             "last_switchover": self.last_switchover,

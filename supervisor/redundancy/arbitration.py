@@ -48,7 +48,9 @@ reason "fenced", once the daemon has fenced its run_on = "active" managers.
 A server whose pmon does not answer cannot act (`Local.can_act`): it never becomes active,
 and an active one goes passive (reason "fenced") once the daemon has stopped its
 `run_on = "active"` managers. A partner that last said it was fencing is given
-`fence_bound` before this side claims the role by failure.
+`fence_bound` before this side claims the role by failure; a passive partner that says it
+is fencing (its drivers are still stopping after a handover: the release) is never
+replaced while it is heard.
 """
 
 from __future__ import annotations
@@ -325,6 +327,9 @@ class Arbiter:
                             else None, reason=self.last_reason, target=target)
         if partner.role is Role.ACTIVE:
             return Decision(Role.PASSIVE, reason=self.last_reason or Reason.START, target=target)
+        if partner.fencing:  # handed over, but its drivers are still stopping: not yet
+            return Decision(Role.PASSIVE if self.role is not None or partner.role is not None
+                            else None, reason=self.last_reason, target=target)
         # Nobody is active: the target takes over once both sides name it.
         if target == self.me and agreed:
             return Decision(Role.ACTIVE, reason=reason if self.role is not None else Reason.START,

@@ -13,11 +13,14 @@ Two threads, so that nothing can stall the heartbeats:
   reply (this server's error sources, availability, the operators' requests, the pids of the
   run_on = "active" managers) reaches the heartbeat loop through a queue.
 
-pmon not answering for `pmon_timeout` is an error source ("pmon", `pmon_weight`) and this
-server cannot act: a passive one never takes the role, and an active one fences its
-run_on = "active" managers (fence.py) and only then goes passive; its heartbeats say
-"fencing" meanwhile, and the partner gives it `fence_bound` before it would claim the role
-by failure. When pmon has not answered for PMON_GRACE (longer than a hot restart of pmon
+pmon owing an answer for `pmon_timeout` (`PmonSync.owed_since`) is an error source
+("pmon", `pmon_weight`) and this server cannot act: a passive one never takes the role, and
+an active one fences its run_on = "active" managers (fence.py) and only then goes passive;
+its heartbeats say "fencing" meanwhile, and the partner gives it `fence_bound` before it
+would claim the role by failure. After such a fence the error source stays for hold_down
+once pmon answers again (one switchover per fault). A handover while pmon answers is
+followed by its release (fence.Release): "fencing" until pmon's reply to a "passive" report
+(matched by the report's `seq`) lists no run_on = "active" manager alive, bounded. When pmon has not answered for PMON_GRACE (longer than a hot restart of pmon
 takes), it exits, so that an orphan does not hold the links.
 
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
@@ -40,8 +43,9 @@ from typing import Any, Callable
 from pmon.config import Config
 from pmon.control.client import call
 from pmon.errors import PmonError
-from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Role, newest
-from pmon.redundancy.fence import Fence
+from pmon.redundancy.arbitration import (
+    Arbiter, Choice, Decision, Local, Partner, Reason, Role, newest)
+from pmon.redundancy.fence import Fence, Release
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
 from pmon.redundancy.settings import SYNC_IDLE, judged_errors
@@ -49,6 +53,7 @@ from pmon.redundancy.witness import Witness
 
 PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
+RETRY = 0.1  # seconds before a failed sync with pmon is tried again
 
 
 def _choice(choice: Choice | None) -> dict[str, Any] | None:
@@ -60,24 +65,35 @@ def _choice(choice: Choice | None) -> dict[str, Any] | None:
 
 
 class PmonSync(threading.Thread):
-    """The exchange with pmon, off the heartbeat path: one `redu-sync` at a time."""
+    """The exchange with pmon, off the heartbeat path: one `redu-sync` at a time.
+
+    `owed_since` is when the oldest request pmon has not answered yet was sent (None while
+    none is outstanding): pmon is judged by the answer it owes, not by the time since its
+    last one, so a stall shorter than pmon_timeout is never late, whenever it falls between
+    two syncs. A failed call (pmon refused, closed or timed out) is retried after RETRY,
+    still owed since the first attempt."""
 
     def __init__(self, config: Config, timeout: float, report: Callable[[], dict[str, Any]],
                  deliver: Callable[[float, dict[str, Any] | None], None]) -> None:
         super().__init__(name="pmon-sync", daemon=True)
         self.config, self.timeout, self.report, self.deliver = config, timeout, report, deliver
         self.wake = threading.Event()
+        self.owed_since: float | None = None
 
     def run(self) -> None:
         while True:
             self.wake.clear()
+            if self.owed_since is None:
+                self.owed_since = time.monotonic()
             try:
                 reply: dict[str, Any] | None = call(
                     self.config, "redu-sync", timeout=self.timeout, report=self.report())
             except (PmonError, OSError, ValueError):
                 reply = None
+            if reply is not None:
+                self.owed_since = None
             self.deliver(time.monotonic(), reply)
-            self.wake.wait(SYNC_IDLE)
+            self.wake.wait(SYNC_IDLE if reply is not None else RETRY)
 
 
 class RedundancyManager:
@@ -106,6 +122,13 @@ class RedundancyManager:
         self.fence_names: list[str] = []  # the run_on = "active" managers, running or not
         self.fence_pmon: tuple[int, str] | None = None  # pmon's pid and home cgroup
         self.fence = Fence(spec.fence_grace)
+        self.fence_for_pmon = False  # the fence under way began because pmon was late
+        self.pmon_held_until = 0.0  # after such a fence, "pmon" weighs on until then
+        # a handover's second phase: "fencing" until pmon says its drivers stopped
+        self.release = Release(max((m.seconds_to_kill for m in config.managers
+                                    if m.run_on == "active"), default=0.0) + spec.pmon_timeout)
+        self.report_seq = 0  # numbers every report to pmon; pmon's reply echoes it
+        self.restart_seq: int | None = None  # the first report that carried restart_project
         self.decision = Decision(None)
         self.changed_at: float | None = None
         self.restart_pending = False
@@ -135,14 +158,17 @@ class RedundancyManager:
         return [i for i, link in enumerate(self.links.links, 1) if not link.up(now, self.spec.timeout)]
 
     def pmon_ok(self, now: float) -> bool:
-        return self.pmon_ok_at is not None and now - self.pmon_ok_at < self.spec.pmon_timeout
+        """pmon answered once and owes no answer older than pmon_timeout."""
+        owed = self.sync.owed_since
+        return self.pmon_ok_at is not None and (
+            owed is None or now - owed < self.spec.pmon_timeout)
 
     def breakdown(self, now: float) -> dict[str, float]:
         out = dict(self.pmon_breakdown)
         if self.spec.link_weight:
             for i in self.links_down(now):
                 out[f"link {i}"] = self.spec.link_weight
-        if not self.pmon_ok(now) and self.spec.pmon_weight:
+        if (not self.pmon_ok(now) or now < self.pmon_held_until) and self.spec.pmon_weight:
             out["pmon"] = self.spec.pmon_weight
         return out
 
@@ -237,8 +263,13 @@ class RedundancyManager:
                 ]
                 if self.decision.role is None and self.arbiter.started_at is not None:
                     wake.append(self.arbiter.started_at + self.arbiter.startup_wait)
-                if self.pmon_ok_at is not None and self.pmon_ok(now):
-                    wake.append(self.pmon_ok_at + self.spec.pmon_timeout)
+                owed = self.sync.owed_since
+                if owed is not None and self.pmon_ok(now):
+                    wake.append(owed + self.spec.pmon_timeout)
+                if now < self.pmon_held_until:
+                    wake.append(self.pmon_held_until)
+                if self.release.started_at is not None:
+                    wake.append(self.release.started_at + self.release.bound)
                 if self.fence.active:
                     wake.append(now + 0.05)
                 if self.witness is not None and (lost := self.witness.lost_at()) is not None \
@@ -344,21 +375,43 @@ class RedundancyManager:
     def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
         ok = self.pmon_ok(now)
         lease = self.lease_ok(now)
-        if ok and self.fence.started_at is not None and (
+        if ok and self.fence.started_at is not None and not self.fence.active and (
                 lease or self.decision.role is not Role.ACTIVE):
-            self.fence.reset()  # pmon is back (and the lease, or passive): pmon decides again
-        if (not ok or not lease) and self.decision.role is Role.ACTIVE:
-            # no pmon, or no lease: stop the drivers (their whole cgroups where there are)
+            # pmon is back (and the lease, or passive): pmon decides again. A fence under
+            # way ends first: once begun, it ends in a handover (one switchover per fault)
+            if self.fence_for_pmon:  # a fence is a fault: it weighs on for hold_down
+                self.pmon_held_until = now + self.spec.hold_down
+            self.fence.reset()
+            self.fence_for_pmon = False
+        releasing = self.release.active and self.decision.role is Role.PASSIVE
+        if (not ok or not lease) and self.decision.role is Role.ACTIVE or not ok and releasing:
+            # no pmon, or no lease: stop the drivers (their whole cgroups where there are);
+            # also when pmon stalls while it stops them after a handover
+            if self.fence.started_at is None:
+                self.fence_for_pmon = not ok
             self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon,
                              self.fence_names)
         self.fence.step(now)
+        if self.release.active and self.fence.done:
+            self.release.cancel()  # the fence stopped what pmon was stopping
+            force_send = True
+        if self.release.expired(now):
+            print(f"redundancy: pmon did not confirm within {self.release.bound:g} s that "
+                  'its run_on = "active" managers stopped; the partner may take over',
+                  file=sys.stderr, flush=True)
+            force_send = True
         before = self.decision.role
         if not self.fence.active:  # while fencing, the role stays: the partner waits
             local, partner = self.views(now)
             self.decision = self.arbiter.step(now, local, partner, wall=time.time())
         decision = self.decision
-        if self.witness is not None:  # hold the lease while active or waiting to be
-            self.witness.want(decision.role is Role.ACTIVE or decision.wants_lease, now)
+        if decision.role is Role.ACTIVE:
+            self.release.cancel()  # active again (the partner waited): pmon keeps its drivers
+        elif decision.changed and before is Role.ACTIVE and decision.reason is not Reason.FENCED:
+            self.release.start(now)  # handed over while pmon answers: wait for its word
+        if self.witness is not None:  # hold the lease while active, releasing, or waiting
+            self.witness.want(decision.role is Role.ACTIVE or decision.wants_lease
+                              or self.release.active, now)
         partner_role = self.heard.role if self.partner_view(now) and self.heard else None
         if self.dual and before is Role.ACTIVE and decision.role is Role.ACTIVE and \
                 partner_role is Role.PASSIVE:
@@ -371,8 +424,8 @@ class RedundancyManager:
         self.dual = decision.role is Role.ACTIVE and partner_role is Role.ACTIVE
         if decision.changed:
             self.changed_at = time.time()
-            if decision.restart_project:
-                self.restart_pending = True
+            if decision.restart_project:  # until pmon answers a report that carried it
+                self.restart_pending, self.restart_seq = True, None
             self.send(now, probe)
             if not self.ready_sent:
                 self.ready_sent = True
@@ -387,6 +440,7 @@ class RedundancyManager:
     def _signature(self, now: float) -> tuple[Any, ...]:
         heard = self.partner_view(now)
         return (self.decision.role, self.restart_pending, self.queries, self.fence.active,
+                self.release.active,
                 tuple(self.links_down(now)), self.arbiter.forced, self.arbiter.preferred,
                 None if heard is None else (heard.role, heard.available, heard.error))
 
@@ -402,7 +456,8 @@ class RedundancyManager:
             preferred=self.arbiter.preferred, breakdown=breakdown,
             hears=self.partner_view(now) is not None, probe=probe,
             # in failsafe, losing the partner means fencing: it waits fence_bound for that
-            fencing=self.fence.active or self.failsafe,
+            # releasing: pmon still stops its drivers after a handover; the partner waits
+            fencing=self.fence.active or self.failsafe or self.release.active,
             damp=round(max(0.0, self.damped_until - now), 3),
         ))
         for link in self.links.links:
@@ -416,7 +471,13 @@ class RedundancyManager:
     def report(self, now: float) -> dict[str, Any]:
         partner = self.partner_view(now)
         breakdown = self.breakdown(now)
+        self.report_seq += 1
+        if self.restart_pending and self.restart_seq is None:
+            self.restart_seq = self.report_seq
+        if self.decision.role is Role.PASSIVE:
+            self.release.reported(self.report_seq)
         return {
+            "seq": self.report_seq,
             "role": self.decision.role.value if self.decision.role else None,
             "reason": self.arbiter.last_reason.value if self.arbiter.last_reason else None,
             "changed_at": self.changed_at,
@@ -429,6 +490,8 @@ class RedundancyManager:
             "preferred": _choice(self.arbiter.preferred),
             "queries": self.queries,
             "fencing": self.fence.active,
+            "releasing": self.release.active,
+            "release_overrun": self.release.overrun,
             "witness": None if self.witness is None else {
                 **self.witness.status(now), "failsafe": self.failsafe},
             "damp": round(max(0.0, self.damped_until - now), 3),
@@ -448,13 +511,18 @@ class RedundancyManager:
         if reply is None or reply.get("stale"):
             return  # no answer (or pmon found our report too old: no answer to it either)
         self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
-        self.restart_pending = False
+        seq = reply.get("seq")
+        if self.restart_seq is not None and isinstance(seq, int) and seq >= self.restart_seq:
+            # only a reply to a report that carried it: an older one may be in flight
+            self.restart_pending, self.restart_seq = False, None
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
         self.available = bool(reply.get("available"))
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
         self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
         self.fence.extend(self.fence_pids, self.fence_cgroups)  # pmon restarted one meanwhile
+        if self.release.answered(seq, self.fence_pids):  # pmon: its drivers have stopped
+            self.send(self.clock())  # the partner may take the role now
         pmon = reply.get("pmon")
         self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
             pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None

@@ -243,3 +243,46 @@ class Fence:
         self.groups, self.started_at, self.killed, self.done = set(), None, False, False
         self.cgroups, self.spare, self.signalled = [], set(), set()
         self.names, self.strays = frozenset(), set()
+
+
+@dataclass
+class Release:
+    """The second phase of a handover while pmon answers (docs/redundancy.md "Fencing"):
+    this server went passive and told pmon, which stops its run_on = "active" managers
+    (SIGTERM, up to their seconds_to_kill); until pmon's reply to a report that said
+    "passive" lists none of them alive, the heartbeats still say "fencing" and the partner
+    does not take the role. Bounded: after `bound` it ends anyway (`overrun`)."""
+
+    bound: float  # the longest seconds_to_kill of those managers + pmon_timeout
+    started_at: float | None = None
+    seq: int | None = None  # the first report sent to pmon that said "passive"
+    overrun: bool = False  # the last release ended by its bound, not by pmon's word
+
+    @property
+    def active(self) -> bool:
+        return self.started_at is not None
+
+    def start(self, now: float) -> None:
+        self.started_at, self.seq, self.overrun = now, None, False
+
+    def reported(self, seq: int) -> None:
+        """A report with this seq (saying "passive") goes to pmon."""
+        if self.active and self.seq is None:
+            self.seq = seq
+
+    def answered(self, seq: object, alive: list[int]) -> bool:
+        """pmon's reply to report `seq`: True when it ends the release."""
+        if self.seq is None or not isinstance(seq, int) or seq < self.seq or alive:
+            return False
+        self.started_at = None
+        return True
+
+    def expired(self, now: float) -> bool:
+        """True (once) when the bound has passed: the release ends unconfirmed."""
+        if self.started_at is None or now - self.started_at < self.bound:
+            return False
+        self.started_at, self.overrun = None, True
+        return True
+
+    def cancel(self) -> None:
+        self.started_at = None

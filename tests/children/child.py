@@ -27,6 +27,8 @@ parser.add_argument("--watchdog-for", type=float, help="... but only for this ma
 parser.add_argument("--env-to", help="append the value of $PMON_TEST_VAR to this file")
 parser.add_argument("--on-usr1", help="append '<name> <pid> usr1' to this file on each SIGUSR1")
 parser.add_argument("--stamp", help="append 'start <time>' at start, 'stop <time>' on SIGTERM")
+parser.add_argument("--stop-delay", type=float,
+                    help="on SIGTERM, run on this many seconds before exiting (a slow stop)")
 args, _ = parser.parse_known_args()
 name = os.environ.get("PMON_MANAGER", "?")
 
@@ -47,13 +49,18 @@ if args.on_usr1:
             handle.write(f"{name} {os.getpid()} usr1\n")
 
     signal.signal(signal.SIGUSR1, usr1)
-if args.stamp:
+if args.stamp or args.stop_delay:
     def stamped_stop(_signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop, however many SIGTERMs
+        time.sleep(args.stop_delay or 0)  # still running: the stop stamp is its real end
+        if not args.stamp:
+            sys.exit(0)
         with open(args.stamp, "a") as handle:
             handle.write(f"stop {time.time():.6f} {os.getpid()}\n")
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stamped_stop)
+if args.stamp:
     with open(args.stamp, "a") as handle:
         handle.write(f"start {time.time():.6f} {os.getpid()}\n")
 if args.record:
