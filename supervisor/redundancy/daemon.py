@@ -20,8 +20,8 @@ its heartbeats say "fencing" meanwhile, and the partner gives it `fence_bound` b
 would claim the role by failure. After such a fence the error source stays for hold_down
 once pmon answers again (one switchover per fault). A handover while pmon answers is
 followed by its release (fence.Release): "fencing" until pmon's reply to a "passive" report
-(matched by the report's `seq`) lists no run_on = "active" manager alive, bounded. When pmon has not answered for PMON_GRACE (longer than a hot restart of pmon
-takes), it exits, so that an orphan does not hold the links.
+(matched by the report's `seq`) lists no run_on = "active" manager alive, bounded. When pmon has not
+answered for PMON_GRACE (longer than a hot restart of pmon takes), it exits, so that an orphan does not hold the links.
 
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
 of the project only then.
