@@ -181,6 +181,32 @@ def test_a_pmon_stall_shorter_than_pmon_timeout_fences_nothing(tmp_path, pmon, r
     assert not (tmp_path / "stamp-b").exists()
 
 
+def test_a_fence_costs_one_switchover_and_the_fenced_server_waits_hold_down(
+        tmp_path, pmon, relay):
+    """pmon on the active stalls 3.5 s (over pmon_timeout + one idle sync): its redundancy
+    manager fences and hands over, b takes the role; once pmon answers again a must not take
+    it back within hold_down (the "pmon" error source stays that long), then it does, by
+    preference. Before, a took it back hold_down after b's switchover, 1.6 s after its pmon
+    answered here (and by preference 5 ms after, when b had not taken over yet)."""
+    hold_down = 3.0
+    a, b = start_pair(pmon, tmp_path, relay, pmon_timeout=2, hold_down=hold_down)
+    roles(a, b, "active", "passive")
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(3.5)  # the fault's length
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over")
+    while time.monotonic() < resumed + hold_down - 0.5:  # a deadline, polling
+        assert redu(a)["role"] == "passive", "a took the role back within hold_down"
+        time.sleep(0.05)
+    roles(a, b, "active", "passive")  # the way back, by preference, after hold_down
+    assert switchovers(b) == [("b", "error state"), ("a", "preference")]
+    assert [reason for _, reason in switchovers(a)] == ["fenced", "preference"]
+    assert overlap(tmp_path) == 0.0, (runs(tmp_path / "stamp-a"), runs(tmp_path / "stamp-b"))
+
+
 def test_a_reply_to_a_report_sent_before_the_restart_does_not_clear_it(tmp_path, relay):
     """The race of review finding 3, made exact: the split-brain loser decides to restart
     its project between a report and pmon's reply to it. That reply (pmon answered a report

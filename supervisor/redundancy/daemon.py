@@ -209,7 +209,10 @@ class RedundancyManager:
         mine = self.breakdown(now)
         heard = self.partner_view(now)
         ok = self.pmon_ok(now)
-        can_act = ok or (self.decision.role is Role.ACTIVE and not self.fence.done)
+        # a fence, once begun, ends in a handover: pmon back in the middle of it changes
+        # nothing until this side is passive (one switchover per fault)
+        can_act = ok and self.fence.started_at is None or (
+            self.decision.role is Role.ACTIVE and not self.fence.done)
         lease = self.lease_ok(now)
         movable = self.witness is None or self.witness.reachable()
         if heard is None:
