@@ -108,6 +108,7 @@ def test_a_planned_switchover_with_a_slow_driver_never_runs_two(tmp_path, pmon, 
     assert overlap(tmp_path) == 0.0, (runs(tmp_path / "stamp-a"), runs(tmp_path / "stamp-b"))
     assert switchovers(a) == [("b", "preference"), ("a", "forced")]
     assert not redu(a).get("releasing") and not redu(b).get("releasing")
+    assert not redu(a).get("release_overrun", True)  # ended by pmon's word, not its bound
 
 
 def test_an_error_state_switchover_with_a_slow_driver_never_runs_two(tmp_path, pmon, relay):

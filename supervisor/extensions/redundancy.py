@@ -395,6 +395,8 @@ class RedundancyService(Extension):
             "forced": report.get("forced"),  # the last one, also once ended (when, why)
             "fencing": bool(report.get("fencing")),
             "releasing": bool(report.get("releasing")),
+            # the last release ended by its bound, unconfirmed by pmon (docs "Fencing")
+            "release_overrun": bool(report.get("release_overrun")),
             "witness": report.get("witness"),  # None without one
             "epoch": self.epoch,
             "last_switchover": self.last_switchover,
