@@ -29,7 +29,12 @@ def build_extensions(config: Config) -> list[Extension]:
     if config.redundancy is not None:  # first: its daemon may sync as soon as pmon answers
         from pmon.extensions.redundancy import RedundancyService
 
-        redundancy = RedundancyService(config)
+        if config.redundancy.group:  # three or more servers (extensions/group.py)
+            from pmon.extensions.group import GroupService
+
+            redundancy = GroupService(config)
+        else:
+            redundancy = RedundancyService(config)
         extensions.append(redundancy)
     extensions += [PluginHost(config), LogRotation(), ReloadOnHangup(), DetachOnSignal(),
                    SystemdNotifier(), WriteProbe()]
