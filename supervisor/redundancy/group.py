@@ -21,7 +21,7 @@ The priorities, highest first (the pair's, DESIGN.md):
 4. preference: `preference` order (the config's `preferred` first, then `group` order).
 
 Damping (3 and 4 only): the same better member must have been the answer for
-`error_state_delay`; after an automatic switchover (failure, error state, preference), the
+`error_state_delay`; after an automatic switchover (by error state or preference), the
 next waits until `hold_down` after it; a member that joined (a new boot) less than
 `first_active_change_interval` ago is not handed the role by 3 or 4.
 
@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 FAILURE, FORCED, ERROR_STATE, PREFERENCE = "failure", "forced", "error state", "preference"
-AUTOMATIC = frozenset({FAILURE, ERROR_STATE, PREFERENCE, "start"})
+AUTOMATIC = frozenset({ERROR_STATE, PREFERENCE})  # hold_down follows these (as for the pair)
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,8 @@ class GroupManager:
         self.switched_at: float | None = None   # this member's last automatic takeover
         self.handover: dict[str, Any] | None = None  # the mark of a handover under way
         self.drivers_gone = False     # pmon, told "passive", reports no run_on = "active" alive
-        self.mark_seen: dict[str, float] = {}   # a handover mark, when first seen leaderless
+        self.mark_seen: dict[str, float] = {}
+        self.taking = "start"  # the reason of the takeover under way   # a handover mark, when first seen leaderless
         self.joined: dict[tuple[str, str], float] = {}
         self.put: dict[str, Any] = {}  # the record as last handed to the store
         self.members: dict[str, Member] = {}
@@ -280,11 +281,13 @@ class GroupManager:
         free = fresh and ok and held and self.leader is None and self.handover is None and \
             not self.fence.active and (self.role is not None or now - self.started_at >= STARTUP)
         want = free and (mark["to"] == me if mark is not None else verdict.target == me)
-        self.store.want(want, now)
-        if mine and held and ok and self.role is not Role.ACTIVE and self.handover is None and \
-                not self.fence.active:
-            reason = str(mark.get("reason")) if mark is not None and mark.get("to") == me else (
+        if want:  # why it wants the key: the handover's reason, else failure (or start)
+            self.taking = str(mark.get("reason")) if mark is not None else (
                 "failure" if self.seen_leader else "start")
+        self.store.want(want, now)
+        if self.store.is_leader() and held and ok and self.role is not Role.ACTIVE and \
+                self.handover is None and not self.fence.active:  # (not `mine`: let go above)
+            reason = self.taking
             self._become(Role.ACTIVE, reason, now)
             if reason in AUTOMATIC:
                 self.switched_at = now
