@@ -189,7 +189,8 @@ def test_etcd_killed_the_leader_fences_and_one_is_active_again_after_its_restart
     etcd.kill()
     poll_for(lambda: (group.check("etcd away"), group.running() == [])[1], TTL + 5,
              "the leader to fence its driver")
-    assert all(group.role(n) == "passive" for n in MEMBERS)  # no failsafe for groups
+    poll_for(lambda: (group.check("etcd away"), all(group.role(n) == "passive" for n in MEMBERS))[1],
+             WAIT, "every member passive (no failsafe for groups)")
     etcd.start()
     poll_for(lambda: (group.check("etcd back"), len(group.running()) == 1)[1], WAIT,
              "one driver again")
