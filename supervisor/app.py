@@ -32,10 +32,11 @@ def build_extensions(config: Config) -> list[Extension]:
         if config.redundancy.group:  # three or more servers (extensions/group.py)
             from pmon.extensions.group import GroupService
 
-            redundancy = GroupService(config)
+            service: RedundancyService = GroupService(config)
         else:
-            redundancy = RedundancyService(config)
-        extensions.append(redundancy)
+            service = RedundancyService(config)
+        redundancy = service
+        extensions.append(service)
     extensions += [PluginHost(config), LogRotation(), ReloadOnHangup(), DetachOnSignal(),
                    SystemdNotifier(), WriteProbe()]
     extensions.append(Explainer())  # reads only: why each manager is where it is

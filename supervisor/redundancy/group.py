@@ -111,7 +111,8 @@ def decide(s: Situation) -> Verdict:
     if not best or best[0] == s.leader:
         return Verdict(s.leader, "", ended)
     candidate, leader = s.members[best[0]], s.members[s.leader]
-    better = (not candidate.available, candidate.error) < (not leader.available, leader.error)
+    better = not leader.can_act or (  # (a leader whose pmon is silent fences itself too)
+        (not candidate.available, candidate.error) < (not leader.available, leader.error))
     reason = ERROR_STATE if better else PREFERENCE
     since = s.pending[1] if s.pending and s.pending[0] == candidate.name else s.now
     due = max(since + s.error_state_delay, candidate.joined + s.first_active_change_interval)

@@ -173,7 +173,9 @@ class GroupManager:
         raw = self.forced_raw
         if raw is None or not isinstance(raw.get("server"), str):
             return None
-        errors = raw.get("errors") if isinstance(raw.get("errors"), dict) else {}
+        errors = raw.get("errors")
+        if not isinstance(errors, dict):
+            errors = {}
         return Forced(raw["server"], tuple((str(k), float(v)) for k, v in errors.items()),
                       str(raw.get("ended") or ""))
 
