@@ -53,6 +53,13 @@ class GroupService(RedundancyService):
             "active", False, f"this server ({self.spec.name}) has not heard its redundancy "
             f"manager for {self.spec.pmon_timeout:g} s; the role is not sure", enforce=True)
 
+    def _signature(self) -> tuple[Any, ...]:
+        """What commands wait on (set-active: the leader and its role) wakes them."""
+        group = self.report.get("group") if isinstance(self.report.get("group"), dict) else {}
+        roles = tuple((m.get("name"), m.get("role"), m.get("available"))
+                      for m in (group or {}).get("members", []))
+        return (*super()._signature(), (group or {}).get("leader"), roles)
+
     def _active_and_previous(self, role: str, report: dict[str, Any]) -> tuple[str, str]:
         group = report.get("group") if isinstance(report.get("group"), dict) else {}
         handover = (group or {}).get("handover") or {}
