@@ -52,8 +52,8 @@ def settled(servers: dict[str, Pmon], root: Path) -> str:
             return None
         active = [n for n, v in views.items() if v and v["role"] == "active"]
         running = [n for n in MEMBERS if driver_runs(stamp_path(root, n))]
-        members = (views[MEMBERS[0]] or {})["group"]["members"]
-        ready = all(m.get("live") and m.get("available") for m in members)
+        ready = all(m.get("live") and m.get("available")
+                    for v in views.values() for m in (v or {})["group"]["members"])
         return active[0] if len(active) == 1 and running == active and ready else None
     return poll_for(check, 60, "the group to settle")
 

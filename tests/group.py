@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from support import child, write_project
+from support import child, driver_runs, write_project  # noqa: F401 (for the group's tests)
 
 KEY = "/pmon/test/group"
 MEMBERS = ("a", "b", "c")
@@ -33,17 +31,3 @@ def write_group(tmp_path: Path, etcd_url: str, ttl: int = 4, **redundancy: Any) 
 def stamp_path(tmp_path: Path, server: str) -> Path:
     return tmp_path / f"stamp-{server}"
 
-
-def driver_runs(path: Path) -> bool:
-    """The driver whose stamps are in `path` runs: started, not stopped since, its process
-    alive and not frozen (a SIGKILL leaves no stop stamp; a SIGSTOP freezes it)."""
-    if not path.exists():
-        return False
-    lines = [line.split() for line in path.read_text().splitlines()]
-    if not lines or lines[-1][0] != "start":
-        return False
-    try:
-        status = psutil.Process(int(lines[-1][2])).status()
-    except psutil.NoSuchProcess:
-        return False
-    return status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED, psutil.STATUS_DEAD)

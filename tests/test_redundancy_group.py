@@ -9,11 +9,9 @@ import random
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import pytest
-
-from etcd import Etcd
+from etcd import Etcd, etcd  # noqa: F401 (the fixture)
 from group import KEY, MEMBERS, driver_runs, stamp_path, write_group
 from support import Pmon, kill_tree, pmon_cli, poll_for, project_processes
 from test_redundancy_pair import redu, stamps, switchovers
@@ -22,16 +20,8 @@ WAIT = 20
 TTL = 4
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    (tmp_path / "etcd").mkdir()
-    instance = Etcd(tmp_path / "etcd")
-    yield instance
-    instance.close()
-
-
 class Group:
-    """The three members; `check()` asserts at most one driver runs and one member is active."""
+    """The three members; `check()` asserts that at most one driver runs."""
 
     def __init__(self, pmon: Callable[..., Pmon], tmp_path: Path, etcd: Etcd, **redundancy: Any) -> None:
         self.pmon, self.tmp_path, self.etcd = pmon, tmp_path, etcd

@@ -30,9 +30,9 @@ def run() -> int:
               "docs/redundancy.md) or remove this manager", file=sys.stderr)
         return 2
     if config.redundancy.group:  # three or more servers, through etcd only
-        from pmon.redundancy.group_daemon import main as group_main
+        from pmon.redundancy.group_daemon import GroupManager
 
-        return group_main(config)
+        return main(config, GroupManager)
     return main(config)
 
 

@@ -17,8 +17,9 @@ pmon not answering for `pmon_timeout` is an error source ("pmon", `pmon_weight`)
 server cannot act: a passive one never takes the role, and an active one fences its
 run_on = "active" managers (fence.py) and only then goes passive; its heartbeats say
 "fencing" meanwhile, and the partner gives it `fence_bound` before it would claim the role
-by failure. When pmon has not answered for PMON_GRACE (longer than a hot restart of pmon
-takes), it exits, so that an orphan does not hold the links.
+by failure. When pmon has owed an answer for PMON_GRACE (longer than a hot restart of pmon
+takes), it exits, so that an orphan does not hold the links; the count starts at the first
+request pmon failed, and a freeze of this process (a gap in the loop) restarts it.
 
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
 of the project only then.
@@ -44,10 +45,11 @@ from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partne
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
-from pmon.redundancy.settings import SYNC_IDLE, judged_errors
+from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors
 from pmon.redundancy.witness import Witness
 
-PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
+PMON_GRACE = 5.0  # seconds pmon owes an answer before exiting (at least the fence)
+THAW_GAP = 2.5    # the loop did not run this long: this process was frozen (or starved)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
 
 
@@ -67,15 +69,34 @@ class PmonSync(threading.Thread):
         super().__init__(name="pmon-sync", daemon=True)
         self.config, self.timeout, self.report, self.deliver = config, timeout, report, deliver
         self.wake = threading.Event()
+        # pmon is judged by the requests it owes, not by the time since its last answer:
+        # the first request it failed since that answer, and none sent before `not_before`
+        # (set when this process thaws: a freeze is not pmon's silence)
+        self.owed_since: float | None = None
+        self.not_before = 0.0
+
+    def owes(self, now: float) -> float:
+        """How long pmon has owed an answer (0: it answered the last request)."""
+        return 0.0 if self.owed_since is None else now - self.owed_since
+
+    def thawed(self, now: float) -> None:
+        """This process was frozen (or starved) until `now`: ask again, count afresh."""
+        self.not_before, self.owed_since = now, None
+        self.wake.set()
 
     def run(self) -> None:
         while True:
             self.wake.clear()
+            asked = time.monotonic()
             try:
                 reply: dict[str, Any] | None = call(
                     self.config, "redu-sync", timeout=self.timeout, report=self.report())
             except (PmonError, OSError, ValueError):
                 reply = None
+            if reply is not None:
+                self.owed_since = None
+            elif self.owed_since is None and asked >= self.not_before:
+                self.owed_since = asked
             self.deliver(time.monotonic(), reply)
             self.wake.wait(SYNC_IDLE)
 
@@ -216,12 +237,14 @@ class RedundancyManager:
                 self._on_reply(*first)
         except queue.Empty:
             pass
-        next_beat = self.clock()
+        next_beat = last = self.clock()
         try:
             while True:
                 now = self.clock()
-                if self.pmon_ok_at is not None and now - self.pmon_ok_at > max(
-                        PMON_GRACE, self.spec.pmon_timeout + self.spec.fence_grace + 1) \
+                if now - last > THAW_GAP:  # frozen: what pmon owed before does not count
+                    self.sync.thawed(now)
+                last = now
+                if self.pmon_ok_at is not None and self.sync.owes(now) > orphan_after(self.spec) \
                         and not self.fence.active:
                     return 1  # an orphan: pmon is gone (and the fence, if any, is done)
                 if now >= next_beat:
@@ -470,6 +493,11 @@ class RedundancyManager:
             self.evaluate(now, force_send=True)
 
 
+def orphan_after(spec: RedundancySpec) -> float:
+    """pmon owing an answer this long: it is gone, this redundancy manager exits."""
+    return max(PMON_GRACE, spec.pmon_timeout + spec.fence_grace + 1)
+
+
 def _says(hb: Heartbeat) -> dict[str, Any]:
     """What a heartbeat says, without what changes at every beat."""
     return {**vars(hb), "seq": 0, "damp": 0.0}
@@ -488,7 +516,9 @@ def _notify(message: str) -> None:
         pass
 
 
-def main(config: Config) -> int:
+def main(config: Config, make: Callable[[Config], Any] | None = None) -> int:
+    """Run a redundancy manager: the pair's, or `make(config)` (the group's, which has the
+    same `run` and signal-safe `poke`)."""
     def stop(signum: int, _frame: Any) -> None:
         if hasattr(signal, "SIGUSR2"):  # a poke from pmon during the exit must not kill it
             signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -497,7 +527,7 @@ def main(config: Config) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        manager = RedundancyManager(config)
+        manager = (make or RedundancyManager)(config)
     except OSError as exc:
         print(f"redundancy: {exc}", file=sys.stderr)
         return 1

@@ -20,9 +20,9 @@ it steps, in this order:
    the key becomes active, and pmon starts its drivers.
 
 Its own record in etcd (error state, availability, role, whether pmon answers) is put when
-it changes. pmon is judged by the request it owes: a freeze of this process (a gap in the
-loop) restarts that count, so a manager thawed after a long freeze asks pmon again before
-it calls itself an orphan.
+it changes. pmon is judged by the request it owes (PmonSync, as for the pair): a freeze of
+this process (a gap in the loop) restarts that count, so a manager thawed after a long
+freeze asks pmon again before it calls itself an orphan.
 """
 
 from __future__ import annotations
@@ -39,13 +39,12 @@ from typing import Any, Callable
 
 from pmon.config import Config
 from pmon.redundancy.arbitration import Role
-from pmon.redundancy.daemon import PMON_GRACE, PmonSync, _notify
+from pmon.redundancy.daemon import THAW_GAP, PmonSync, _notify, orphan_after
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.group import AUTOMATIC, Forced, Member, Situation, decide, ranking
 from pmon.redundancy.group_store import GroupStore, Watcher
 
 IDLE = 1.0       # the longest sleep of the loop at rest
-THAW_GAP = 2.5   # the loop did not run this long: this process was frozen (or starved)
 STARTUP = 2.0    # a starting member listens this long before it takes the role by itself
 
 
@@ -93,14 +92,11 @@ class GroupManager:
         self.fence_pmon: tuple[int, str] | None = None
         self.pmon_ok_at: float | None = None
         self.reported: Role | None = None   # the role in the report pmon is answering
-        self.asked_at = 0.0                 # when that report was sent
-        self.owed_since: float | None = None  # the first request pmon failed since its last answer
-        self.thawed_at = clock()
         self.ready_sent = False
         self.poked = False
         self.signature: tuple[Any, ...] = ()
         self.lock = threading.Lock()
-        self.replies: "queue.SimpleQueue[tuple[float, float, Role | None, dict[str, Any] | None]]" = \
+        self.replies: "queue.SimpleQueue[tuple[float, Role | None, dict[str, Any] | None]]" = \
             queue.SimpleQueue()
         self.wake_r, self.wake_w = socket.socketpair()
         for sock in (self.wake_r, self.wake_w):
@@ -120,13 +116,13 @@ class GroupManager:
         self._wake()
 
     def _deliver(self, at: float, reply: dict[str, Any] | None) -> None:
-        self.replies.put((self.asked_at, at, self.reported, reply))
+        self.replies.put((at, self.reported, reply))
         self._wake()
 
     def _locked_report(self) -> dict[str, Any]:
         with self.lock:
             now = self.clock()
-            self.reported, self.asked_at = self.role, now
+            self.reported = self.role
             return self.report(now)
 
     # --- what this member knows ------------------------------------------------------
@@ -140,9 +136,9 @@ class GroupManager:
         return out
 
     def orphan(self, now: float) -> bool:
-        """pmon owes an answer to requests sent since the last thaw for PMON_GRACE."""
-        return self.owed_since is not None and not self.fence.active and \
-            now - self.owed_since > max(PMON_GRACE, self.spec.pmon_timeout + self.spec.fence_grace + 1)
+        """pmon owes an answer for PMON_GRACE (requests since the last thaw: PmonSync)."""
+        return self.pmon_ok_at is not None and not self.fence.active and \
+            self.sync.owes(now) > orphan_after(self.spec)
 
     def _read_etcd(self, now: float) -> bool:
         """Members, leader, forced choice as etcd has them; False when the view is stale."""
@@ -193,8 +189,7 @@ class GroupManager:
             while True:
                 now = self.clock()
                 if now - last > THAW_GAP:  # frozen: what pmon owed before does not count
-                    self.thawed_at, self.owed_since = now, None
-                    self.sync.wake.set()
+                    self.sync.thawed(now)
                 last = now
                 if self.poked:
                     self.poked = False
@@ -349,13 +344,10 @@ class GroupManager:
                       "handover": self.handover},
         }
 
-    def _on_reply(self, asked: float, at: float, role: Role | None,
+    def _on_reply(self, at: float, role: Role | None,
                   reply: dict[str, Any] | None) -> None:
         if reply is None:
-            if asked >= self.thawed_at and self.owed_since is None:
-                self.owed_since = asked  # (a request sent before a freeze does not count)
             return
-        self.owed_since = None
         self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
         self.pmon_breakdown = dict(reply.get("breakdown", {}))
         self.available = bool(reply.get("available"))
@@ -374,23 +366,3 @@ class GroupManager:
                                        "errors": errors, "at": time.time(),
                                        "by": str(request.get("by", "")), "ended": None})
 
-
-def main(config: Config) -> int:
-    import signal
-    import sys
-
-    def stop(_signum: int, _frame: Any) -> None:
-        if hasattr(signal, "SIGUSR2"):
-            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        manager = GroupManager(config)
-    except OSError as exc:
-        print(f"redundancy: {exc}", file=sys.stderr)
-        return 1
-    if hasattr(signal, "SIGUSR2"):
-        signal.signal(signal.SIGUSR2, lambda _s, _f: manager.poke())
-    return manager.run()

@@ -162,17 +162,7 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
     preferred = values.get("preferred") or (min(name, partner) if name and partner else "")
     if name and partner and preferred not in (name, partner):
         errors.add("[redundancy], key 'preferred'", f"must be '{name}' or '{partner}'")
-    interval = values.get("heartbeat_interval", RedundancySpec.heartbeat_interval)
-    timeout = values.get("timeout", RedundancySpec.timeout)
-    if "heartbeat_interval" in values and interval <= 0:
-        errors.add("[redundancy], key 'heartbeat_interval'", "must be > 0")
-    if timeout <= interval:
-        errors.add("[redundancy], key 'timeout'",
-                   f"must be longer than heartbeat_interval ({interval:g} s), e.g. 3 intervals")
-    pmon_timeout = values.get("pmon_timeout", RedundancySpec.pmon_timeout)
-    if pmon_timeout < 2 * SYNC_IDLE:
-        errors.add("[redundancy], key 'pmon_timeout'",
-                   f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
+    interval, timeout = _check_times(values, errors)
     if len({link.local for link in links}) < len(links):
         errors.add("[redundancy], key 'links'", "two links share a local address")
     witness = _witness(table["witness"], values.get("fence_grace", RedundancySpec.fence_grace),
@@ -190,6 +180,22 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
                                         "pmon_weight", "fence_grace") if key in values},
         witness=witness,
     )
+
+
+def _check_times(values: Mapping[str, Any], errors: "_Errors") -> tuple[float, float]:
+    """The heartbeat's and pmon's timing keys (a pair's and a group's); (interval, timeout)."""
+    interval = values.get("heartbeat_interval", RedundancySpec.heartbeat_interval)
+    timeout = values.get("timeout", RedundancySpec.timeout)
+    if "heartbeat_interval" in values and interval <= 0:
+        errors.add("[redundancy], key 'heartbeat_interval'", "must be > 0")
+    if timeout <= interval:
+        errors.add("[redundancy], key 'timeout'",
+                   f"must be longer than heartbeat_interval ({interval:g} s), e.g. 3 intervals")
+    pmon_timeout = values.get("pmon_timeout", RedundancySpec.pmon_timeout)
+    if pmon_timeout < 2 * SYNC_IDLE:
+        errors.add("[redundancy], key 'pmon_timeout'",
+                   f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
+    return interval, timeout
 
 
 WITNESS_KEYS = ("etcd", "ttl", "key")
@@ -271,15 +277,8 @@ def _group(table: Mapping[str, Any], values: Mapping[str, Any], errors: "_Errors
                    'witness = { etcd = ["http://HOST:2379"], key = "/pmon/PROJECT/active" }')
     fence_grace = values.get("fence_grace", RedundancySpec.fence_grace)
     witness = _witness(table["witness"], fence_grace, name, errors) if "witness" in table else None
-    interval = values.get("heartbeat_interval", RedundancySpec.heartbeat_interval)
-    timeout = values.get("timeout", RedundancySpec.timeout)
-    if timeout <= interval:
-        errors.add("[redundancy], key 'timeout'",
-                   f"must be longer than heartbeat_interval ({interval:g} s), e.g. 3 intervals")
+    _check_times(values, errors)
     pmon_timeout = values.get("pmon_timeout", RedundancySpec.pmon_timeout)
-    if pmon_timeout < 2 * SYNC_IDLE:
-        errors.add("[redundancy], key 'pmon_timeout'",
-                   f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
     if witness is not None and pmon_timeout + fence_grace + 1 > witness.ttl:
         errors.add("[redundancy], key 'witness'",
                    f"ttl must be at least pmon_timeout + fence_grace + 1 "
