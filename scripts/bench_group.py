@@ -2,7 +2,7 @@
 """A group of three (docs/redundancy.md "Groups of three or more"): failover time, set-active
 time and idle CPU per member, on loopback with a real etcd.
 
-    .venv/bin/python scripts/bench_group.py [--rounds 5] [--planned 5] [--idle 30] [--ttl 6]
+    .venv/bin/python scripts/bench_group.py [--rounds 5] [--planned 5] [--idle 30] [--ttl 6] [--freezes 3]
 
 Three real pmon ("a", "b", "c"), each with a manager and a run_on = "active" driver that
 stamps its start, the default [redundancy] settings but `ttl` (default 6, the default) and
@@ -10,7 +10,10 @@ first_active_change_interval 5. Each failover round SIGKILLs the active member's
 process tree and times until another member reports itself active and until its driver
 runs; the killed member is started again and the group left to settle. Each planned round
 runs `pmon redu set-active X` for a passive X and times the command and until X's driver
-runs. Idle CPU: after settling, the CPU time of each member's pmon + redundancy manager
+runs. Each freeze round SIGSTOPs the active member's whole tree (pmon, redundancy manager,
+driver) until another member's driver runs, then SIGCONTs it and times how long its thawed
+driver runs beside the new one (until the thawed redundancy manager's fence stops it; the
+stop stamp's time less the thaw's). Idle CPU: after settling, the CPU time of each member's pmon + redundancy manager
 over `--idle` seconds, read from /proc/PID/task/*/schedstat, as % of one CPU (and etcd's).
 Needs `etcd` (Debian package etcd-server). Not a test: figures depend on the machine.
 """
@@ -18,7 +21,9 @@ Needs `etcd` (Debian package etcd-server). Not a test: figures depend on the mac
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -88,6 +93,7 @@ def main() -> int:
     parser.add_argument("--planned", type=int, default=5)
     parser.add_argument("--idle", type=float, default=30)
     parser.add_argument("--ttl", type=int, default=6)
+    parser.add_argument("--freezes", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("etcd") is None:
         print("etcd is not installed (Debian package etcd-server)", file=sys.stderr)
@@ -147,6 +153,24 @@ def run(args: argparse.Namespace, root: Path, etcd: Etcd, paths: dict[str, Path]
             return 1
         poll_for(lambda: driver_runs(stamp_path(root, target)), 30, "the new driver")
         driver.append(time.monotonic() - t0)
+    overlap = []
+    for _ in range(args.freezes):  # the whole tree of the active frozen, then thawed
+        active = settled(servers, root)
+        tree = [servers[active].proc.pid] + [
+            p.pid for p in psutil.Process(servers[active].proc.pid).children(recursive=True)]
+        for pid in tree:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            poll_for(lambda: [n for n in MEMBERS if n != active and driver_runs(stamp_path(root, n))],
+                     60, "another driver")
+        finally:
+            thawed = time.time()
+            for pid in tree:
+                os.kill(pid, signal.SIGCONT)
+        poll_for(lambda: not driver_runs(stamp_path(root, active)), 30, "the thawed driver fenced")
+        stops = [float(line.split()[1]) for line in stamp_path(root, active).read_text().splitlines()
+                 if line.startswith("stop")]
+        overlap.append(max(0.0, stops[-1] - thawed) if stops else float("nan"))
     load = ", ".join(f"{v:.2f}" for v in psutil.getloadavg())
     print(f"group of three, ttl {args.ttl} s; load average {load} on {psutil.cpu_count()} CPUs")
     print("| measure | median (min, max, n) |")
@@ -156,6 +180,7 @@ def run(args: argparse.Namespace, root: Path, etcd: Etcd, paths: dict[str, Path]
     print(f"| set-active: command returns | {summary(command)} |")
     print(f"| set-active: the named member's driver runs | {summary(driver)} |")
     print(f"| switchovers of the new active per failure (want 1) | {switched} |")
+    print(f"| whole tree of the active frozen: its thawed driver runs beside the new one for | {summary(overlap)} |")
     print(f"idle CPU over {args.idle:g} s, % of one CPU (pmon + redundancy manager, schedstat): " +
           ", ".join(f"{n} {v:.2f} %" for n, v in idle.items()))
     return 0
