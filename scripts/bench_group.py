@@ -118,6 +118,7 @@ def run(args: argparse.Namespace, root: Path, etcd: Etcd, paths: dict[str, Path]
     active = settled(servers, root)
     idle: dict[str, float] = {}
     pids = {n: member_pids(s) for n, s in servers.items()}
+    pids.update({f"{n} (redundancy manager)": member_pids(s)[1:] for n, s in servers.items()})
     pids["etcd"] = [etcd.proc.pid] if etcd.proc else []
     before, t0 = {n: cpu_ns(p) for n, p in pids.items()}, time.monotonic()
     time.sleep(args.idle)  # a measurement window, not a wait for a condition
