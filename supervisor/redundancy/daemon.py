@@ -74,6 +74,7 @@ class PmonSync(threading.Thread):
         # (set when this process thaws: a freeze is not pmon's silence)
         self.owed_since: float | None = None
         self.not_before = 0.0
+        self.last_turn = time.monotonic()
 
     def owes(self, now: float) -> float:
         """How long pmon has owed an answer (0: it answered the last request)."""
@@ -83,6 +84,15 @@ class PmonSync(threading.Thread):
         """This process was frozen (or starved) until `now`: ask again, count afresh."""
         self.not_before, self.owed_since = now, None
         self.wake.set()
+
+    def orphaned(self, now: float, spec: RedundancySpec, answered: bool, fencing: bool) -> bool:
+        """At every turn of the manager's loop: a gap since the last turn (a freeze) restarts
+        the count; True when pmon, which `answered` once, has owed an answer for
+        `orphan_after` and no fence is under way."""
+        if now - self.last_turn > THAW_GAP:
+            self.thawed(now)
+        self.last_turn = now
+        return answered and not fencing and self.owes(now) > orphan_after(spec)
 
     def run(self) -> None:
         while True:
@@ -237,15 +247,11 @@ class RedundancyManager:
                 self._on_reply(*first)
         except queue.Empty:
             pass
-        next_beat = last = self.clock()
+        next_beat = self.clock()
         try:
             while True:
                 now = self.clock()
-                if now - last > THAW_GAP:  # frozen: what pmon owed before does not count
-                    self.sync.thawed(now)
-                last = now
-                if self.pmon_ok_at is not None and self.sync.owes(now) > orphan_after(self.spec) \
-                        and not self.fence.active:
+                if self.sync.orphaned(now, self.spec, self.pmon_ok_at is not None, self.fence.active):
                     return 1  # an orphan: pmon is gone (and the fence, if any, is done)
                 if now >= next_beat:
                     probing = self.probing(now)

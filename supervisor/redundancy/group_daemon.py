@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from pmon.config import Config
 from pmon.redundancy.arbitration import Role
-from pmon.redundancy.daemon import THAW_GAP, PmonSync, _notify, orphan_after
+from pmon.redundancy.daemon import PmonSync, _notify
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.group import AUTOMATIC, Forced, Member, Situation, decide, ranking
 from pmon.redundancy.group_store import GroupStore, Watcher
@@ -135,11 +135,6 @@ class GroupManager:
             out["pmon"] = self.spec.pmon_weight
         return out
 
-    def orphan(self, now: float) -> bool:
-        """pmon owes an answer for PMON_GRACE (requests since the last thaw: PmonSync)."""
-        return self.pmon_ok_at is not None and not self.fence.active and \
-            self.sync.owes(now) > orphan_after(self.spec)
-
     def _read_etcd(self, now: float) -> bool:
         """Members, leader, forced choice as etcd has them; False when the view is stale."""
         values, fresh = self.watch.snapshot()
@@ -184,18 +179,14 @@ class GroupManager:
             self._on_reply(*self.replies.get(timeout=self.spec.pmon_timeout))
         except queue.Empty:
             pass
-        last = self.clock()
         try:
             while True:
                 now = self.clock()
-                if now - last > THAW_GAP:  # frozen: what pmon owed before does not count
-                    self.sync.thawed(now)
-                last = now
                 if self.poked:
                     self.poked = False
                     self.sync.wake.set()
-                if self.orphan(now):
-                    return 1
+                if self.sync.orphaned(now, self.spec, self.pmon_ok_at is not None, self.fence.active):
+                    return 1  # an orphan: pmon is gone (and the fence, if any, is done)
                 with self.lock:
                     self._drain()
                     self.evaluate(now)
