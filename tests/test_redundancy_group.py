@@ -56,6 +56,19 @@ class Group:
         poll_for(settled, timeout, f"{name} active with its driver")
         return time.monotonic() - start
 
+    def views(self) -> dict[str, Any]:
+        """What each member says (for a failure's message)."""
+        out: dict[str, Any] = {"drivers": self.running()}
+        for name, server in self.servers.items():
+            try:
+                s = redu(server)
+                out[name] = (s["role"], s["group"]["leader"], s["witness"], [
+                    (m["name"], m["live"], m.get("role"), m.get("available"), m.get("can_act"),
+                     m.get("error")) for m in s["group"]["members"]])
+            except Exception as exc:
+                out[name] = repr(exc)
+        return out
+
     def holder(self) -> str | None:
         value = self.etcd.holder(KEY)
         return value.split()[0] if value else None
@@ -222,7 +235,8 @@ def test_etcd_killed_the_leader_fences_and_one_is_active_again_after_its_restart
 
 def test_random_kills_freezes_and_error_changes_never_make_two_drivers(tmp_path, pmon, etcd):
     """Chaos with a seed (PMON_CHAOS_SEED): one fault at a time on a random member (its tree
-    SIGKILLed and started again, its pmon frozen 1-3 s, its error state raised and repaired),
+    SIGKILLed and started again, its pmon frozen 1-3 s, its error state raised and repaired)
+    or on etcd (killed 1-4 s, then started again: it counts as a fault of the leader),
     sampled every 50 ms: never two drivers; each fault moves the leader at most once away
     and once back (by preference, after hold_down)."""
     seed = int(os.environ.get("PMON_CHAOS_SEED", random.randrange(1 << 30)))
@@ -232,7 +246,7 @@ def test_random_kills_freezes_and_error_changes_never_make_two_drivers(tmp_path,
     deadline = time.monotonic() + float(os.environ.get("PMON_CHAOS_SECONDS", 40))
     faults = 0
     while time.monotonic() < deadline:
-        name, kind = rng.choice(MEMBERS), rng.choice(("kill", "freeze", "error"))
+        name, kind = rng.choice(MEMBERS), rng.choice(("kill", "freeze", "error", "etcd"))
         before = len(all_switchovers(group))
         leader = group.holder()
         if kind == "kill":
@@ -247,14 +261,22 @@ def test_random_kills_freezes_and_error_changes_never_make_two_drivers(tmp_path,
                 _watch(group, rng.uniform(1, 3), f"{kind} {name} (seed {seed})")
             finally:
                 os.kill(pid, signal.SIGCONT)
+        elif kind == "etcd":  # the witness away 1-4 s (the leader fences after ttl / 2)
+            name = leader or name
+            etcd.kill()
+            _watch(group, rng.uniform(1, 4), f"{kind} (seed {seed})")
+            etcd.start()
         else:
             group.servers[name].call("stop", target="w")
             _watch(group, rng.uniform(1, 3), f"{kind} {name} (seed {seed})")
             group.servers[name].call("start", target="w")
         # settled: the preferred active again (hold_down 2 s after its last move)
-        poll_for(lambda: (group.check(f"settling (seed {seed})"),
-                          group.running() == ["a"] and group.role("a") == "active")[1],
-                 WAIT + TTL, f"a active again after {kind} {name} (seed {seed})")
+        try:
+            poll_for(lambda: (group.check(f"settling (seed {seed})"),
+                              group.running() == ["a"] and group.role("a") == "active")[1],
+                     WAIT + TTL, f"a active again after {kind} {name} (seed {seed})")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {group.views()}") from None
         moves = len(all_switchovers(group)) - before
         allowed = 0 if name != leader and kind != "kill" else 2
         if kind == "kill" and name != leader:

@@ -7,9 +7,10 @@ counted lost, pmon counted silent); at rest it sleeps up to IDLE seconds. At eve
 it steps, in this order:
 
 1. fence: an active member that cannot stay (its pmon silent for pmon_timeout, its lease not
-   renewed for TTL/2, the leader key not its own any more) stops its run_on = "active"
-   managers itself (fence.py, as for the pair), then goes passive ("fenced") and lets go of
-   the leader key. The lease's bound (ttl >= 2 x (fence_grace + 1)) ends the fence before
+   renewed for TTL/2, the leader key not its own any more) goes passive ("fenced": pmon, if
+   it answers, stops its drivers as at any switchover), stops its run_on = "active"
+   managers itself too (fence.py, as for the pair; once pmon acknowledged "passive", at
+   once when pmon is silent), and then lets go of the leader key. The lease's bound (ttl >= 2 x (fence_grace + 1)) ends the fence before
    the lease can expire, so the next leader starts its drivers only after;
 2. handover: a leader that `decide` says must hand over (priorities 2-4) goes passive at
    once (pmon stops its drivers), waits until pmon reports none of them alive (or fences
@@ -46,6 +47,7 @@ from pmon.redundancy.group_store import GroupStore, Watcher
 
 IDLE = 1.0       # the longest sleep of the loop at rest
 STARTUP = 2.0    # a starting member listens this long before it takes the role by itself
+ACK_WAIT = 0.3   # a fence waits this long at most for pmon to acknowledge "passive"
 
 
 def _json(text: str | None) -> dict[str, Any] | None:
@@ -66,6 +68,9 @@ class GroupManager:
         self.watch = Watcher(self.store, self._wake)
         self.sync = PmonSync(config, spec.pmon_timeout, self._locked_report, self._deliver)
         self.fence = Fence(spec.fence_grace)
+        self.fence_at: float | None = None  # the fence starts then (or once pmon acknowledged)
+        self.let_go_after_fence = False
+        self.acked: Role | None = None      # the role of the last report pmon answered
         self.role: Role | None = None
         self.reason = ""
         self.changed_at: float | None = None
@@ -204,6 +209,8 @@ class GroupManager:
         wake = [now + IDLE]
         if self.fence.active:
             wake.append(now + 0.05)
+        if self.fence_at is not None:
+            wake.append(self.fence_at)
         if self.due is not None and self.due > now:
             wake.append(self.due)
         if self.role is None:
@@ -226,16 +233,25 @@ class GroupManager:
         ok, held, mine = self.pmon_ok(now), self.store.held(now), self.store.is_leader()
         fresh = self._read_etcd(now)
         me = self.spec.name
-        # 1. fence: active, but without pmon, the lease or the key
+        # 1. fence: active, but without pmon, the lease or the key. Passive at once, so that a
+        # pmon that answers stops its drivers as for any switchover (the fence's kill, coming
+        # first, would look to it like a crash, and a few make a blocked manager); the fence
+        # itself follows pmon's acknowledgement of "passive" (at once when pmon is silent),
+        # after ACK_WAIT at the latest: inside the lease's margin (one second)
         if self.role is Role.ACTIVE and (not ok or not held or not mine):
+            self._become(Role.PASSIVE, "fenced", now)
+            self.fence_at, self.let_go_after_fence = (now if not ok else now + ACK_WAIT), True
+        if self.fence_at is not None and (now >= self.fence_at or self.acked is Role.PASSIVE):
+            self.fence_at = None
             self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon)
         if self.handover is not None and not self.drivers_gone and not ok:
             self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon)
         self.fence.step(now)
-        if self.role is Role.ACTIVE and self.fence.done:
-            self._become(Role.PASSIVE, "fenced", now)
+        if self.let_go_after_fence and self.fence.done:
+            self.let_go_after_fence = False
             self.store.let_go()  # (carried out once etcd answers, if it does not now)
-        if self.fence.done and ok and held and self.role is not Role.ACTIVE and self.handover is None:
+        if self.fence.done and ok and held and self.role is not Role.ACTIVE and \
+                self.handover is None and not self.let_go_after_fence:
             self.fence.reset()  # pmon answers again: it decides about its drivers again
         # 2. handover: once pmon stopped the drivers (or the fence did), let go of the key
         if self.handover is not None and (self.drivers_gone or self.fence.done):
@@ -248,7 +264,7 @@ class GroupManager:
             error_state_delay=self.spec.error_state_delay, hold_down=self.spec.hold_down,
             first_active_change_interval=self.spec.first_active_change_interval))
         self.pending, self.due = verdict.pending, verdict.due
-        leading = self.role is Role.ACTIVE and mine and held and not self.fence.active
+        leading = self.role is Role.ACTIVE and mine and held and not self.fencing
         if leading and fresh and verdict.forced_ended and self.forced_raw is not None:
             self.store.put_forced({**self.forced_raw, "ended": verdict.forced_ended,
                                    "ended_at": time.time()})
@@ -267,14 +283,14 @@ class GroupManager:
         else:
             mark = None
         free = fresh and ok and held and self.leader is None and self.handover is None and \
-            not self.fence.active and (self.role is not None or now - self.started_at >= STARTUP)
+            not self.fencing and (self.role is not None or now - self.started_at >= STARTUP)
         want = free and (mark["to"] == me if mark is not None else verdict.target == me)
         if want:  # why it wants the key: the handover's reason, else failure (or start)
             self.taking = str(mark.get("reason")) if mark is not None else (
                 "failure" if self.seen_leader else "start")
         self.store.want(want, now)
         if self.store.is_leader() and held and ok and self.role is not Role.ACTIVE and \
-                self.handover is None and not self.fence.active:  # (not `mine`: let go above)
+                self.handover is None and not self.fencing:  # (not `mine`: let go above)
             reason = self.taking
             self._become(Role.ACTIVE, reason, now)
             if reason in AUTOMATIC:
@@ -286,16 +302,21 @@ class GroupManager:
                 fresh and self.leader not in (None, me))):
             self._become(Role.PASSIVE, "start", now)
         self._put_record(now, ok, fresh)
-        signature = (self.role, self.leader, self.fence.active, json.dumps(self.records, sort_keys=True,
+        signature = (self.role, self.leader, self.fencing, json.dumps(self.records, sort_keys=True,
                                                                            default=str))
         if signature != self.signature:
             self.signature = signature
             self.sync.wake.set()
 
+    @property
+    def fencing(self) -> bool:
+        return self.fence.active or self.fence_at is not None
+
     def _become(self, role: Role, reason: str, now: float) -> None:
         if role is self.role:
             return
         self.role, self.reason, self.changed_at = role, reason, time.time()
+        self.acked = None  # until pmon answers a report with the new role
         if not self.ready_sent:
             self.ready_sent = True
             _notify("READY=1")
@@ -306,7 +327,7 @@ class GroupManager:
                   "role": self.role.value if self.role else None,
                   "error": sum(breakdown.values()), "breakdown": breakdown,
                   "available": self.available and ok, "can_act": ok,
-                  "fencing": self.fence.active}
+                  "fencing": self.fencing}
         if record != self.put:
             self.put = record
             self.store.put_record({**record, "at": time.time()})
@@ -328,7 +349,7 @@ class GroupManager:
             "changed_at": self.changed_at, "restart_project": False, "epoch": 0,
             "error": sum(breakdown.values()), "breakdown": breakdown, "target": None,
             "forced": self.forced_raw, "preferred": {"server": self.spec.preferred},
-            "queries": 0, "fencing": self.fence.active,
+            "queries": 0, "fencing": self.fencing,
             "witness": {**self.store.status(now), "failsafe": False},
             "damp": 0, "partner": None, "links": [], "dropped": {}, "pid": os.getpid(),
             "group": {"leader": self.leader, "members": members, "order": order,
@@ -348,6 +369,7 @@ class GroupManager:
         pmon = reply.get("pmon")
         self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
             pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
+        self.acked = role  # pmon has answered a report with this role
         if self.handover is not None and role is Role.PASSIVE and not self.fence_pids:
             self.drivers_gone = True  # pmon knew we are passive and runs none of them
         for request in reply.get("requests", []):
