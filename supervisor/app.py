@@ -29,8 +29,14 @@ def build_extensions(config: Config) -> list[Extension]:
     if config.redundancy is not None:  # first: its daemon may sync as soon as pmon answers
         from pmon.extensions.redundancy import RedundancyService
 
-        redundancy = RedundancyService(config)
-        extensions.append(redundancy)
+        if config.redundancy.group:  # three or more servers (extensions/group.py)
+            from pmon.extensions.group import GroupService
+
+            service: RedundancyService = GroupService(config)
+        else:
+            service = RedundancyService(config)
+        redundancy = service
+        extensions.append(service)
     extensions += [PluginHost(config), LogRotation(), ReloadOnHangup(), DetachOnSignal(),
                    SystemdNotifier(), WriteProbe()]
     extensions.append(Explainer())  # reads only: why each manager is where it is

@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -76,3 +76,12 @@ class Etcd:
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    """A real etcd for one test (import this fixture into the test module)."""
+    (tmp_path / "etcd").mkdir()
+    instance = Etcd(tmp_path / "etcd")
+    yield instance
+    instance.close()

@@ -241,3 +241,19 @@ def remove_project_cgroups(config: Any) -> None:
         cgroups.kill_and_wait(cgroup)
         cgroups.remove(cgroup)
     cgroups.remove(base)
+
+
+def driver_runs(path: Path) -> bool:
+    """The driver whose stamps (tests/children/child.py --stamp) are in `path` runs: started,
+    not stopped since, its process alive and not frozen (a SIGKILL leaves no stop stamp; a
+    SIGSTOP freezes it)."""
+    if not path.exists():
+        return False
+    lines = [line.split() for line in path.read_text().splitlines()]
+    if not lines or lines[-1][0] != "start":
+        return False
+    try:
+        status = psutil.Process(int(lines[-1][2])).status()
+    except psutil.NoSuchProcess:
+        return False
+    return status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED, psutil.STATUS_DEAD)

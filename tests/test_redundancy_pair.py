@@ -4,6 +4,8 @@ UDP relay the test controls (tests/relay.py)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import time
 import tomllib
@@ -498,3 +500,21 @@ def test_an_operators_prefer_outlives_a_restart_of_both_servers(tmp_path, pmon, 
     a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
     wait_roles(a, b, "passive", "active")
     assert redu(a)["preferred"] == redu(b)["preferred"] == "b"
+
+
+def test_a_redundancy_manager_thawed_after_a_long_freeze_does_not_exit_as_an_orphan(
+        tmp_path, pmon, relay):
+    """Frozen longer than PMON_GRACE (5 s), it asks pmon again when it thaws: pmon owes it
+    nothing from before the freeze (the pair and a group judge pmon alike: PmonSync)."""
+    from support import project_processes
+
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    manager = project_processes(b.config.project.name, "redundancy")[0].pid
+    os.kill(manager, signal.SIGSTOP)
+    time.sleep(7)  # the freeze itself (longer than PMON_GRACE), not a wait for a condition
+    os.kill(manager, signal.SIGCONT)
+    wait_roles(a, b, "active", "passive")
+    time.sleep(1.5)  # (not a wait: the thawed manager has had time to misjudge pmon)
+    assert [p.pid for p in project_processes(b.config.project.name, "redundancy")] == [manager]
+    assert not [e for e in b.events() if e["event"] == "exited" and e.get("manager") == "redundancy"]

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import psutil
 import pytest
 
-from etcd import Etcd
+from etcd import Etcd, etcd  # noqa: F401 (the fixture)
 from relay import Relay
-from support import Pmon, child, pmon_cli, poll_for, write_pair
+from support import Pmon, child, driver_runs, pmon_cli, poll_for, write_pair
 from test_redundancy_pair import redu, stamps, switchovers, wait_roles
 
 WAIT = 15
@@ -26,14 +25,6 @@ TTL = 4  # the smallest with fence_grace = 1: lost after 2 s, fenced by 3 s, exp
 @pytest.fixture
 def relay() -> Iterator[Relay]:
     instance = Relay(links=2)
-    yield instance
-    instance.close()
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    (tmp_path / "etcd").mkdir()
-    instance = Etcd(tmp_path / "etcd")
     yield instance
     instance.close()
 
@@ -61,18 +52,7 @@ def holder(etcd: Etcd) -> str | None:
     return value.split()[0] if value else None
 
 
-def running(path: Path) -> bool:
-    """The driver whose stamps are in `path` runs: started, not stopped since, and its process
-    is alive (a SIGKILL leaves no stop stamp)."""
-    if not path.exists():
-        return False
-    lines = [line.split() for line in path.read_text().splitlines()]
-    if not lines or lines[-1][0] != "start":
-        return False
-    try:
-        return psutil.Process(int(lines[-1][2])).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+running = driver_runs  # (a frozen driver does not run either)
 
 
 def roles(a: Pmon, b: Pmon) -> tuple[str, str]:

@@ -28,6 +28,9 @@ def print_status(s: dict[str, Any]) -> None:
     if s["role"] == "standalone":
         click.echo(f"project {s['project']}: standalone (no [redundancy] section)")
         return
+    if s.get("group"):
+        print_group(s)
+        return
     click.echo(f"server {s['server']}: {s['role']}  (epoch {s['epoch']})")
     click.echo(f"  error state: {_errors(s['error_state'], s['error_breakdown'])}")
     partner = "available" if s["partner_available"] else (
@@ -65,6 +68,42 @@ def print_status(s: dict[str, Any]) -> None:
     dropped = {k: v for k, v in (s.get("dropped") or {}).items() if v}
     if dropped:
         click.echo("dropped datagrams: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    if s["redundancy_manager"] != "connected":
+        click.echo("redundancy manager: not connected")
+
+
+def print_group(s: dict[str, Any]) -> None:
+    """A group: every member (as etcd has its record), its role, error state, availability."""
+    group = s["group"]
+    click.echo(f"server {s['server']}: {s['role']}  (group of {len(group['members'])}, "
+               f"leader {group.get('leader') or '-'})")
+    for m in group["members"]:
+        here = " (this server)" if m["name"] == s["server"] else ""
+        if not m.get("live"):
+            click.echo(f"  {m['name']}{here}: not in etcd (down, or its lease expired)")
+            continue
+        state = "available" if m.get("available") else "not available"
+        pmon = "" if m.get("can_act") else ", pmon silent"
+        fencing = ", fencing" if m.get("fencing") else ""
+        rank = f", rank {m['rank']}" if m.get("rank") else ""
+        click.echo(f"  {m['name']}{here}: {m.get('role') or '-'}, {state}{pmon}{fencing}{rank}; "
+                   f"error state {_errors(m.get('error'), m.get('breakdown'))}")
+    click.echo(f"preference: {', '.join(group.get('preference', []))}")
+    handover = group.get("handover")
+    if handover:
+        click.echo(f"handover: to {handover['to']} ({handover['reason']}), stopping the drivers")
+    forced = s.get("forced")
+    if forced:
+        state = (f"ended {_when(forced.get('ended_at'))} ({forced['ended']})"
+                 if forced.get("ended") else "in force")
+        click.echo(f"forced: {forced['server']}, {state}; given {_when(forced.get('at'))} "
+                   f"by {forced.get('by') or '-'}")
+    witness = s.get("witness") or {}
+    error = f"; etcd: {witness['error']}" if witness.get("error") else ""
+    click.echo(f"witness {witness.get('key')}: lease {'held' if witness.get('held') else 'NOT held'}{error}")
+    last = s.get("last_switchover")
+    click.echo(f"last switchover: {_when(last['at'])}, {last['active']} active ({last['reason']})"
+               if last else "last switchover: none")
     if s["redundancy_manager"] != "connected":
         click.echo("redundancy manager: not connected")
 

@@ -256,7 +256,7 @@ class RedundancyService(Extension):
     def _role_changed(self, role: str, report: dict[str, Any]) -> None:
         old, self.role = self.role, role
         me, partner = self.spec.name, self.spec.partner
-        active = me if role == "active" else partner
+        active, previous = self._active_and_previous(role, report)
         reason = report.get("reason") or "start"
         event = {"server": me, "role": role, "active": active, "reason": reason,
                  "epoch": self.epoch, "at": time.time()}
@@ -280,7 +280,13 @@ class RedundancyService(Extension):
         elif old is not None:
             self._general_query(f"switchover: {active} is active", running)
         if old is not None:
-            self.sup.switchover(active, partner if role == "active" else me, reason)
+            self.sup.switchover(active, previous, reason)
+
+    def _active_and_previous(self, role: str, report: dict[str, Any]) -> tuple[str, str]:
+        """The newly and formerly active servers of a switchover to `role` (a pair's: this
+        server and its partner)."""
+        me, partner = self.spec.name, self.spec.partner
+        return (me, partner) if role == "active" else (partner, me)
 
     def _notifiable(self) -> set[str]:
         return {m.spec.name for m in self.sup.managers.values()

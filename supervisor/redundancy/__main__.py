@@ -29,6 +29,10 @@ def run() -> int:
         print(f"redundancy: {config.path} has no [redundancy] section; add one (see "
               "docs/redundancy.md) or remove this manager", file=sys.stderr)
         return 2
+    if config.redundancy.group:  # three or more servers, through etcd only
+        from pmon.redundancy.group_daemon import GroupManager
+
+        return main(config, GroupManager)
     return main(config)
 
 

@@ -13,15 +13,18 @@ Two threads, so that nothing can stall the heartbeats:
   reply (this server's error sources, availability, the operators' requests, the pids of the
   run_on = "active" managers) reaches the heartbeat loop through a queue.
 
-pmon owing an answer for `pmon_timeout` (`PmonSync.owed_since`) is an error source
-("pmon", `pmon_weight`) and this server cannot act: a passive one never takes the role, and
-an active one fences its run_on = "active" managers (fence.py) and only then goes passive;
-its heartbeats say "fencing" meanwhile, and the partner gives it `fence_bound` before it
-would claim the role by failure. After such a fence the error source stays for hold_down
-once pmon answers again (one switchover per fault). A handover while pmon answers is
-followed by its release (fence.Release): "fencing" until pmon's reply to a "passive" report
-(matched by the report's `seq`) lists no run_on = "active" manager alive, bounded. When pmon has not
-answered for PMON_GRACE (longer than a hot restart of pmon takes), it exits, so that an orphan does not hold the links.
+pmon owing an answer for `pmon_timeout` (`PmonSync.owed_since`: the oldest request it has
+not answered was sent that long ago) is an error source ("pmon", `pmon_weight`) and this
+server cannot act: a passive one never takes the role, and an active one fences its
+run_on = "active" managers (fence.py) and only then goes passive; its heartbeats say
+"fencing" meanwhile, and the partner gives it `fence_bound` before it would claim the role
+by failure. After such a fence the error source stays for hold_down once pmon answers again
+(one switchover per fault). A handover while pmon answers is followed by its release
+(fence.Release): "fencing" until pmon's reply to a "passive" report (matched by the
+report's `seq`) lists no run_on = "active" manager alive, bounded. When pmon has owed an
+answer for PMON_GRACE (longer than a hot restart of pmon takes), it exits, so that an
+orphan does not hold the links; a freeze of this process (a gap in the loop) restarts the
+count.
 
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
 of the project only then.
@@ -48,10 +51,11 @@ from pmon.redundancy.arbitration import (
 from pmon.redundancy.fence import Fence, Release
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
-from pmon.redundancy.settings import SYNC_IDLE, judged_errors
+from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors
 from pmon.redundancy.witness import Witness
 
-PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
+PMON_GRACE = 5.0  # seconds pmon owes an answer before exiting (at least the fence)
+THAW_GAP = 2.5    # the loop did not run this long: this process was frozen (or starved)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
 RETRY = 0.1  # seconds before a failed sync with pmon is tried again
 
@@ -78,7 +82,31 @@ class PmonSync(threading.Thread):
         super().__init__(name="pmon-sync", daemon=True)
         self.config, self.timeout, self.report, self.deliver = config, timeout, report, deliver
         self.wake = threading.Event()
+        # pmon is judged by the answer it owes, not by the time since its last one: when the
+        # oldest request it has not answered yet was sent (None while none is out)
         self.owed_since: float | None = None
+        self.last_turn = time.monotonic()
+
+    def owes(self, now: float) -> float:
+        """How long pmon has owed an answer (0: none is out)."""
+        owed = self.owed_since
+        return 0.0 if owed is None else now - owed
+
+    def thawed(self, now: float) -> None:
+        """This process was frozen (or starved) until `now`: a freeze is not pmon's silence,
+        so a request out since before it counts from now; ask again at once."""
+        if self.owed_since is not None:
+            self.owed_since = now
+        self.wake.set()
+
+    def orphaned(self, now: float, spec: RedundancySpec, answered: bool, fencing: bool) -> bool:
+        """At every turn of the manager's loop: a gap since the last turn (a freeze) restarts
+        the count; True when pmon, which `answered` once, has owed an answer for
+        `orphan_after` and no fence is under way."""
+        if now - self.last_turn > THAW_GAP:
+            self.thawed(now)
+        self.last_turn = now
+        return answered and not fencing and self.owes(now) > orphan_after(spec)
 
     def run(self) -> None:
         while True:
@@ -250,9 +278,7 @@ class RedundancyManager:
         try:
             while True:
                 now = self.clock()
-                if self.pmon_ok_at is not None and now - self.pmon_ok_at > max(
-                        PMON_GRACE, self.spec.pmon_timeout + self.spec.fence_grace + 1) \
-                        and not self.fence.active:
+                if self.sync.orphaned(now, self.spec, self.pmon_ok_at is not None, self.fence.active):
                     return 1  # an orphan: pmon is gone (and the fence, if any, is done)
                 if now >= next_beat:
                     probing = self.probing(now)
@@ -553,6 +579,11 @@ class RedundancyManager:
             self.evaluate(now, force_send=True)
 
 
+def orphan_after(spec: RedundancySpec) -> float:
+    """pmon owing an answer this long: it is gone, this redundancy manager exits."""
+    return max(PMON_GRACE, spec.pmon_timeout + spec.fence_grace + 1)
+
+
 def _says(hb: Heartbeat) -> dict[str, Any]:
     """What a heartbeat says, without what changes at every beat."""
     return {**vars(hb), "seq": 0, "damp": 0.0}
@@ -571,7 +602,9 @@ def _notify(message: str) -> None:
         pass
 
 
-def main(config: Config) -> int:
+def main(config: Config, make: Callable[[Config], Any] | None = None) -> int:
+    """Run a redundancy manager: the pair's, or `make(config)` (the group's, which has the
+    same `run` and signal-safe `poke`)."""
     def stop(signum: int, _frame: Any) -> None:
         if hasattr(signal, "SIGUSR2"):  # a poke from pmon during the exit must not kill it
             signal.signal(signal.SIGUSR2, signal.SIG_IGN)
@@ -580,7 +613,7 @@ def main(config: Config) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        manager = RedundancyManager(config)
+        manager = (make or RedundancyManager)(config)
     except OSError as exc:
         print(f"redundancy: {exc}", file=sys.stderr)
         return 1

@@ -75,6 +75,14 @@ class RedundancySpec:
     pmon_weight: int = 1
     fence_grace: float = 1.0
     witness: WitnessSpec | None = None  # None: no witness (both active when all links are down)
+    # A group of three or more (docs/redundancy.md "Groups of three or more"): every member's
+    # name, this one's among them; () for a pair. Then partner is "" and links is ().
+    group: tuple[str, ...] = ()
+
+    @property
+    def preference(self) -> tuple[str, ...]:
+        """A group's order of preference: `preferred` first, then the rest in `group` order."""
+        return (self.preferred, *(m for m in self.group if m != self.preferred))
 
     @property
     def fence_bound(self) -> float:
@@ -112,6 +120,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "pmon_weight": _weight,
     "fence_grace": _seconds,
     "witness": lambda v: v,  # checked below (_witness)
+    "group": lambda v: v,  # checked below (_group)
 }
 LINK_KEYS: dict[str, Callable[[Any], Any]] = {"local": _address, "partner": _address}
 
@@ -125,6 +134,8 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
         return None
     errors.unknown_keys("[redundancy]", table, KEYS)
     values = errors.convert("[redundancy]", table, KEYS)
+    if "group" in table:
+        return _group(table, values, errors)
     for key in ("name", "partner", "links"):
         if key not in table:
             errors.add(f"[redundancy], key '{key}'", _MISSING[key])
@@ -151,17 +162,7 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
     preferred = values.get("preferred") or (min(name, partner) if name and partner else "")
     if name and partner and preferred not in (name, partner):
         errors.add("[redundancy], key 'preferred'", f"must be '{name}' or '{partner}'")
-    interval = values.get("heartbeat_interval", RedundancySpec.heartbeat_interval)
-    timeout = values.get("timeout", RedundancySpec.timeout)
-    if "heartbeat_interval" in values and interval <= 0:
-        errors.add("[redundancy], key 'heartbeat_interval'", "must be > 0")
-    if timeout <= interval:
-        errors.add("[redundancy], key 'timeout'",
-                   f"must be longer than heartbeat_interval ({interval:g} s), e.g. 3 intervals")
-    pmon_timeout = values.get("pmon_timeout", RedundancySpec.pmon_timeout)
-    if pmon_timeout < 2 * SYNC_IDLE:
-        errors.add("[redundancy], key 'pmon_timeout'",
-                   f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
+    interval, timeout = _check_times(values, errors)
     if len({link.local for link in links}) < len(links):
         errors.add("[redundancy], key 'links'", "two links share a local address")
     witness = _witness(table["witness"], values.get("fence_grace", RedundancySpec.fence_grace),
@@ -179,6 +180,22 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
                                         "pmon_weight", "fence_grace") if key in values},
         witness=witness,
     )
+
+
+def _check_times(values: Mapping[str, Any], errors: "_Errors") -> tuple[float, float]:
+    """The heartbeat's and pmon's timing keys (a pair's and a group's); (interval, timeout)."""
+    interval = values.get("heartbeat_interval", RedundancySpec.heartbeat_interval)
+    timeout = values.get("timeout", RedundancySpec.timeout)
+    if "heartbeat_interval" in values and interval <= 0:
+        errors.add("[redundancy], key 'heartbeat_interval'", "must be > 0")
+    if timeout <= interval:
+        errors.add("[redundancy], key 'timeout'",
+                   f"must be longer than heartbeat_interval ({interval:g} s), e.g. 3 intervals")
+    pmon_timeout = values.get("pmon_timeout", RedundancySpec.pmon_timeout)
+    if pmon_timeout < 2 * SYNC_IDLE:
+        errors.add("[redundancy], key 'pmon_timeout'",
+                   f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
+    return interval, timeout
 
 
 WITNESS_KEYS = ("etcd", "ttl", "key")
@@ -219,6 +236,62 @@ def _witness(value: Any, fence_grace: float, name: str | None, errors: "_Errors"
         return None
     assert isinstance(urls, list)
     return WitnessSpec(etcd=tuple(u.rstrip("/") for u in urls), key=key, ttl=float(ttl))
+
+
+GROUP_EXAMPLE = ('e.g. group = ["a", "b", "c"] with name = "a" and witness = { etcd = '
+                 '["http://127.0.0.1:2379"], key = "/pmon/PROJECT/active" }')
+
+
+def _group(table: Mapping[str, Any], values: Mapping[str, Any], errors: "_Errors") -> RedundancySpec | None:
+    """`group = [...]`: three or more servers arbitrated through the witness alone (no links,
+    no partner: every member talks to etcd only)."""
+    where = "[redundancy], key 'group'"
+    raw = table["group"]
+    members: tuple[str, ...] = ()
+    if not isinstance(raw, list) or len(raw) < 3 or not all(
+            isinstance(m, str) and m and not any(c.isspace() for c in m) for m in raw):
+        errors.add(where, "expected a list of three or more server names without spaces "
+                          f"(a pair takes partner and links instead); {GROUP_EXAMPLE}")
+    elif len(set(raw)) < len(raw):
+        errors.add(where, "names a server twice; list each member once")
+    else:
+        members = tuple(raw)
+    name = values.get("name")
+    if "name" not in table:
+        errors.add("[redundancy], key 'name'", f"missing; this server's name, one of group; {GROUP_EXAMPLE}")
+    elif members and name not in members:
+        errors.add("[redundancy], key 'name'",
+                   f"'{name}' is not in group ({', '.join(members)}); add it there or fix name")
+    for key in ("partner", "links"):
+        if key in table:
+            errors.add(f"[redundancy], key '{key}'",
+                       "not with group: the members of a group talk through the witness (etcd) "
+                       f"only; remove {key}, or remove group for a pair")
+    preferred = values.get("preferred") or (members[0] if members else "")
+    if members and preferred not in members:
+        errors.add("[redundancy], key 'preferred'",
+                   f"must be one of group ({', '.join(members)}); by default the first of group")
+    if "witness" not in table:
+        errors.add("[redundancy], key 'witness'",
+                   "required with group: a group decides who is active through etcd; add "
+                   'witness = { etcd = ["http://HOST:2379"], key = "/pmon/PROJECT/active" }')
+    fence_grace = values.get("fence_grace", RedundancySpec.fence_grace)
+    witness = _witness(table["witness"], fence_grace, name, errors) if "witness" in table else None
+    _check_times(values, errors)
+    pmon_timeout = values.get("pmon_timeout", RedundancySpec.pmon_timeout)
+    if witness is not None and pmon_timeout + fence_grace + 1 > witness.ttl:
+        errors.add("[redundancy], key 'witness'",
+                   f"ttl must be at least pmon_timeout + fence_grace + 1 "
+                   f"({pmon_timeout + fence_grace + 1:g} s) in a group: pmon stops the drivers "
+                   "of a silent redundancy manager before its lease can expire")
+    if errors.lines or witness is None or not members or not name:
+        return None
+    return RedundancySpec(
+        name=name, partner="", links=(), preferred=preferred, group=members, witness=witness,
+        **{key: values[key] for key in (
+            "heartbeat_interval", "timeout", "first_active_change_interval", "manager_weight",
+            "link_weight", "error_state_delay", "hold_down", "pmon_timeout", "pmon_weight",
+            "fence_grace") if key in values})
 
 
 _MISSING = {
