@@ -47,6 +47,16 @@ def print_status(s: dict[str, Any]) -> None:
         click.echo(f"forced: {forced['server']}, {state}; {given}")
     if s.get("fencing"):
         click.echo("fencing: stopping the run_on = \"active\" managers (pmon does not answer or the lease is lost)")
+    guard = s.get("self_fence")
+    if guard and guard.get("fenced"):
+        fenced = guard["fenced"]
+        click.echo(f"{fenced['why']} ({_when(fenced.get('at'))}); the run_on = \"active\" "
+                   "managers stay stopped until the redundancy manager gives the role up")
+    elif guard and guard.get("watching"):
+        ago = guard.get("beat_ago")
+        heard = "no beat yet" if ago is None else f"beat {ago:.2f} s ago"
+        click.echo(f"self-fence: watching the redundancy manager ({heard}; self-fences after "
+                   f"{guard['after']:g} s of silence)")
     witness = s.get("witness")
     if witness:
         state = "held" if witness.get("held") else ("wanted, not held" if witness.get("wanted")

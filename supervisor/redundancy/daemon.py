@@ -17,8 +17,15 @@ pmon not answering for `pmon_timeout` is an error source ("pmon", `pmon_weight`)
 server cannot act: a passive one never takes the role, and an active one fences its
 run_on = "active" managers (fence.py) and only then goes passive; its heartbeats say
 "fencing" meanwhile, and the partner gives it `fence_bound` before it would claim the role
-by failure. When pmon has not answered for PMON_GRACE (longer than a hot restart of pmon
-takes), it exits, so that an orphan does not hold the links.
+by failure. When pmon has left requests unanswered over PMON_GRACE (longer than a hot
+restart of pmon takes), it exits, so that an orphan does not hold the links; judged by the
+requests (`PmonSync.orphaned`), not by the time since the last answer, which a freeze of this
+process would make long.
+
+The beat (beat.py): every heartbeat also goes to pmon as WATCHDOG=1, from this loop, so a
+stuck loop stops both. pmon on the active server self-fences when the beat stops for
+`self_fence`; this loop, finding that it has not beaten that long itself (it was frozen),
+or told so by pmon, gives the role up (reason "fenced") before it acts on anything.
 
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
 of the project only then.
@@ -41,6 +48,7 @@ from pmon.config import Config
 from pmon.control.client import call
 from pmon.errors import PmonError
 from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Role
+from pmon.redundancy.beat import Beat
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
@@ -67,17 +75,30 @@ class PmonSync(threading.Thread):
         super().__init__(name="pmon-sync", daemon=True)
         self.config, self.timeout, self.report, self.deliver = config, timeout, report, deliver
         self.wake = threading.Event()
+        # (first, newest): when the first and the newest of the requests pmon has left
+        # unanswered since its last answer were sent; None after an answer
+        self.unanswered: tuple[float, float] | None = None
 
     def run(self) -> None:
         while True:
             self.wake.clear()
+            sent = time.monotonic()
             try:
                 reply: dict[str, Any] | None = call(
                     self.config, "redu-sync", timeout=self.timeout, report=self.report())
             except (PmonError, OSError, ValueError):
                 reply = None
+            self.unanswered = None if reply is not None else (
+                self.unanswered[0] if self.unanswered else sent, sent)
             self.deliver(time.monotonic(), reply)
             self.wake.wait(SYNC_IDLE)
+
+    def orphaned(self, grace: float) -> bool:
+        """pmon left unanswered a request sent `grace` after the first one it left
+        unanswered: both were asked while this process ran, so a freeze of this process
+        (which makes the time since pmon's last answer long) is not counted against pmon."""
+        unanswered = self.unanswered
+        return unanswered is not None and unanswered[1] - unanswered[0] >= grace
 
 
 class RedundancyManager:
@@ -128,6 +149,9 @@ class RedundancyManager:
         self.witness = Witness(spec.witness, f"{spec.name} {self.boot}", self._wake) \
             if spec.witness is not None else None
         self.failsafe = False  # active without the lease: etcd away, the partner agrees
+        self.beat = Beat.from_env()
+        self.beat_at = 0.0  # the last beat
+        self.yielding = False  # pmon self-fenced (or surely did): give the role up
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
@@ -182,7 +206,8 @@ class RedundancyManager:
         mine = self.breakdown(now)
         heard = self.partner_view(now)
         ok = self.pmon_ok(now)
-        can_act = ok or (self.decision.role is Role.ACTIVE and not self.fence.done)
+        can_act = not self.yielding and (
+            ok or (self.decision.role is Role.ACTIVE and not self.fence.done))
         lease = self.lease_ok(now)
         movable = self.witness is None or self.witness.reachable()
         if heard is None:
@@ -220,14 +245,19 @@ class RedundancyManager:
         try:
             while True:
                 now = self.clock()
-                if self.pmon_ok_at is not None and now - self.pmon_ok_at > max(
-                        PMON_GRACE, self.spec.pmon_timeout + self.spec.fence_grace + 1) \
+                if self.pmon_ok_at is not None and self.sync.orphaned(max(
+                        PMON_GRACE, self.spec.pmon_timeout + self.spec.fence_grace + 1)) \
                         and not self.fence.active:
                     return 1  # an orphan: pmon is gone (and the fence, if any, is done)
                 if now >= next_beat:
                     probing = self.probing(now)
                     next_beat = max(next_beat + (interval / 4 if probing else interval), now)
                     with self.lock:
+                        if probing or self.partner_view(now) is None:
+                            # overdue: what the partner sent may wait in the sockets (this
+                            # process was frozen); judge it by that, not by the silence
+                            for link in self.links.links:
+                                self.on_readable(link, now)
                         self.evaluate(now, force_send=True, probe=probing)
                     continue
                 wake = [next_beat] + [
@@ -246,17 +276,18 @@ class RedundancyManager:
                 with self.lock:
                     # a deadline passed (the beat's own is met at the top of the loop)
                     news = not events and now < next_beat
-                    for key, _ in events:
-                        if key.data is None:
-                            self._drain_replies()
-                            news = True
                     beat_heard = self.heard
                     if any(key.data is not None for key, _ in events):
                         # every link, not only the one that woke the loop: the copy of a
                         # heartbeat on the other link has mostly arrived by now, and is taken
-                        # in this wake-up instead of costing one of its own
+                        # in this wake-up instead of costing one of its own (and before pmon's
+                        # reply, which may decide: with what the partner said meanwhile)
                         for link in self.links.links:
                             news = self.on_readable(link, now) or news
+                    for key, _ in events:
+                        if key.data is None:
+                            self._drain_replies()
+                            news = True
                     if news:  # a copy of a heartbeat already seen changes nothing
                         self.evaluate(now)
                     if self.heard is not beat_heard and now >= next_beat - interval / 4 and \
@@ -271,6 +302,7 @@ class RedundancyManager:
                 self.witness.stop()
             selector.close()
             self.links.close()
+            self.beat.close()
 
     def poke(self) -> None:
         """From the SIGUSR2 handler: take no lock here (the interrupted main thread may hold
@@ -338,6 +370,8 @@ class RedundancyManager:
         return news
 
     def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
+        if self.decision.role is Role.ACTIVE and now - self.beat_at >= self.spec.self_fence:
+            self.yielding = True  # this loop was stuck (frozen): pmon has self-fenced
         ok = self.pmon_ok(now)
         lease = self.lease_ok(now)
         if ok and self.fence.started_at is not None and (
@@ -352,6 +386,8 @@ class RedundancyManager:
             local, partner = self.views(now)
             self.decision = self.arbiter.step(now, local, partner, wall=time.time())
         decision = self.decision
+        if decision.role is not Role.ACTIVE:
+            self.yielding = False  # given up: from now on the arbitration as ever
         if self.witness is not None:  # hold the lease while active or waiting to be
             self.witness.want(decision.role is Role.ACTIVE or decision.wants_lease, now)
         partner_role = self.heard.role if self.partner_view(now) and self.heard else None
@@ -402,6 +438,11 @@ class RedundancyManager:
         ))
         for link in self.links.links:
             link.send(data)
+        if now - self.beat_at >= (self.spec.self_fence - self.spec.heartbeat_interval) / 2:
+            # after the heartbeat, so the last beat is never later than the last heartbeat
+            # (the partner's timeout runs from that); twice per self_fence is enough
+            self.beat.send()
+            self.beat_at = now
 
     # --- pmon ----------------------------------------------------------------------
     def _locked_report(self) -> dict[str, Any]:
@@ -445,6 +486,8 @@ class RedundancyManager:
         self.restart_pending = False
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
         self.available = bool(reply.get("available"))
+        if reply.get("self_fenced") and self.decision.role is Role.ACTIVE:
+            self.yielding = True  # pmon stopped the drivers: the role goes with them
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
         self.fence.extend(self.fence_pids, self.fence_cgroups)  # pmon restarted one meanwhile

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 AUTO_NAME = "redundancy"
 SYNC_IDLE = 1.0  # seconds between syncs with pmon when nothing changes (daemon.py)
 RUN_ON = ("both", "active")
+# The self-fence (docs/redundancy.md "Fencing"): what it leaves between its end and the
+# earliest moment the partner may claim the role by failure (pmon's timer, the kill's
+# delivery, the partner's clock).
+SELF_FENCE_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,30 @@ class RedundancySpec:
     pmon_weight: int = 1
     fence_grace: float = 1.0
     witness: WitnessSpec | None = None  # None: no witness (both active when all links are down)
+    # The self-fence: pmon on the active server stops its run_on = "active" managers when
+    # its redundancy manager's heartbeat loop has not beaten (WATCHDOG=1) this long. 0: the
+    # default, timeout - 2 x SELF_FENCE_MARGIN (0.4 s with the default timeout).
+    self_fence_after: float = 0.0
 
     @property
     def fence_bound(self) -> float:
         """How long after the last heartbeat that said "fencing" the fence is surely done."""
         return self.fence_grace + self.timeout
+
+    @property
+    def self_fence(self) -> float:
+        """Beat silence after which pmon self-fences."""
+        return self.self_fence_after or self.timeout - 2 * SELF_FENCE_MARGIN
+
+    @property
+    def self_fence_kill(self) -> float:
+        """A self-fence's stop signal -> SIGKILL (at most; a manager's seconds_to_kill if
+        shorter): what is left of `timeout` after `self_fence`, less the margin. The last
+        beat goes out with (after) the last heartbeat, and the partner claims the role by
+        failure `timeout` after the last heartbeat it heard, so the self-fence ends
+        (`self_fence + self_fence_kill = timeout - SELF_FENCE_MARGIN` after the last beat)
+        before the partner can start its drivers."""
+        return self.timeout - SELF_FENCE_MARGIN - self.self_fence
 
 
 def _address(value: Any) -> tuple[str, int]:
@@ -111,6 +134,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "pmon_timeout": _seconds,
     "pmon_weight": _weight,
     "fence_grace": _seconds,
+    "self_fence": _seconds,
     "witness": lambda v: v,  # checked below (_witness)
 }
 LINK_KEYS: dict[str, Callable[[Any], Any]] = {"local": _address, "partner": _address}
@@ -162,10 +186,14 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
     if pmon_timeout < 2 * SYNC_IDLE:
         errors.add("[redundancy], key 'pmon_timeout'",
                    f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
+    self_fence = values.get("self_fence", timeout - 2 * SELF_FENCE_MARGIN)
+    if not interval < self_fence < timeout - SELF_FENCE_MARGIN:
+        errors.add("[redundancy], key 'self_fence'" if "self_fence" in values else
+                   "[redundancy], key 'timeout'", _self_fence_problem(interval, timeout, self_fence))
     if len({link.local for link in links}) < len(links):
         errors.add("[redundancy], key 'links'", "two links share a local address")
     witness = _witness(table["witness"], values.get("fence_grace", RedundancySpec.fence_grace),
-                       name, errors) if "witness" in table else None
+                       timeout, name, errors) if "witness" in table else None
     if not (name and partner and links) or errors.lines:
         return None
     return RedundancySpec(
@@ -177,14 +205,26 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
         link_weight=values.get("link_weight", RedundancySpec.link_weight),
         **{key: values[key] for key in ("error_state_delay", "hold_down", "pmon_timeout",
                                         "pmon_weight", "fence_grace") if key in values},
-        witness=witness,
+        witness=witness, self_fence_after=values.get("self_fence", 0.0),
     )
+
+
+def _self_fence_problem(interval: float, timeout: float, self_fence: float) -> str:
+    """Why `self_fence` cannot hold: it must outlast a heartbeat interval (the redundancy
+    manager beats once per heartbeat, at least) and end, with its kill, before `timeout`."""
+    room = f"between heartbeat_interval ({interval:g} s) and timeout - {SELF_FENCE_MARGIN:g} s " \
+           f"({timeout - SELF_FENCE_MARGIN:g} s)"
+    return (f"the self-fence after {self_fence:g} s of silence of the redundancy manager cannot "
+            f"hold: it must lie {room}, so that it ends, with the SIGKILL that follows it, before "
+            "the partner may take the role by failure (timeout); set self_fence in that range, "
+            "or a longer timeout")
 
 
 WITNESS_KEYS = ("etcd", "ttl", "key")
 
 
-def _witness(value: Any, fence_grace: float, name: str | None, errors: "_Errors") -> WitnessSpec | None:
+def _witness(value: Any, fence_grace: float, timeout: float, name: str | None,
+             errors: "_Errors") -> WitnessSpec | None:
     where = "[redundancy], key 'witness'"
     example = ('e.g. witness = { etcd = ["http://127.0.0.1:2379"], ttl = 6, '
                'key = "/pmon/PROJECT/active" }')
@@ -208,6 +248,15 @@ def _witness(value: Any, fence_grace: float, name: str | None, errors: "_Errors"
                    f"expected whole seconds, at least {minimum:g} (2 x (fence_grace + 1): the "
                    "lease counts lost at half the TTL, then the fence must end before etcd "
                    "lets it expire)")
+        bad = True
+    elif ttl / 2 <= timeout:
+        # A frozen holder's last renewal may be up to ttl / 2 old (older, and it had fenced
+        # already); its pmon's self-fence ends within `timeout` of the freeze.
+        errors.add(f"{where}, key 'ttl'",
+                   f"must be more than 2 x timeout ({2 * timeout:g} s): the self-fence of a "
+                   "frozen lease holder ends within timeout of its freeze, and its last renewal "
+                   "may be ttl / 2 old by then; the lease must not expire (and go to the "
+                   "partner) before that")
         bad = True
     key = value.get("key")
     if not isinstance(key, str) or not key.strip():

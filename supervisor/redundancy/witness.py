@@ -6,7 +6,9 @@ A thread of its own talks to etcd's v3 HTTP/JSON gateway with urllib (no client 
   (/v3/lease/grant) and create the key bound to it in one transaction that succeeds only
   if the key does not exist (/v3/kv/txn, compare create_revision == 0); on failure, revoke
   the unused lease and try again soon;
-- while held: renew it (/v3/lease/keepalive) every TTL/6;
+- while held: renew it (/v3/lease/keepalive) every TTL/6, as long as the heartbeat loop
+  still asks (`want`, at every step): a stuck loop (its pmon self-fences) must not keep the
+  lease alive, or the partner could never take it; left to expire, never revoked;
 - once not wanted any more: revoke it (/v3/lease/revoke), which deletes the key.
 Every call has a timeout well under the TTL, and tries the next endpoint on failure.
 
@@ -47,6 +49,7 @@ class Witness(threading.Thread):
         self.wake = threading.Event()
         self.wanted = False
         self.wanted_since = 0.0
+        self.asked_at = clock()  # the heartbeat loop's last `want` (it steps every interval)
         self.lease = 0           # the lease id held (0: none)
         self.renewed_at: float | None = None  # when the last successful grant/renewal was sent
         self.error = ""          # the last failure, for people ("" when the last call worked)
@@ -65,6 +68,7 @@ class Witness(threading.Thread):
 
     def want(self, wanted: bool, now: float) -> None:
         with self.lock:
+            self.asked_at = now
             if wanted == self.wanted:
                 return
             self.wanted = wanted
@@ -86,11 +90,14 @@ class Witness(threading.Thread):
         while not self.stopping:
             self.wake.clear()
             with self.lock:
-                wanted, lease, since = self.wanted, self.lease, self.wanted_since
+                wanted, lease, since, asked = self.wanted, self.lease, self.wanted_since, \
+                    self.asked_at
             now = self.clock()
             if lease and not wanted:
                 self._release(lease)
                 pause = RETRY_SLOW
+            elif lease and now - asked > self.spec.lost_after / 2:
+                pause = self.spec.ttl / 6  # the heartbeat loop is stuck: let the lease expire
             elif lease:
                 self._renew(lease, now)
                 pause = self.spec.ttl / 6
