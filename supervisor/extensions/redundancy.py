@@ -147,6 +147,11 @@ class RedundancyService(Extension):
 
     def _silent(self) -> None:
         self._watchdog = None
+        # After a stall of pmon itself (a SIGSTOP), this timer can run before the reader of
+        # the beats that waited meanwhile: take them first (each re-arms the watchdog).
+        self.sup.take_notifications()
+        if self._watchdog is not None:
+            return
         since = max(self.beat_at or self.watch_from, self.watch_from)
         silent = self.sup.loop.time() - since
         if self.role != "active" or self.self_fenced is not None:

@@ -277,7 +277,9 @@ class RedundancyManager:
                     # a deadline passed (the beat's own is met at the top of the loop)
                     news = not events and now < next_beat
                     beat_heard = self.heard
-                    if any(key.data is not None for key, _ in events):
+                    # a deadline too: the select may have come back empty from a freeze
+                    # of this process although the partner's datagrams wait
+                    if not events or any(key.data is not None for key, _ in events):
                         # every link, not only the one that woke the loop: the copy of a
                         # heartbeat on the other link has mostly arrived by now, and is taken
                         # in this wake-up instead of costing one of its own (and before pmon's

@@ -623,6 +623,9 @@ class Supervisor:
         if manager is not None:
             self._tell("on_notify", manager, fields)  # WATCHDOG=1 for the alive monitor
 
+    def take_notifications(self) -> None:
+        self.notify.take()
+
     def pid_of(self, pid: int) -> str | None:
         """The manager a pid belongs to: itself, or the nearest managed ancestor."""
         if pid in self.by_pid:
