@@ -21,16 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_failover import Server, Starts, settled, wait, write_pair  # noqa: E402
+from bench_failover import Server, fmt, new_pair, settled, wait  # noqa: E402
 
 
 def on_cpu_ns(pid: int) -> int:
@@ -73,10 +71,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=0, help="seconds of idle CPU to measure first")
     parser.add_argument("--freeze", type=float, default=3.0, help="seconds each freeze lasts")
     args = parser.parse_args()
-    starts = Starts()
-    root = Path(tempfile.mkdtemp(prefix="pmon-bench-self-fence-"))
-    path_a, path_b = write_pair(root, starts.port)
-    servers = {"a": Server(path_a), "b": Server(path_b)}
+    starts, servers = new_pair("pmon-bench-self-fence-")
     spec = servers["a"].config.redundancy
     assert spec is not None
     stopped: list[float] = []
@@ -106,10 +101,6 @@ def main() -> int:
     finally:
         for server in servers.values():
             server.stop()
-
-    def fmt(values: list[float]) -> str:
-        return (f"{statistics.median(values):.3f} s (min {min(values):.3f}, "
-                f"max {max(values):.3f}, n={len(values)})") if values else "-"
 
     print(f"\nDefault settings: heartbeat_interval {spec.heartbeat_interval:g} s, timeout "
           f"{spec.timeout:g} s, self_fence {spec.self_fence:g} s (kill after "

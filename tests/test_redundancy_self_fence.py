@@ -11,41 +11,16 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
-import pytest
 
-from etcd import Etcd
 from relay import Relay
-from support import Pmon, child, pmon_cli, poll_for, write_pair
+from support import Pmon, pmon_cli, poll_for, write_pair
 from test_redundancy_pair import redu, stamps, switchovers, wait_roles
-from test_redundancy_witness import KEY, TTL, running
+from test_redundancy_witness import KEY, TTL, drivers, etcd, relay, running  # noqa: F401 (fixtures)
 
 WAIT = 20
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    instance = Relay(links=2)
-    yield instance
-    instance.close()
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    (tmp_path / "etcd").mkdir()
-    instance = Etcd(tmp_path / "etcd")
-    yield instance
-    instance.close()
-
-
-def drivers(tmp_path: Path):
-    def for_server(server: str) -> list[dict[str, Any]]:
-        return [{"name": "w", "command": child()},
-                {"name": "drv", "command": child("--stamp", str(tmp_path / f"stamp-{server}")),
-                 "run_on": "active"}]
-    return for_server
 
 
 def start(pmon, tmp_path: Path, relay: Relay, **redundancy: Any) -> tuple[Pmon, Pmon]:
@@ -104,33 +79,34 @@ def settled(a: Pmon, b: Pmon, quiet: float = 2.0) -> tuple[str, str]:
             return first
 
 
-def freeze_the_active_redundancy_manager(a: Pmon, b: Pmon, tmp_path: Path, seconds: float) -> float:
+def freeze_the_active_redundancy_manager(a: Pmon, b: Pmon, tmp_path: Path,
+                                         seconds: float) -> tuple[float, str, str]:
     """SIGSTOP a's redundancy manager for `seconds` (b must take over meanwhile); returns
-    when it was frozen (wall clock)."""
+    when it was frozen (wall clock) and what `redu status` and `status` said on a then."""
     frozen = redundancy_pid(a)
     at = time.time()
     os.kill(frozen, signal.SIGSTOP)
     try:
         poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over")
         poll_for(lambda: running(tmp_path / "stamp-b"), WAIT, "b's driver to start")
-        status = pmon_cli(a.config_path, "redu", "status").stdout
-        assert "self-fenced: redundancy manager silent for" in status, status
-        assert "self-fenced" in pmon_cli(a.config_path, "status").stdout
+        said = pmon_cli(a.config_path, "redu", "status").stdout, pmon_cli(a.config_path, "status").stdout
         left = at + seconds - time.time()
         if left > 0:
             time.sleep(left)  # the length of the freeze itself, not a wait for a condition
     finally:
         os.kill(frozen, signal.SIGCONT)
-    return at
+    return at, *said
 
 
-def check_handover(a: Pmon, tmp_path: Path, at: float) -> None:
+def check_handover(a: Pmon, tmp_path: Path, at: float, said: tuple[str, str]) -> None:
     stopped = first_after(tmp_path / "stamp-a", "stop", at)
     started = first_after(tmp_path / "stamp-b", "start", at)
     assert stopped is not None and started is not None and stopped < started, (
         stamps(tmp_path / "stamp-a"), stamps(tmp_path / "stamp-b"))
     fenced = [e for e in a.events() if e["event"] == "self-fenced"]
     assert fenced and fenced[0]["message"].startswith("self-fenced: redundancy manager silent for")
+    assert "self-fenced: redundancy manager silent for" in said[0], said[0]
+    assert "self-fenced" in said[1], said[1]  # pmon status: why drv is held
 
 
 def test_a_frozen_redundancy_manager_its_pmon_stops_the_driver_before_the_partner_starts_one(
@@ -141,8 +117,8 @@ def test_a_frozen_redundancy_manager_its_pmon_stops_the_driver_before_the_partne
     before = redundancy_pid(a)
     with TwoDrivers(tmp_path) as sampler:
         # longer than PMON_GRACE (5 s): thawed, it must not exit as an orphan
-        at = freeze_the_active_redundancy_manager(a, b, tmp_path, 6.0)
-        check_handover(a, tmp_path, at)
+        at, *said = freeze_the_active_redundancy_manager(a, b, tmp_path, 6.0)
+        check_handover(a, tmp_path, at, (said[0], said[1]))
         roles = settled(a, b)
     assert sampler.seen == [], "two drivers ran at once"
     assert redundancy_pid(a) == before  # not restarted: no orphan exit, no project restart
@@ -159,8 +135,8 @@ def test_with_the_witness_a_frozen_lease_holder_stops_its_driver_before_the_leas
     wait_roles(a, b, "active", "passive")
     a.wait_state("drv", "running")
     with TwoDrivers(tmp_path) as sampler:
-        at = freeze_the_active_redundancy_manager(a, b, tmp_path, TTL + 2.0)
-        check_handover(a, tmp_path, at)
+        at, *said = freeze_the_active_redundancy_manager(a, b, tmp_path, TTL + 2.0)
+        check_handover(a, tmp_path, at, (said[0], said[1]))
         assert etcd.holder(KEY).split()[0] == "b"
         settled(a, b)
     assert sampler.seen == [], "two drivers ran at once"

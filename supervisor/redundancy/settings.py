@@ -92,7 +92,7 @@ class RedundancySpec:
     @property
     def self_fence(self) -> float:
         """Beat silence after which pmon self-fences."""
-        return self.self_fence_after or self.timeout - 2 * SELF_FENCE_MARGIN
+        return self.self_fence_after or default_self_fence(self.timeout)
 
     @property
     def self_fence_kill(self) -> float:
@@ -102,7 +102,11 @@ class RedundancySpec:
         failure `timeout` after the last heartbeat it heard, so the self-fence ends
         (`self_fence + self_fence_kill = timeout - SELF_FENCE_MARGIN` after the last beat)
         before the partner can start its drivers."""
-        return self.timeout - SELF_FENCE_MARGIN - self.self_fence
+        return round(self.timeout - SELF_FENCE_MARGIN - self.self_fence, 6)
+
+
+def default_self_fence(timeout: float) -> float:
+    return round(timeout - 2 * SELF_FENCE_MARGIN, 6)
 
 
 def _address(value: Any) -> tuple[str, int]:
@@ -186,7 +190,7 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
     if pmon_timeout < 2 * SYNC_IDLE:
         errors.add("[redundancy], key 'pmon_timeout'",
                    f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
-    self_fence = values.get("self_fence", timeout - 2 * SELF_FENCE_MARGIN)
+    self_fence = values.get("self_fence", default_self_fence(timeout))
     if not interval < self_fence < timeout - SELF_FENCE_MARGIN:
         errors.add("[redundancy], key 'self_fence'" if "self_fence" in values else
                    "[redundancy], key 'timeout'", _self_fence_problem(interval, timeout, self_fence))
