@@ -155,7 +155,8 @@ def test_a_hot_restart_of_pmon_does_not_self_fence(tmp_path, pmon, relay):
         poll_for(lambda: (redu(a).get("self_fence") or {}).get("watching") and
                  redu(a)["self_fence"]["beat_ago"] is not None, WAIT, "the new pmon to watch the beat")
     time.sleep(1.0)  # a window for a self-fence to show, not a wait for a condition
-    assert a.manager("drv")["pid"] == driver and a.manager("drv")["state"] == "running"
+    history = "\n".join(f"{e['ts']} {e['message']}" for e in a.events()[-25:])
+    assert a.manager("drv")["pid"] == driver and a.manager("drv")["state"] == "running", history
     assert not [e for e in a.events() if e["event"] == "self-fenced"]
     assert switchovers(b) == []
     assert "self-fence: watching the redundancy manager" in pmon_cli(a.config_path, "redu", "status").stdout

@@ -57,6 +57,7 @@ from pmon.redundancy.witness import Witness
 
 PMON_GRACE = 5.0  # seconds without an answer from pmon before exiting (at least the fence)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
+SYNC_RETRY = 0.1  # seconds before the next redu-sync after one pmon did not answer
 
 
 def _choice(choice: Choice | None) -> dict[str, Any] | None:
@@ -91,7 +92,9 @@ class PmonSync(threading.Thread):
             self.unanswered = None if reply is not None else (
                 self.unanswered[0] if self.unanswered else sent, sent)
             self.deliver(time.monotonic(), reply)
-            self.wake.wait(SYNC_IDLE)
+            # no answer: soon again, so that a hot restart of pmon (its socket back within
+            # a fraction of a second) is heard well before pmon_timeout, not a second later
+            self.wake.wait(SYNC_IDLE if reply is not None else SYNC_RETRY)
 
     def orphaned(self, grace: float) -> bool:
         """pmon left unanswered a request sent `grace` after the first one it left
