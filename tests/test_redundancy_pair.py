@@ -14,7 +14,7 @@ import pytest
 import tomli_w
 
 from relay import Relay
-from support import Pmon, child, kill_tree, pmon_cli, poll_for, write_pair
+from support import Pmon, child, kill_project_processes, kill_tree, pmon_cli, poll_for, write_pair
 
 WAIT = 15  # generous deadlines: the machine is shared and may be slow
 
@@ -481,3 +481,18 @@ def test_the_stop_guard_lets_a_manual_manager_stop(tmp_path, pmon, relay):
     assert a.manager("tool")["state"] == "stopped"
     poll_for(lambda: a.call("redu-status")["redundancy_manager"] == "connected", WAIT, "a sync")
     assert "manager tool" not in redu(a)["error_breakdown"] and redu(a)["role"] == "active"
+
+
+def test_an_operators_prefer_outlives_a_restart_of_both_servers(tmp_path, pmon, relay):
+    """review 3, finding 10: the preference lived only in the two redundancy managers."""
+    config_a, config_b = write_pair(tmp_path, relay, managers(tmp_path))
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    wait_roles(a, b, "active", "passive")
+    assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0
+    wait_roles(a, b, "passive", "active")
+    for server in (a, b):
+        server.stop()
+        kill_project_processes(server.config.project.name)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    wait_roles(a, b, "passive", "active")
+    assert redu(a)["preferred"] == redu(b)["preferred"] == "b"

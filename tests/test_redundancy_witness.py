@@ -46,9 +46,10 @@ def drivers(tmp_path: Path):
     return for_server
 
 
-def start(pmon, tmp_path: Path, relay: Relay, etcd: Etcd) -> tuple[Pmon, Pmon]:
+def start(pmon, tmp_path: Path, relay: Relay, etcd: Etcd, **redundancy: Any) -> tuple[Pmon, Pmon]:
     config_a, config_b = write_pair(tmp_path, relay, drivers(tmp_path),
-                                    witness={"etcd": [etcd.url], "ttl": TTL, "key": KEY})
+                                    witness={"etcd": [etcd.url], "ttl": TTL, "key": KEY},
+                                    **redundancy)
     a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
     a.wait_ready(WAIT)
     b.wait_ready(WAIT)
@@ -202,3 +203,19 @@ def test_random_link_cuts_and_etcd_outages_never_make_two_drivers(tmp_path, pmon
         assert not both, f"two drivers (seed {seed})"
         assert roles(a, b) != ("active", "active"), f"two actives (seed {seed})"
         time.sleep(0.05)
+
+
+def test_the_first_role_with_a_witness_is_a_start_not_a_switchover(tmp_path, pmon, relay, etcd):
+    """The lease comes a round trip after the decision: the first role must not be
+    "passive" and then a switchover by preference (review 3, finding 7), which logged a
+    false switchover, sent a general query, and held down the operator's first prefer."""
+    a, b = start(pmon, tmp_path, relay, etcd, hold_down=60)
+    poll_for(lambda: roles(a, b) == ("active", "passive") and redu(a)["partner_available"],
+             WAIT, "a active, b passive")
+    assert [e["message"] for e in a.events() if e["event"] == "switchover"] == []
+    first = [e for e in a.events() if e["event"] == "redundancy-role"]
+    assert [(e["role"], e["reason"]) for e in first] == [("active", "start")], first
+    assert not (tmp_path / "stamp-b").exists()
+    assert pmon_cli(a.config_path, "redu", "prefer", "b").returncode == 0
+    # not held down (60 s here) by a switchover that never was
+    poll_for(lambda: roles(a, b) == ("passive", "active"), WAIT, "b active by preference")

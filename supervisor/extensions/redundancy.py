@@ -48,6 +48,7 @@ from pmon.runtime.statefile import write_atomically
 
 if TYPE_CHECKING:
     from pmon.core.manager import Manager
+    from pmon.redundancy.settings import RedundancySpec
 
 S = ManagerState
 
@@ -66,6 +67,7 @@ class RedundancyService(Extension):
         self.last_switchover: dict[str, Any] | None = None
         self.queries = 0  # the redundancy manager's count of split brains won (general query)
         self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
+        self.preferred: dict[str, Any] | None = None  # an operator's prefer, kept across restarts
         self._poked: tuple[Any, ...] = ()
         # the self-fence (loop time): the last beat, since when this pmon knows it is active
         self.beat_at: float | None = None
@@ -81,6 +83,10 @@ class RedundancyService(Extension):
             saved = json.loads(self.epoch_file.read_text())
             self.epoch = int(saved.get("epoch", 0))
             self.last_switchover = saved.get("last_switchover")
+            # an operator's `redu prefer` outlives a restart of both servers; an edit of the
+            # configured preference since (the file is the newer word) drops it
+            if saved.get("configured") == self.spec.preferred:
+                self.preferred = _preference(saved.get("preferred"), self.spec)
         except (OSError, ValueError, AttributeError):
             pass
         # The project machine starts with "active" off (not decided yet): nothing to tell.
@@ -89,7 +95,10 @@ class RedundancyService(Extension):
         self._save()
 
     def _save(self) -> None:
-        data = {"epoch": self.epoch, "last_switchover": self.last_switchover}
+        data = {"epoch": self.epoch, "last_switchover": self.last_switchover,
+                "preferred": self.preferred,
+                "fence_names": [m.spec.name for m in self.sup.managers.values()
+                                if m.spec.run_on == "active"], "configured": self.spec.preferred}
         try:
             write_atomically(self.epoch_file, json.dumps(data).encode())
         except OSError as exc:
@@ -249,12 +258,22 @@ class RedundancyService(Extension):
 
     # --- the redundancy manager's sync ----------------------------------------------------
     def sync(self, report: dict[str, Any]) -> dict[str, Any]:
+        sent = report.get("sent")
+        if isinstance(sent, (int, float)) and time.monotonic() - sent > self.spec.pmon_timeout:
+            # it waited out a stall of pmon in the socket: its sender gave up on it (and may
+            # have fenced and handed over since); its word would reopen the start gate
+            return {"stale": True}
         before = self._signature()
         self.report = report
         self.synced_at = time.monotonic()
         epoch = report.get("epoch")
+        changed = False
         if isinstance(epoch, int) and epoch > self.epoch:
-            self.epoch = epoch
+            self.epoch, changed = epoch, True
+        preferred = _preference(report.get("preferred"), self.spec)
+        if preferred is not None and preferred["seq"] > 0 and preferred != self.preferred:
+            self.preferred, changed = preferred, True  # an operator's prefer: kept on disk
+        if changed:
             self._save()
         role = report.get("role")
         if self.self_fenced is not None and role == "passive":
@@ -275,6 +294,9 @@ class RedundancyService(Extension):
         self._poked = (self.error_breakdown(), self.available(), tuple(self._fence_pids()))
         return {"breakdown": self._poked[0], "available": self._poked[1],
                 "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2]),
+                "preferred": self.preferred,
+                "fence_names": [m.spec.name for m in self.sup.managers.values()
+                                if m.spec.run_on == "active"],
                 "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
                 "self_fenced": self.self_fenced is not None, **self._fence_cgroups()}
 
@@ -286,8 +308,10 @@ class RedundancyService(Extension):
         if where is None:
             return {}
         cgroup_of, home = where
+        # every run_on = "active" manager's, running or not: one restarted after this sync
+        # (just before a stall) is in its cgroup, and the fence finds it there
         return {"fence_cgroups": [str(cgroup_of(m.spec.name)) for m in self.sup.managers.values()
-                                  if m.spec.run_on == "active" and m.alive and m.pid],
+                                  if m.spec.run_on == "active"],
                 "pmon": {"pid": os.getpid(), "home": str(home)}}
 
     def _signature(self) -> tuple[Any, ...]:
@@ -455,3 +479,12 @@ class RedundancyService(Extension):
             "dropped": report.get("dropped", {}),
             "redundancy_manager": "connected" if self.fresh() else "not connected",
         }
+
+
+def _preference(value: Any, spec: RedundancySpec) -> dict[str, Any] | None:
+    """An operator's preference as the redundancy manager reports it, if well formed and
+    naming a server of this pair."""
+    if not isinstance(value, dict) or value.get("server") not in (spec.name, spec.partner) or \
+            not isinstance(value.get("seq"), int) or isinstance(value.get("seq"), bool):
+        return None
+    return {"server": value["server"], "seq": value["seq"]}

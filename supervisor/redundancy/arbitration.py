@@ -240,7 +240,13 @@ class Arbiter:
                 decision = Decision(Role.PASSIVE, reason=Reason.FENCED, target=decision.target)
             else:
                 self.alone = alone  # not active: nothing diverged
-                decision = Decision(Role.PASSIVE, reason=self.last_reason or Reason.START,
+                # At start, the lease comes in a round trip to etcd: stay undecided that
+                # long, so the first role is "active (start)", not "passive" and then a
+                # switchover by preference (a false event, a general query, a hold-down).
+                assert self.started_at is not None
+                first = before is None and now - self.started_at < 2 * self.startup_wait
+                decision = Decision(None if first else Role.PASSIVE,
+                                    reason=None if first else self.last_reason or Reason.START,
                                     target=decision.target, wants_lease=True)
         changed = decision.role is not before and decision.role is not None
         if changed:

@@ -47,7 +47,7 @@ from typing import Any, Callable
 from pmon.config import Config
 from pmon.control.client import call
 from pmon.errors import PmonError
-from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Role
+from pmon.redundancy.arbitration import Arbiter, Choice, Decision, Local, Partner, Role, newest
 from pmon.redundancy.beat import Beat
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.link import Links
@@ -127,6 +127,7 @@ class RedundancyManager:
         self.pmon_breakdown: dict[str, float] = {}
         self.fence_pids: list[int] = []
         self.fence_cgroups: list[str] = []  # their cgroups (cgroup containment)
+        self.fence_names: list[str] = []  # the run_on = "active" managers, running or not
         self.fence_pmon: tuple[int, str] | None = None  # pmon's pid and home cgroup
         self.fence = Fence(spec.fence_grace)
         self.decision = Decision(None)
@@ -273,6 +274,9 @@ class RedundancyManager:
                     wake.append(self.pmon_ok_at + self.spec.pmon_timeout)
                 if self.fence.active:
                     wake.append(now + 0.05)
+                if self.witness is not None and (lost := self.witness.lost_at()) is not None \
+                        and lost > now:
+                    wake.append(lost)  # the lease counts as lost then: fence at once
                 timeout = max(0.0, min(wake) - now)
                 events = selector.select(timeout)
                 now = self.clock()
@@ -384,7 +388,8 @@ class RedundancyManager:
             self.fence.reset()  # pmon is back (and the lease, or passive): pmon decides again
         if (not ok or not lease) and self.decision.role is Role.ACTIVE:
             # no pmon, or no lease: stop the drivers (their whole cgroups where there are)
-            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon)
+            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon,
+                             self.fence_names)
         self.fence.step(now)
         before = self.decision.role
         if not self.fence.active:  # while fencing, the role stays: the partner waits
@@ -482,11 +487,12 @@ class RedundancyManager:
             "links": [link.report(now, self.spec.timeout) for link in self.links.links],
             "dropped": dict(self.inbox.dropped),
             "pid": os.getpid(),
+            "sent": time.monotonic(),  # one clock for every process of the machine
         }
 
     def _on_reply(self, at: float, reply: dict[str, Any] | None) -> None:
-        if reply is None:
-            return
+        if reply is None or reply.get("stale"):
+            return  # no answer (or pmon found our report too old: no answer to it either)
         self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
         self.restart_pending = False
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
@@ -495,11 +501,17 @@ class RedundancyManager:
             self.yielding = True  # pmon stopped the drivers: the role goes with them
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
+        self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
         self.fence.extend(self.fence_pids, self.fence_cgroups)  # pmon restarted one meanwhile
         pmon = reply.get("pmon")
         self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
             pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
+        kept = reply.get("preferred")  # an operator's prefer, as pmon kept it across restarts
+        if isinstance(kept, dict) and kept.get("server") in (self.spec.name, self.spec.partner) \
+                and type(kept.get("seq")) is int:
+            self.arbiter.preferred = newest(self.arbiter.preferred, Choice(
+                kept["server"], kept["seq"])) or self.arbiter.preferred
         now = self.clock()
         damp = reply.get("damp", 0)
         if isinstance(damp, (int, float)) and damp > 0:  # kept by pmon across a project restart

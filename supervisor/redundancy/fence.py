@@ -7,7 +7,9 @@ with cgroup containment, their cgroups and its own pid and home cgroup. A fence 
 SIGTERM to each of those process groups and to every process in those cgroups (a manager's
 setsid or daemonised helpers are in its cgroup, not in its group), SIGKILL (cgroup.kill)
 after `grace`, and is done when no process of those groups is left alive (a zombie counts as
-dead: its parent, pmon, may be stopped and unable to reap it) and those cgroups are empty.
+dead: its parent, pmon, may be stopped and unable to reap it; so does a process stuck in
+the kernel with the SIGKILL pending, which runs no more code of its own) and those cgroups
+are empty.
 pmon itself may sit in a manager's cgroup (a stall in the middle of a spawn): it is moved
 home first, and never signalled. pmon, while it answers, may restart a manager the fence
 has just stopped before it hears of the fence (a few ms against a sync's round trip): the
@@ -28,12 +30,43 @@ from pathlib import Path
 import psutil
 
 
-def _alive_members(groups: set[int]) -> set[int]:
-    """The groups of `groups` that still have a live (non-zombie) process."""
+def _doomed(pid: int) -> bool:
+    """Stuck in the kernel (D state) with a SIGKILL pending: it dies the moment it leaves the
+    kernel and runs no more code of its own, so a fence need not wait for it (a driver
+    blocked on a dead device would otherwise hold the fence, and the role, for ever)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if not fields.get("State", "").strip().startswith("D"):
+        return False
+    kill = 1 << (signal.SIGKILL - 1)
+    try:
+        return any(int(fields.get(key, "0"), 16) & kill for key in ("SigPnd", "ShdPnd"))
+    except ValueError:
+        return False
+
+
+def _finished(status: str, pid: int, killed: bool) -> bool:
+    """A zombie, or (once SIGKILLed) doomed: runs no more code of its own."""
+    return status == psutil.STATUS_ZOMBIE or (
+        killed and status == psutil.STATUS_DISK_SLEEP and _doomed(pid))
+
+
+def _dead(pid: int, killed: bool) -> bool:
+    try:
+        return _finished(psutil.Process(pid).status(), pid, killed)
+    except psutil.Error:
+        return True  # gone
+
+
+def _alive_members(groups: set[int], killed: bool) -> set[int]:
+    """The groups of `groups` that still have a process that is not `_finished`."""
     alive: set[int] = set()
     for proc in psutil.process_iter(["status"]):
         try:
-            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            if _finished(proc.info["status"], proc.pid, killed):
                 continue
             group = os.getpgid(proc.pid)
         except (psutil.Error, OSError):
@@ -49,6 +82,31 @@ def _leaders(pids: list[int]) -> set[int]:
     if not hasattr(os, "killpg"):
         return set()
     return {pid for pid in pids if pid > 1 and pid != os.getpgrp()}
+
+
+def _marked(names: frozenset[str]) -> set[int]:
+    """The live processes that came from the managers `names` of this project: their
+    environment carries this project's NOTIFY_SOCKET (this process has it from the same
+    pmon) and PMON_MANAGER, inherited by their helpers. It finds a driver that pmon started
+    after its last sync (a restart just before a stall), which no reported pid or cgroup
+    names. Only a hint (a process may change its environment), so it adds to the rest."""
+    socket = os.environ.get("NOTIFY_SOCKET")
+    if not names or not socket or not os.path.isdir("/proc"):
+        return set()
+    mark = f"\0NOTIFY_SOCKET={socket}\0".encode()
+    wanted = {f"\0PMON_MANAGER={name}\0".encode() for name in names}
+    found: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                raw = b"\0" + handle.read() + b"\0"
+        except OSError:
+            continue
+        if mark in raw and any(name in raw for name in wanted):
+            found.add(int(entry))
+    return found
 
 
 def _signal_groups(groups: set[int], signum: int) -> None:
@@ -104,6 +162,8 @@ class Fence:
     cgroups: list[Path] = field(default_factory=list)
     spare: set[int] = field(default_factory=set)  # never signalled: pmon, this process
     signalled: set[int] = field(default_factory=set)  # processes of the cgroups signalled
+    names: frozenset[str] = frozenset()  # the managers fenced (to find their processes)
+    strays: set[int] = field(default_factory=set)  # found by their marks, not yet gone
     started_at: float | None = None
     killed: bool = False
     done: bool = False
@@ -114,11 +174,13 @@ class Fence:
         return self.started_at is not None and not self.done
 
     def start(self, now: float, pids: list[int], cgroups: Sequence[str] = (),
-              pmon: tuple[int, str] | None = None) -> None:
-        """`cgroups`: the managers' cgroups; `pmon`: pmon's pid and home cgroup."""
+              pmon: tuple[int, str] | None = None, names: Sequence[str] = ()) -> None:
+        """`cgroups`: the managers' cgroups; `pmon`: pmon's pid and home cgroup; `names`:
+        the managers (their processes are found by their marks too)."""
         if self.started_at is not None:
             return
         self.started_at = now
+        self.names = frozenset(names)
         self.groups = _leaders(pids)
         self.cgroups = [Path(c) for c in cgroups if Path(c, "cgroup.procs").exists()]
         self.spare = {os.getpid()}
@@ -131,6 +193,8 @@ class Fence:
                     pass  # then its cgroup is signalled one process at a time, pmon spared
         _signal_groups(self.groups, signal.SIGTERM)
         self.signalled = _signal_cgroups(self.cgroups, signal.SIGTERM, self.spare)
+        self.strays = _marked(self.names) - self.spare
+        self.signalled |= _signal_each(self.strays - self.signalled, signal.SIGTERM)
         self.step(now)
 
     def extend(self, pids: list[int], cgroups: Sequence[str] = ()) -> None:
@@ -153,10 +217,13 @@ class Fence:
         if not self.active:
             return
         if self.groups:
-            self.groups = _alive_members(self.groups)
-        members = {cgroup: _procs(cgroup) - self.spare for cgroup in self.cgroups}
+            self.groups = _alive_members(self.groups, self.killed)
+        members = {cgroup: {pid for pid in _procs(cgroup) - self.spare
+                            if not (self.killed and _doomed(pid))} for cgroup in self.cgroups}
         self.cgroups = [cgroup for cgroup, pids in members.items() if pids]
-        if not self.groups and not self.cgroups:
+        self.strays = {pid for pid in _marked(self.names) - self.spare
+                       if not _dead(pid, self.killed)}
+        if not self.groups and not self.cgroups and not self.strays:
             self.done = True
             return
         assert self.started_at is not None
@@ -164,13 +231,15 @@ class Fence:
             self.killed = True
             _signal_groups(self.groups, signal.SIGKILL)
             self.signalled |= _signal_cgroups(self.cgroups, signal.SIGKILL, self.spare)
+            _signal_each(self.strays, signal.SIGKILL)
             return
         # a process that came into a fenced cgroup after its signal (a restart by pmon, a
-        # fork): the same signal now, not a grace later
-        appeared = {pid for pids in members.values() for pid in pids}
+        # fork), or that its marks show: the same signal now, not a grace later
+        appeared = {pid for pids in members.values() for pid in pids} | self.strays
         self.signalled |= _signal_each(appeared - self.signalled,
                                        signal.SIGKILL if self.killed else signal.SIGTERM)
 
     def reset(self) -> None:
         self.groups, self.started_at, self.killed, self.done = set(), None, False, False
         self.cgroups, self.spare, self.signalled = [], set(), set()
+        self.names, self.strays = frozenset(), set()

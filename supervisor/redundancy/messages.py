@@ -30,6 +30,8 @@ from pmon.redundancy.arbitration import Choice, Partner, Role
 
 VERSION = 1
 MAX_DATAGRAM = 8192
+BREAKDOWN_BYTES = 4096  # of a heartbeat's breakdown, so the datagram stays within MAX_DATAGRAM
+KEY_CHARS = 120  # a longer source name is cut: a name is for people, the weight for the pair
 
 
 class BadMessage(PmonError):
@@ -81,13 +83,33 @@ def _choice_out(choice: Choice | None) -> dict[str, Any] | None:
     return out
 
 
+def capped(breakdown: dict[str, float], budget: int = BREAKDOWN_BYTES) -> dict[str, float]:
+    """The breakdown as a heartbeat carries it: the links' entries, then the heaviest sources
+    while they fit in `budget` bytes of JSON, and the rest summed as "others (N)". The sum,
+    and the sum without links (what the arbitration compares), stay what they were: 250
+    failing managers must not make a datagram the partner drops as too long (a split brain)."""
+    order = sorted(breakdown.items(), key=lambda kv: (not kv[0].startswith("link "), -kv[1], kv[0]))
+    out: dict[str, float] = {}
+    used, rest, left = 2, 0.0, 0
+    for key, value in order:
+        size = len(json.dumps(key[:KEY_CHARS])) + len(json.dumps(value)) + 2
+        if used + size + 40 > budget or key[:KEY_CHARS] in out:  # 40: room for "others"
+            rest, left = rest + value, left + 1
+            continue
+        out[key[:KEY_CHARS]] = value
+        used += size
+    if left:
+        out[f"others ({left})"] = rest
+    return out
+
+
 def encode(hb: Heartbeat) -> bytes:
     return json.dumps({
         "v": VERSION, "from": hb.sender, "to": hb.to, "epoch": hb.epoch, "boot": hb.boot,
         "seq": hb.seq, "role": hb.role.value if hb.role else None, "error": hb.error,
         "available": hb.available, "target": hb.target, "seen": hb.seen,
         "forced": _choice_out(hb.forced), "preferred": _choice_out(hb.preferred),
-        "breakdown": hb.breakdown, "hears": hb.hears, "fencing": hb.fencing, "probe": hb.probe,
+        "breakdown": capped(hb.breakdown), "hears": hb.hears, "fencing": hb.fencing, "probe": hb.probe,
         "damp": hb.damp,
     }, separators=(",", ":")).encode()
 

@@ -62,6 +62,13 @@ class Witness(threading.Thread):
             return self.lease != 0 and self.renewed_at is not None and \
                 now - self.renewed_at < self.spec.lost_after
 
+    def lost_at(self) -> float | None:
+        """When the held lease counts as lost unless renewed first (None: none held): the
+        heartbeat loop wakes then, to fence at once, not at its next beat."""
+        with self.lock:
+            return None if not self.lease or self.renewed_at is None else \
+                self.renewed_at + self.spec.lost_after
+
     def reachable(self) -> bool:
         """The last call to etcd worked (a partner could take the lease if handed over)."""
         return not self.error
@@ -89,31 +96,42 @@ class Witness(threading.Thread):
     def run(self) -> None:
         while not self.stopping:
             self.wake.clear()
-            with self.lock:
-                wanted, lease, since, asked = self.wanted, self.lease, self.wanted_since, \
-                    self.asked_at
-            now = self.clock()
-            if lease and not wanted:
-                self._release(lease)
-                pause = RETRY_SLOW
-            elif lease and now - asked > self.spec.lost_after / 2:
-                pause = self.spec.ttl / 6  # the heartbeat loop is stuck: let the lease expire
-            elif lease:
-                self._renew(lease, now)
-                pause = self.spec.ttl / 6
-            elif wanted:
-                self._acquire(now)
-                pause = self.spec.ttl / 6 if self.lease else (
-                    RETRY_FAST if now - since < FAST_FOR else RETRY_SLOW)
-            else:
-                pause = 3600.0  # nothing to do until wanted
+            try:
+                pause = self._turn()
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                # etcd (or a proxy before it) answered something unexpected: the thread
+                # must live on, or the lease would never be renewed nor taken again; the
+                # next try starts at the next endpoint
+                self.error = f"unexpected reply from {self.spec.etcd[self.endpoint]}: {exc!r}"
+                self.endpoint = (self.endpoint + 1) % len(self.spec.etcd)
+                pause = RETRY_FAST
             self.wake.wait(pause)
         # Stopping (the redundancy manager exits) does not revoke a held lease: the
         # run_on = "active" managers may still be stopping; the partner gets it once it expired.
 
+    def _turn(self) -> float:
+        """One step: acquire, renew or release as wanted; returns the pause until the next."""
+        with self.lock:
+            wanted, lease, since, asked = self.wanted, self.lease, self.wanted_since, \
+                self.asked_at
+        now = self.clock()
+        if lease and not wanted:
+            self._release(lease)
+            return RETRY_SLOW
+        if lease and now - asked > self.spec.lost_after / 2:
+            return self.spec.ttl / 6  # the heartbeat loop is stuck: let the lease expire
+        if lease:
+            self._renew(lease, now)
+            return self.spec.ttl / 6
+        if wanted:
+            self._acquire(now)
+            return self.spec.ttl / 6 if self.lease else (
+                RETRY_FAST if now - since < FAST_FOR else RETRY_SLOW)
+        return 3600.0  # nothing to do until wanted
+
     def _acquire(self, sent: float) -> None:
         reply = self._post("/v3/lease/grant", {"TTL": int(self.spec.ttl)})
-        lease = int(reply.get("ID", 0)) if reply else 0
+        lease = int(reply["ID"]) if reply is not None else 0  # no ID: a KeyError, for run()
         if not lease:
             return
         key = _b64(self.spec.key)
@@ -158,11 +176,16 @@ class Witness(threading.Thread):
             try:
                 with urllib.request.urlopen(request, timeout=self.request_timeout) as response:
                     reply: dict[str, Any] = json.loads(response.read() or b"{}")
-            except urllib.error.HTTPError as exc:  # etcd answered: an error of the request
+            except urllib.error.HTTPError as exc:
                 self.error = f"{urls[index]}{path}: HTTP {exc.code}"
-                return None
+                if exc.code >= 500:  # that member is unwell (no leader, overloaded): next one
+                    continue
+                return None  # etcd answered: an error of the request itself
             except (OSError, ValueError) as exc:
                 self.error = f"{urls[index]}: {exc}"
+                continue
+            if not isinstance(reply, dict):
+                self.error = f"{urls[index]}{path}: not a JSON object"
                 continue
             self.endpoint = index
             self.error = ""
