@@ -208,3 +208,27 @@ def around(at: float, a: Pmon, b: Pmon, tmp_path: Path) -> str:
 
 def _ts(event: dict[str, Any]) -> float:
     return float(event.get("ts", 0.0))
+
+
+def test_the_witness_lets_the_lease_of_a_stuck_heartbeat_loop_expire(etcd):
+    """A heartbeat loop that hangs while the witness thread runs (no SIGSTOP: one thread
+    stuck): the thread stops renewing, never revokes, and the lease expires in etcd, so the
+    partner can take it once this server's pmon has self-fenced."""
+    from pmon.redundancy.settings import WitnessSpec
+    from pmon.redundancy.witness import Witness
+
+    stuck = threading.Event()
+    witness = Witness(WitnessSpec(etcd=(etcd.url,), ttl=2, key="/pmon/test/stuck"), "a",
+                      lambda: None, loop_alive=lambda _now: not stuck.is_set())
+    witness.start()
+    try:
+        witness.want(True, witness.clock())
+        poll_for(lambda: etcd.holder("/pmon/test/stuck"), WAIT, "the lease")
+        stuck.set()
+        at = time.monotonic()
+        poll_for(lambda: etcd.holder("/pmon/test/stuck") is None, WAIT, "the lease to expire")
+        assert time.monotonic() - at >= 1.0  # expired (ttl 2, renewed every 1/3 s), not revoked
+        assert witness.is_alive()
+    finally:
+        witness.want(False, witness.clock())
+        witness.stop()

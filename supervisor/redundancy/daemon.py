@@ -150,7 +150,9 @@ class RedundancyManager:
             sock.setblocking(False)
         self.sync = PmonSync(config, spec.pmon_timeout, self._locked_report, self._deliver)
         # The witness (None without one): its own thread; this loop only reads its state.
-        self.witness = Witness(spec.witness, f"{spec.name} {self.boot}", self._wake) \
+        # It renews the lease only while this loop sends (a stuck loop: pmon self-fences).
+        self.witness = Witness(spec.witness, f"{spec.name} {self.boot}", self._wake,
+                               loop_alive=lambda now: now - self.last_sent < spec.self_fence) \
             if spec.witness is not None else None
         self.failsafe = False  # active without the lease: etcd away, the partner agrees
         self.beat = Beat.from_env()

@@ -192,8 +192,8 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
                    f"must be at least {2 * SYNC_IDLE:g} s (two idle syncs with pmon)")
     self_fence = values.get("self_fence", default_self_fence(timeout))
     if not interval < self_fence < timeout - SELF_FENCE_MARGIN:
-        errors.add("[redundancy], key 'self_fence'" if "self_fence" in values else
-                   "[redundancy], key 'timeout'", _self_fence_problem(interval, timeout, self_fence))
+        where = "self_fence" if "self_fence" in values else "timeout"
+        errors.add(f"[redundancy], key '{where}'", _self_fence_problem(interval, timeout, self_fence))
     if len({link.local for link in links}) < len(links):
         errors.add("[redundancy], key 'links'", "two links share a local address")
     witness = _witness(table["witness"], values.get("fence_grace", RedundancySpec.fence_grace),

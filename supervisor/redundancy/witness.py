@@ -7,8 +7,8 @@ A thread of its own talks to etcd's v3 HTTP/JSON gateway with urllib (no client 
   if the key does not exist (/v3/kv/txn, compare create_revision == 0); on failure, revoke
   the unused lease and try again soon;
 - while held: renew it (/v3/lease/keepalive) every TTL/6, as long as the heartbeat loop
-  still asks (`want`, at every step): a stuck loop (its pmon self-fences) must not keep the
-  lease alive, or the partner could never take it; left to expire, never revoked;
+  lives (`loop_alive`): a stuck loop (its pmon self-fences) must not keep the lease alive,
+  or the partner could never take it; it is left to expire, never revoked;
 - once not wanted any more: revoke it (/v3/lease/revoke), which deletes the key.
 Every call has a timeout well under the TTL, and tries the next endpoint on failure.
 
@@ -41,7 +41,8 @@ def _b64(text: str) -> str:
 
 class Witness(threading.Thread):
     def __init__(self, spec: WitnessSpec, holder: str, changed: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 loop_alive: Callable[[float], bool] = lambda _now: True) -> None:
         super().__init__(name="witness", daemon=True)
         self.spec, self.holder, self.changed, self.clock = spec, holder, changed, clock
         self.request_timeout = min(1.0, spec.ttl / 6)
@@ -49,7 +50,7 @@ class Witness(threading.Thread):
         self.wake = threading.Event()
         self.wanted = False
         self.wanted_since = 0.0
-        self.asked_at = clock()  # the heartbeat loop's last `want` (it steps every interval)
+        self.loop_alive = loop_alive
         self.lease = 0           # the lease id held (0: none)
         self.renewed_at: float | None = None  # when the last successful grant/renewal was sent
         self.error = ""          # the last failure, for people ("" when the last call worked)
@@ -75,7 +76,6 @@ class Witness(threading.Thread):
 
     def want(self, wanted: bool, now: float) -> None:
         with self.lock:
-            self.asked_at = now
             if wanted == self.wanted:
                 return
             self.wanted = wanted
@@ -112,13 +112,12 @@ class Witness(threading.Thread):
     def _turn(self) -> float:
         """One step: acquire, renew or release as wanted; returns the pause until the next."""
         with self.lock:
-            wanted, lease, since, asked = self.wanted, self.lease, self.wanted_since, \
-                self.asked_at
+            wanted, lease, since = self.wanted, self.lease, self.wanted_since
         now = self.clock()
         if lease and not wanted:
             self._release(lease)
             return RETRY_SLOW
-        if lease and now - asked > self.spec.lost_after / 2:
+        if lease and not self.loop_alive(now):
             return self.spec.ttl / 6  # the heartbeat loop is stuck: let the lease expire
         if lease:
             self._renew(lease, now)
