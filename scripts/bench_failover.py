@@ -157,6 +157,21 @@ def write_pair(root: Path, report_port: int) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+def new_pair(prefix: str) -> tuple[Starts, dict[str, Server]]:
+    """The two servers (not started yet), and the receiver of their drivers' datagrams."""
+    starts = Starts()
+    path_a, path_b = write_pair(Path(tempfile.mkdtemp(prefix=prefix)), starts.port)
+    return starts, {"a": Server(path_a), "b": Server(path_b)}
+
+
+def fmt(values: list[float]) -> str:
+    """'median s (min, max, n)' for a table."""
+    if not values:
+        return "-"
+    return (f"{statistics.median(values):.3f} s (min {min(values):.3f}, "
+            f"max {max(values):.3f}, n={len(values)})")
+
+
 def wait(predicate: Any, timeout: float, what: str, step: float = 0.01) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -189,10 +204,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="failovers to measure")
     parser.add_argument("--planned", type=int, default=7, help="planned switchovers to measure")
     args = parser.parse_args()
-    starts = Starts()
-    root = Path(tempfile.mkdtemp(prefix="pmon-bench-failover-"))
-    path_a, path_b = write_pair(root, starts.port)
-    servers = {"a": Server(path_a), "b": Server(path_b)}
+    starts, servers = new_pair("pmon-bench-failover-")
     spec = servers["a"].config.redundancy
     quiet = spec.first_active_change_interval + 3 * spec.timeout
     failover_active: list[float] = []
@@ -228,12 +240,6 @@ def main() -> int:
     finally:
         for server in servers.values():
             server.stop()
-
-    def fmt(values: list[float]) -> str:
-        if not values:
-            return "-"
-        return (f"{statistics.median(values):.3f} s (min {min(values):.3f}, "
-                f"max {max(values):.3f}, n={len(values)})")
 
     print(f"\nDefault settings: heartbeat_interval {spec.heartbeat_interval:g} s, timeout "
           f"{spec.timeout:g} s, two links, loopback, {os.cpu_count()} CPUs.\n")

@@ -107,6 +107,12 @@ def test_a_listed_redundancy_manager_is_used_as_is(tmp_path):
     ({"witness": {"etcd": ["http://127.0.0.1:2379"], "key": "/k", "ttl": 6.5}}, None, "whole seconds"),
     ({"witness": {"etcd": ["http://127.0.0.1:2379"]}}, None, "key 'witness', key 'key': expected the etcd key"),
     ({"witness": {"etcd": ["http://x:1"], "key": "/k", "lease": 5}}, None, "key 'lease': unknown"),
+    ({"self_fence": 0.1, "heartbeat_interval": 0.2}, None,
+     "key 'self_fence': the self-fence after 0.1 s of silence of the redundancy manager cannot hold"),
+    ({"self_fence": 0.55}, None, "between heartbeat_interval (0.2 s) and timeout - 0.1 s (0.5 s)"),
+    ({"timeout": 0.35}, None, "key 'timeout': the self-fence after 0.15 s"),
+    ({"timeout": 2.5, "witness": {"etcd": ["http://x:1"], "key": "/k", "ttl": 4}}, None,
+     "key 'ttl': must be more than 2 x timeout (5 s)"),
 ])
 def test_bad_redundancy_settings_name_the_key(tmp_path, redundancy, managers, message):
     with pytest.raises(ConfigError) as error:
@@ -123,6 +129,16 @@ def test_the_witness_is_off_by_default_and_read_when_given(tmp_path):
                                    "key": "/pmon/p/active"}).redundancy.witness
     assert witness.etcd == ("http://127.0.0.1:2379", "http://10.0.0.2:2379")
     assert (witness.key, witness.ttl, witness.lost_after) == ("/pmon/p/active", 6.0, 3.0)
+
+
+def test_the_self_fence_ends_before_the_partner_may_take_over(tmp_path):
+    spec = load(tmp_path).redundancy
+    assert (spec.self_fence, spec.self_fence_kill) == (0.4, 0.1)  # defaults
+    assert spec.self_fence + spec.self_fence_kill < spec.timeout
+    other = tmp_path / "other"
+    other.mkdir()
+    spec = load(other, self_fence=0.3, timeout=1.0).redundancy
+    assert (spec.self_fence, spec.self_fence_kill) == (0.3, 0.6)
 
 
 def test_a_standalone_project_is_unchanged(tmp_path):

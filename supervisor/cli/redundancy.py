@@ -53,6 +53,16 @@ def print_status(s: dict[str, Any]) -> None:
     if s.get("releasing"):
         click.echo('releasing: handed over; pmon still stops the run_on = "active" managers '
                    "(the partner waits)")
+    guard = s.get("self_fence")
+    if guard and guard.get("fenced"):
+        fenced = guard["fenced"]
+        click.echo(f"{fenced['why']} ({_when(fenced.get('at'))}); the run_on = \"active\" "
+                   "managers stay stopped until the redundancy manager gives the role up")
+    elif guard and guard.get("watching"):
+        ago = guard.get("beat_ago")
+        heard = "no beat yet" if ago is None else f"beat {ago:.2f} s ago"
+        click.echo(f"self-fence: watching the redundancy manager ({heard}; self-fences after "
+                   f"{guard['after']:g} s of silence)")
     witness = s.get("witness")
     if witness:
         state = "held" if witness.get("held") else ("wanted, not held" if witness.get("wanted")

@@ -203,8 +203,9 @@ class Manager:
                 self._set_deadline(None)
         return []
 
-    def stop(self, now: float, *, operator: bool = True) -> list[Action]:
-        """Stop request. An operator's stop also means: do not start with the project."""
+    def stop(self, now: float, *, operator: bool = True, kill_in: float | None = None) -> list[Action]:
+        """Stop request. An operator's stop also means: do not start with the project.
+        `kill_in`: kill after at most this long (a self-fence), not seconds_to_kill."""
         if operator and self.spec.start is StartType.MANUAL:
             self.wanted = False
         if operator:
@@ -216,7 +217,8 @@ class Manager:
             return []
         if self.state in (S.STARTING, S.RUNNING):
             self.state = S.STOPPING  # -> STOPPING, kill at the deadline
-            self._set_deadline(Deadline.KILL, now + self.spec.seconds_to_kill)
+            grace = self.spec.seconds_to_kill if kill_in is None else min(kill_in, self.spec.seconds_to_kill)
+            self._set_deadline(Deadline.KILL, now + grace)
             return [Action.TERMINATE]
         if self.state in (S.BACKOFF, S.BLOCKED):
             self.state = S.STOPPED

@@ -467,13 +467,15 @@ class Project:
             )
 
     def set_condition(
-        self, condition: str, holds: bool, why: str, now: float, *, enforce: bool = True
+        self, condition: str, holds: bool, why: str, now: float, *, enforce: bool = True,
+        kill_in: float | None = None,
     ) -> None:
         """A condition (e.g. "active": this server is the active one) turned on or off.
         Off stops the managers that need it (also when it was off already: an adopted one
         runs without it); on starts the ones it held back. Off with `enforce=False` means
         "not known": nothing new starts, what runs is left alone (a pmon restarted on the
-        active server keeps its drivers until the pair has decided)."""
+        active server keeps its drivers until the pair has decided). `kill_in`: those stops
+        kill after at most this long (a self-fence must end before the partner takes over)."""
         before = self.conditions.get(condition, (True, ""))[0]
         self.conditions[condition] = (holds, why)
         order = self.config.start_order()
@@ -482,7 +484,7 @@ class Project:
                 manager = self.managers[spec.name]
                 if condition_of(spec) == condition and (manager.alive or manager.state is S.BACKOFF):
                     self.held.add(spec.name)
-                    self._do(manager, manager.stop(now, operator=False), now)
+                    self._do(manager, manager.stop(now, operator=False, kill_in=kill_in), now)
         elif holds and not before and self.state in (ProjectState.STARTING, ProjectState.RUNNING):
             held, self.held = self.held, set()
             for spec in order:

@@ -23,7 +23,7 @@ from pmon.extensions.redundancy import RedundancyService
 
 class GroupService(RedundancyService):
     name = "redundancy"
-    _silence: asyncio.TimerHandle | None = None
+    _sync_silence: asyncio.TimerHandle | None = None
 
     def group(self) -> dict[str, Any]:
         report = self.report if self.fresh() else {}
@@ -36,22 +36,27 @@ class GroupService(RedundancyService):
     # --- the redundancy manager's sync --------------------------------------------------
     def sync(self, report: dict[str, Any]) -> dict[str, Any]:
         reply = super().sync(report)
-        if self._silence is not None:
-            self._silence.cancel()
-        self._silence = self.sup.loop.call_later(self.spec.pmon_timeout, self._silent)
+        if self._sync_silence is not None:
+            self._sync_silence.cancel()
+        self._sync_silence = self.sup.loop.call_later(self.spec.pmon_timeout, self._sync_silent)
         return reply
 
-    def _silent(self) -> None:
+    def _sync_silent(self) -> None:
         """The redundancy manager did not sync for pmon_timeout: it may not renew its lease
         any more, so the role is not sure; stop the drivers now, before another member may
         take the role (when the lease expires)."""
-        self._silence = None
+        self._sync_silence = None
         if self.role is None:
             return
         self.role = None
         self.sup.set_condition(
             "active", False, f"this server ({self.spec.name}) has not heard its redundancy "
             f"manager for {self.spec.pmon_timeout:g} s; the role is not sure", enforce=True)
+
+    def _watch(self) -> None:
+        """No watchdog on the beat (a pair's self-fence): a group's redundancy manager does
+        not send WATCHDOG=1; its silence is judged by its syncs (`_sync_silent`), well within
+        its lease's TTL."""
 
     def _signature(self) -> tuple[Any, ...]:
         """What commands wait on (set-active: the leader and its role) wakes them."""

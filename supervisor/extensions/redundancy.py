@@ -13,7 +13,13 @@ It knows what only pmon knows, and acts where only pmon can:
   change of its view and every second otherwise;
 - the pids of the run_on = "active" managers, which the redundancy manager fences itself
   when pmon stops answering (docs/redundancy.md "Fencing"); pmon refuses to start one while
-  its last sync is older than pmon_timeout.
+  its last sync is older than pmon_timeout;
+- the self-fence, the mirror case: on the active server, when the redundancy manager's
+  heartbeat loop has not beaten (WATCHDOG=1 on the notify socket) for `self_fence`, pmon
+  stops those managers itself (SIGKILL after `self_fence_kill` at most), before the partner,
+  which hears no heartbeat either, may take the role (`timeout`). It lasts until the
+  redundancy manager says it is passive (it gives the role up when it hears of it, or when
+  it finds itself thawed): only a new activation starts them again.
 
 The role is handed to the project machine as the condition "active": it (not this
 module) stops the `run_on = "active"` managers when the condition turns off and starts the
@@ -26,11 +32,12 @@ switchover goes to the other extensions through `api.switchover` (the plugins'
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from pmon.config import Config
 from pmon.core.project import ProjectState
@@ -62,6 +69,11 @@ class RedundancyService(Extension):
         self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
         self.preferred: dict[str, Any] | None = None  # an operator's prefer, kept across restarts
         self._poked: tuple[Any, ...] = ()
+        # the self-fence (loop time): the last beat, since when this pmon knows it is active
+        self.beat_at: float | None = None
+        self.watch_from = 0.0
+        self.self_fenced: dict[str, Any] | None = None  # when and why, while in force
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # --- lifecycle ----------------------------------------------------------------
     async def start(self, api: Api) -> None:
@@ -97,6 +109,8 @@ class RedundancyService(Extension):
         if manager.spec.redundancy and not manager.alive and self.role is not None:
             self.role = None
             self.report = {}
+            self._unwatch()
+            self.self_fenced = None  # a new redundancy manager decides anew (from passive)
             self.sup.loop.call_soon(self._tell_role)  # not from inside the machine's report
         self.sup.loop.call_soon(self._poke)
 
@@ -119,6 +133,60 @@ class RedundancyService(Extension):
         except OSError:
             pass
 
+    # --- the self-fence ------------------------------------------------------------------
+    def on_notify(self, manager: "Manager", fields: Mapping[str, str]) -> None:
+        """The redundancy manager's beat: five a second, so only a time and a timer here."""
+        if manager.spec.redundancy and fields.get("WATCHDOG") == "1":
+            self.beat_at = self.sup.loop.time()
+            self._watch()
+
+    def _watch(self) -> None:
+        """(Re)arm the watchdog at the last beat (or the activation) + self_fence."""
+        if self.role != "active" or self.self_fenced is not None:
+            return
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        since = max(self.beat_at or self.watch_from, self.watch_from)
+        self._watchdog = self.sup.loop.call_at(since + self.spec.self_fence, self._silent)
+
+    def _unwatch(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _silent(self) -> None:
+        self._watchdog = None
+        # After a stall of pmon itself (a SIGSTOP), this timer can run before the reader of
+        # the beats that waited meanwhile: take them first (each re-arms the watchdog).
+        self.sup.take_notifications()
+        if self._watchdog is not None:
+            return
+        since = max(self.beat_at or self.watch_from, self.watch_from)
+        silent = self.sup.loop.time() - since
+        if self.role != "active" or self.self_fenced is not None:
+            return
+        if silent < self.spec.self_fence:  # a beat came (the timer was not moved): later
+            self._watch()
+            return
+        why = f"self-fenced: redundancy manager silent for {silent:.2f} s"
+        self.self_fenced = {"at": time.time(), "silent": round(silent, 3), "why": why}
+        self.sup.events.write(
+            "self-fenced", f"{why} (bound {self.spec.self_fence:g} s); stopping the run_on = "
+            f'"active" managers, SIGKILL after {self.spec.self_fence_kill:g} s at most',
+            server=self.spec.name, silent=round(silent, 3), bound=self.spec.self_fence)
+        self.sup.set_condition("active", False, why, enforce=True,
+                               kill_in=self.spec.self_fence_kill)
+        self._poke(always=True)  # the redundancy manager hears of it at its next sync
+        self.sup.changed()
+
+    def _end_self_fence(self, role: str) -> None:
+        if self.self_fenced is None:
+            return
+        self.self_fenced = None
+        self.sup.events.write(
+            "self-fence-ended", f"self-fence ended: the redundancy manager is back and says "
+            f"this server ({self.spec.name}) is {role}", server=self.spec.name, role=role)
+
     def _fence_pids(self) -> list[int]:
         """The run_on = "active" managers that run: what the redundancy manager fences when
         pmon stops answering (each is the leader of its own process group)."""
@@ -132,6 +200,9 @@ class RedundancyService(Extension):
                 time.monotonic() - self.synced_at >= self.spec.pmon_timeout):
             raise SpawnRefused(f"this server ({self.spec.name}) has not heard its redundancy "
                                f"manager for {self.spec.pmon_timeout:g} s; the role is not sure")
+        if manager.spec.run_on == "active" and self.self_fenced is not None:
+            raise SpawnRefused(f"this server ({self.spec.name}) is self-fenced: "
+                               f"{self.self_fenced['why']}")
         if manager.spec.run_on == "active" and self.report.get("fencing"):
             raise SpawnRefused(f"this server ({self.spec.name}) is fencing its run_on = "
                                '"active" managers (it lost the witness\'s lease)')
@@ -146,6 +217,8 @@ class RedundancyService(Extension):
     def _tell_role(self) -> None:
         """The project machine's condition "active" follows this server's role. Not knowing
         the role stops nothing (the pair decides soon); passive stops the drivers."""
+        if self.self_fenced is not None:
+            return  # stays off until the redundancy manager is passive (_end_self_fence)
         self.sup.set_condition(
             "active", self.role == "active",
             f"this server ({self.spec.name}) is {self.role or 'not decided yet'}",
@@ -209,6 +282,8 @@ class RedundancyService(Extension):
         if changed:
             self._save()
         role = report.get("role")
+        if self.self_fenced is not None and role == "passive":
+            self._end_self_fence(role)  # it gave the role up: from here on, as it decides
         if role in ("active", "passive") and role != self.role:
             self._role_changed(role, report)
         damp = report.get("damp")
@@ -231,7 +306,7 @@ class RedundancyService(Extension):
                 "fence_names": [m.spec.name for m in self.sup.managers.values()
                                 if m.spec.run_on == "active"],
                 "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
-                **self._fence_cgroups()}
+                "self_fenced": self.self_fenced is not None, **self._fence_cgroups()}
 
     def _fence_cgroups(self) -> dict[str, Any]:
         """With cgroup containment: the cgroups of the managers to fence (their helpers are
@@ -270,6 +345,11 @@ class RedundancyService(Extension):
                 "switchover", f"switchover: {active} is active now ({reason}); "
                 f"this server ({me}) is {role}", **event)
         running = self._notifiable()  # before the machine starts anything for the new role
+        if role == "active":
+            self.watch_from = self.sup.loop.time()  # the beat is owed from now on
+            self._watch()
+        else:
+            self._unwatch()
         self._tell_role()  # the machine stops or starts the run_on = "active" managers
         # Only a project that runs diverged; a stopped, blocked or stopping one (an
         # operator's `stop --all --force`, a block, a shutdown) stays as it is.
@@ -381,6 +461,12 @@ class RedundancyService(Extension):
                     "blocked managers)")
         return None
 
+    def _self_fence_status(self) -> dict[str, Any]:
+        heard = None if self.beat_at is None else round(self.sup.loop.time() - self.beat_at, 3)
+        return {"after": self.spec.self_fence, "kill": round(self.spec.self_fence_kill, 3),
+                "watching": self.role == "active" and self.self_fenced is None,
+                "beat_ago": heard, "fenced": self.self_fenced}
+
     def status(self) -> dict[str, Any]:
         report = self.report if self.fresh() else {}
         partner = report.get("partner")
@@ -403,6 +489,7 @@ class RedundancyService(Extension):
             "releasing": bool(report.get("releasing")),
             # the last release ended by its bound, unconfirmed by pmon (docs "Fencing")
             "release_overrun": bool(report.get("release_overrun")),
+            "self_fence": self._self_fence_status(),
             "witness": report.get("witness"),  # None without one
             "epoch": self.epoch,
             "last_switchover": self.last_switchover,

@@ -26,6 +26,11 @@ answer for PMON_GRACE (longer than a hot restart of pmon takes), it exits, so th
 orphan does not hold the links; a freeze of this process (a gap in the loop) restarts the
 count.
 
+The beat (beat.py): every heartbeat also goes to pmon as WATCHDOG=1, from this loop, so a
+stuck loop stops both. pmon on the active server self-fences when the beat stops for
+`self_fence`; this loop, finding that it has not beaten that long itself (it was frozen),
+or told so by pmon, gives the role up (reason "fenced") before it acts on anything.
+
 It sends READY=1 (notify readiness) once it knows its first role, so pmon starts the rest
 of the project only then.
 """
@@ -48,6 +53,7 @@ from pmon.control.client import call
 from pmon.errors import PmonError
 from pmon.redundancy.arbitration import (
     Arbiter, Choice, Decision, Local, Partner, Reason, Role, newest)
+from pmon.redundancy.beat import Beat
 from pmon.redundancy.fence import Fence, Release
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
@@ -121,6 +127,8 @@ class PmonSync(threading.Thread):
             if reply is not None:
                 self.owed_since = None
             self.deliver(time.monotonic(), reply)
+            # no answer: soon again, so that a hot restart of pmon (its socket back within
+            # a fraction of a second) is heard well before pmon_timeout, not a second later
             self.wake.wait(SYNC_IDLE if reply is not None else RETRY)
 
 
@@ -177,9 +185,14 @@ class RedundancyManager:
             sock.setblocking(False)
         self.sync = PmonSync(config, spec.pmon_timeout, self._locked_report, self._deliver)
         # The witness (None without one): its own thread; this loop only reads its state.
-        self.witness = Witness(spec.witness, f"{spec.name} {self.boot}", self._wake) \
+        # It renews the lease only while this loop sends (a stuck loop: pmon self-fences).
+        self.witness = Witness(spec.witness, f"{spec.name} {self.boot}", self._wake,
+                               loop_alive=lambda now: now - self.last_sent < spec.self_fence) \
             if spec.witness is not None else None
         self.failsafe = False  # active without the lease: etcd away, the partner agrees
+        self.beat = Beat.from_env()
+        self.beat_at = 0.0  # the last beat
+        self.yielding = False  # pmon self-fenced (or surely did): give the role up
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
@@ -238,9 +251,10 @@ class RedundancyManager:
         heard = self.partner_view(now)
         ok = self.pmon_ok(now)
         # a fence, once begun, ends in a handover: pmon back in the middle of it changes
-        # nothing until this side is passive (one switchover per fault)
-        can_act = ok and self.fence.started_at is None or (
-            self.decision.role is Role.ACTIVE and not self.fence.done)
+        # nothing until this side is passive (one switchover per fault); a thawed loop
+        # (yielding) gives the role up before anything else
+        can_act = not self.yielding and (ok and self.fence.started_at is None or (
+            self.decision.role is Role.ACTIVE and not self.fence.done))
         lease = self.lease_ok(now)
         movable = self.witness is None or self.witness.reachable()
         if heard is None:
@@ -284,6 +298,11 @@ class RedundancyManager:
                     probing = self.probing(now)
                     next_beat = max(next_beat + (interval / 4 if probing else interval), now)
                     with self.lock:
+                        if probing or self.partner_view(now) is None:
+                            # overdue: what the partner sent may wait in the sockets (this
+                            # process was frozen); judge it by that, not by the silence
+                            for link in self.links.links:
+                                self.on_readable(link, now)
                         self.evaluate(now, force_send=True, probe=probing)
                     continue
                 wake = [next_beat] + [
@@ -310,17 +329,20 @@ class RedundancyManager:
                 with self.lock:
                     # a deadline passed (the beat's own is met at the top of the loop)
                     news = not events and now < next_beat
+                    beat_heard = self.heard
+                    # a deadline too: the select may have come back empty from a freeze
+                    # of this process although the partner's datagrams wait
+                    if not events or any(key.data is not None for key, _ in events):
+                        # every link, not only the one that woke the loop: the copy of a
+                        # heartbeat on the other link has mostly arrived by now, and is taken
+                        # in this wake-up instead of costing one of its own (and before pmon's
+                        # reply, which may decide: with what the partner said meanwhile)
+                        for link in self.links.links:
+                            news = self.on_readable(link, now) or news
                     for key, _ in events:
                         if key.data is None:
                             self._drain_replies()
                             news = True
-                    beat_heard = self.heard
-                    if any(key.data is not None for key, _ in events):
-                        # every link, not only the one that woke the loop: the copy of a
-                        # heartbeat on the other link has mostly arrived by now, and is taken
-                        # in this wake-up instead of costing one of its own
-                        for link in self.links.links:
-                            news = self.on_readable(link, now) or news
                     if news:  # a copy of a heartbeat already seen changes nothing
                         self.evaluate(now)
                     if self.heard is not beat_heard and now >= next_beat - interval / 4 and \
@@ -335,6 +357,7 @@ class RedundancyManager:
                 self.witness.stop()
             selector.close()
             self.links.close()
+            self.beat.close()
 
     def poke(self) -> None:
         """From the SIGUSR2 handler: take no lock here (the interrupted main thread may hold
@@ -402,6 +425,8 @@ class RedundancyManager:
         return news
 
     def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
+        if self.decision.role is Role.ACTIVE and now - self.beat_at >= self.spec.self_fence:
+            self.yielding = True  # this loop was stuck (frozen): pmon has self-fenced
         ok = self.pmon_ok(now)
         lease = self.lease_ok(now)
         if ok and self.fence.started_at is not None and not self.fence.active and (
@@ -434,6 +459,8 @@ class RedundancyManager:
             local, partner = self.views(now)
             self.decision = self.arbiter.step(now, local, partner, wall=time.time())
         decision = self.decision
+        if decision.role is not Role.ACTIVE:
+            self.yielding = False  # given up: from now on the arbitration as ever
         if decision.role is Role.ACTIVE:
             self.release.cancel()  # active again (the partner waited): pmon keeps its drivers
         elif decision.changed and before is Role.ACTIVE and decision.reason is not Reason.FENCED:
@@ -491,6 +518,11 @@ class RedundancyManager:
         ))
         for link in self.links.links:
             link.send(data)
+        if now - self.beat_at >= (self.spec.self_fence - self.spec.heartbeat_interval) / 2:
+            # after the heartbeat, so the last beat is never later than the last heartbeat
+            # (the partner's timeout runs from that); twice per self_fence is enough
+            self.beat.send()
+            self.beat_at = now
 
     # --- pmon ----------------------------------------------------------------------
     def _locked_report(self) -> dict[str, Any]:
@@ -546,6 +578,8 @@ class RedundancyManager:
             self.restart_pending, self.restart_seq = False, None
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
         self.available = bool(reply.get("available"))
+        if reply.get("self_fenced") and self.decision.role is Role.ACTIVE:
+            self.yielding = True  # pmon stopped the drivers: the role goes with them
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
         self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 AUTO_NAME = "redundancy"
 SYNC_IDLE = 1.0  # seconds between syncs with pmon when nothing changes (daemon.py)
 RUN_ON = ("both", "active")
+# The self-fence (docs/redundancy.md "Fencing"): what it leaves between its end and the
+# earliest moment the partner may claim the role by failure (pmon's timer, the kill's
+# delivery, the partner's clock).
+SELF_FENCE_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,10 @@ class RedundancySpec:
     pmon_weight: int = 1
     fence_grace: float = 1.0
     witness: WitnessSpec | None = None  # None: no witness (both active when all links are down)
+    # The self-fence: pmon on the active server stops its run_on = "active" managers when
+    # its redundancy manager's heartbeat loop has not beaten (WATCHDOG=1) this long. 0: the
+    # default, timeout - 2 x SELF_FENCE_MARGIN (0.4 s with the default timeout).
+    self_fence_after: float = 0.0
     # A group of three or more (docs/redundancy.md "Groups of three or more"): every member's
     # name, this one's among them; () for a pair. Then partner is "" and links is ().
     group: tuple[str, ...] = ()
@@ -88,6 +96,25 @@ class RedundancySpec:
     def fence_bound(self) -> float:
         """How long after the last heartbeat that said "fencing" the fence is surely done."""
         return self.fence_grace + self.timeout
+
+    @property
+    def self_fence(self) -> float:
+        """Beat silence after which pmon self-fences."""
+        return self.self_fence_after or default_self_fence(self.timeout)
+
+    @property
+    def self_fence_kill(self) -> float:
+        """A self-fence's stop signal -> SIGKILL (at most; a manager's seconds_to_kill if
+        shorter): what is left of `timeout` after `self_fence`, less the margin. The last
+        beat goes out with (after) the last heartbeat, and the partner claims the role by
+        failure `timeout` after the last heartbeat it heard, so the self-fence ends
+        (`self_fence + self_fence_kill = timeout - SELF_FENCE_MARGIN` after the last beat)
+        before the partner can start its drivers."""
+        return round(self.timeout - SELF_FENCE_MARGIN - self.self_fence, 6)
+
+
+def default_self_fence(timeout: float) -> float:
+    return round(timeout - 2 * SELF_FENCE_MARGIN, 6)
 
 
 def _address(value: Any) -> tuple[str, int]:
@@ -119,6 +146,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "pmon_timeout": _seconds,
     "pmon_weight": _weight,
     "fence_grace": _seconds,
+    "self_fence": _seconds,
     "witness": lambda v: v,  # checked below (_witness)
     "group": lambda v: v,  # checked below (_group)
 }
@@ -163,10 +191,14 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
     if name and partner and preferred not in (name, partner):
         errors.add("[redundancy], key 'preferred'", f"must be '{name}' or '{partner}'")
     interval, timeout = _check_times(values, errors)
+    self_fence = values.get("self_fence", default_self_fence(timeout))
+    if not interval < self_fence < timeout - SELF_FENCE_MARGIN:
+        where = "self_fence" if "self_fence" in values else "timeout"
+        errors.add(f"[redundancy], key '{where}'", _self_fence_problem(interval, timeout, self_fence))
     if len({link.local for link in links}) < len(links):
         errors.add("[redundancy], key 'links'", "two links share a local address")
     witness = _witness(table["witness"], values.get("fence_grace", RedundancySpec.fence_grace),
-                       name, errors) if "witness" in table else None
+                       timeout, name, errors) if "witness" in table else None
     if not (name and partner and links) or errors.lines:
         return None
     return RedundancySpec(
@@ -178,7 +210,7 @@ def parse(data: Mapping[str, Any], path: Path, errors: "_Errors") -> RedundancyS
         link_weight=values.get("link_weight", RedundancySpec.link_weight),
         **{key: values[key] for key in ("error_state_delay", "hold_down", "pmon_timeout",
                                         "pmon_weight", "fence_grace") if key in values},
-        witness=witness,
+        witness=witness, self_fence_after=values.get("self_fence", 0.0),
     )
 
 
@@ -198,10 +230,22 @@ def _check_times(values: Mapping[str, Any], errors: "_Errors") -> tuple[float, f
     return interval, timeout
 
 
+def _self_fence_problem(interval: float, timeout: float, self_fence: float) -> str:
+    """Why `self_fence` cannot hold: it must outlast a heartbeat interval (the redundancy
+    manager beats once per heartbeat, at least) and end, with its kill, before `timeout`."""
+    room = f"between heartbeat_interval ({interval:g} s) and timeout - {SELF_FENCE_MARGIN:g} s " \
+           f"({timeout - SELF_FENCE_MARGIN:g} s)"
+    return (f"the self-fence after {self_fence:g} s of silence of the redundancy manager cannot "
+            f"hold: it must lie {room}, so that it ends, with the SIGKILL that follows it, before "
+            "the partner may take the role by failure (timeout); set self_fence in that range, "
+            "or a longer timeout")
+
+
 WITNESS_KEYS = ("etcd", "ttl", "key")
 
 
-def _witness(value: Any, fence_grace: float, name: str | None, errors: "_Errors") -> WitnessSpec | None:
+def _witness(value: Any, fence_grace: float, timeout: float, name: str | None,
+             errors: "_Errors") -> WitnessSpec | None:
     where = "[redundancy], key 'witness'"
     example = ('e.g. witness = { etcd = ["http://127.0.0.1:2379"], ttl = 6, '
                'key = "/pmon/PROJECT/active" }')
@@ -225,6 +269,15 @@ def _witness(value: Any, fence_grace: float, name: str | None, errors: "_Errors"
                    f"expected whole seconds, at least {minimum:g} (2 x (fence_grace + 1): the "
                    "lease counts lost at half the TTL, then the fence must end before etcd "
                    "lets it expire)")
+        bad = True
+    elif ttl / 2 <= timeout:
+        # A frozen holder's last renewal may be up to ttl / 2 old (older, and it had fenced
+        # already); its pmon's self-fence ends within `timeout` of the freeze.
+        errors.add(f"{where}, key 'ttl'",
+                   f"must be more than 2 x timeout ({2 * timeout:g} s): the self-fence of a "
+                   "frozen lease holder ends within timeout of its freeze, and its last renewal "
+                   "may be ttl / 2 old by then; the lease must not expire (and go to the "
+                   "partner) before that")
         bad = True
     key = value.get("key")
     if not isinstance(key, str) or not key.strip():
@@ -276,8 +329,9 @@ def _group(table: Mapping[str, Any], values: Mapping[str, Any], errors: "_Errors
                    "required with group: a group decides who is active through etcd; add "
                    'witness = { etcd = ["http://HOST:2379"], key = "/pmon/PROJECT/active" }')
     fence_grace = values.get("fence_grace", RedundancySpec.fence_grace)
-    witness = _witness(table["witness"], fence_grace, name, errors) if "witness" in table else None
-    _check_times(values, errors)
+    _interval, timeout = _check_times(values, errors)
+    witness = _witness(table["witness"], fence_grace, timeout, name, errors) \
+        if "witness" in table else None
     pmon_timeout = values.get("pmon_timeout", RedundancySpec.pmon_timeout)
     if witness is not None and pmon_timeout + fence_grace + 1 > witness.ttl:
         errors.add("[redundancy], key 'witness'",

@@ -6,7 +6,9 @@ A thread of its own talks to etcd's v3 HTTP/JSON gateway with urllib (no client 
   (/v3/lease/grant) and create the key bound to it in one transaction that succeeds only
   if the key does not exist (/v3/kv/txn, compare create_revision == 0); on failure, revoke
   the unused lease and try again soon;
-- while held: renew it (/v3/lease/keepalive) every TTL/6;
+- while held: renew it (/v3/lease/keepalive) every TTL/6, as long as the heartbeat loop
+  lives (`loop_alive`): a stuck loop (its pmon self-fences) must not keep the lease alive,
+  or the partner could never take it; it is left to expire, never revoked;
 - once not wanted any more: revoke it (/v3/lease/revoke), which deletes the key.
 Every call has a timeout well under the TTL, and tries the next endpoint on failure.
 
@@ -39,7 +41,8 @@ def _b64(text: str) -> str:
 
 class Witness(threading.Thread):
     def __init__(self, spec: WitnessSpec, holder: str, changed: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 loop_alive: Callable[[float], bool] = lambda _now: True) -> None:
         super().__init__(name="witness", daemon=True)
         self.spec, self.holder, self.changed, self.clock = spec, holder, changed, clock
         self.request_timeout = min(1.0, spec.ttl / 6)
@@ -47,6 +50,7 @@ class Witness(threading.Thread):
         self.wake = threading.Event()
         self.wanted = False
         self.wanted_since = 0.0
+        self.loop_alive = loop_alive
         self.lease = 0           # the lease id held (0: none)
         self.renewed_at: float | None = None  # when the last successful grant/renewal was sent
         self.error = ""          # the last failure, for people ("" when the last call worked)
@@ -113,6 +117,8 @@ class Witness(threading.Thread):
         if lease and not wanted:
             self._release(lease)
             return RETRY_SLOW
+        if lease and not self.loop_alive(now):
+            return self.spec.ttl / 6  # the heartbeat loop is stuck: let the lease expire
         if lease:
             self._renew(lease, now)
             return self.spec.ttl / 6

@@ -55,6 +55,11 @@ class NotifyListener:
         self.sock = sock
         loop.add_reader(sock.fileno(), self._on_readable)
 
+    def take(self) -> None:
+        """Handle what is queued now (non-blocking), as the loop's reader would."""
+        if self.sock is not None:
+            self._on_readable()
+
     def _on_readable(self) -> None:
         assert self.sock is not None
         while True:

@@ -50,6 +50,7 @@ T = TypeVar("T")
 STATE_RETRY_SECONDS = 1.0  # a state file that could not be written is tried again this often
 FINAL_WRITE_ATTEMPTS, FINAL_WRITE_PAUSE = 5, 0.2  # pmon's last write: tried this often, then
 EXIT_NOT_SAVED = 1  # pmon's exit status: the next pmon would start from a stale state file
+WATCHDOG_ONLY = {"WATCHDOG": "1"}  # a keepalive, nothing else (_on_notify's short path)
 SETTLED_PROJECT = (ProjectState.RUNNING, ProjectState.STOPPED, ProjectState.BLOCKED)
 
 
@@ -254,8 +255,10 @@ class Supervisor:
     def restart_all(self, reason: str = "operator request") -> int:
         return self._perform(self.project.restart_all(self.now(), reason))
 
-    def set_condition(self, condition: str, holds: bool, why: str, *, enforce: bool = True) -> None:
-        self.project.set_condition(condition, holds, why, self.now(), enforce=enforce)
+    def set_condition(self, condition: str, holds: bool, why: str, *, enforce: bool = True,
+                      kill_in: float | None = None) -> None:
+        self.project.set_condition(condition, holds, why, self.now(), enforce=enforce,
+                                   kill_in=kill_in)
         self._perform(None)
 
     def switchover(self, active: str, previous: str | None, reason: str) -> None:
@@ -606,12 +609,22 @@ class Supervisor:
         name = self.pid_of(pid)
         if name is None:
             return
+        if fields == WATCHDOG_ONLY:
+            # A keepalive changes nothing in the project machine (the redundancy manager
+            # beats five times a second): the extensions only, not the effects' path.
+            manager = self.project.get(name)
+            if manager is not None:
+                self._tell("on_notify", manager, fields)
+            return
         if fields.get("READY") == "1" and self.project.ready(name, self.now()):
             self.events.write("ready", f"{name} is ready", manager=name)
         self._perform(None)
         manager = self.project.get(name)
         if manager is not None:
             self._tell("on_notify", manager, fields)  # WATCHDOG=1 for the alive monitor
+
+    def take_notifications(self) -> None:
+        self.notify.take()
 
     def pid_of(self, pid: int) -> str | None:
         """The manager a pid belongs to: itself, or the nearest managed ancestor."""
