@@ -51,7 +51,8 @@ class GroupService(RedundancyService):
         self.role = None
         self.sup.set_condition(
             "active", False, f"this server ({self.spec.name}) has not heard its redundancy "
-            f"manager for {self.spec.pmon_timeout:g} s; the role is not sure", enforce=True)
+            f"manager for {self.spec.pmon_timeout:g} s; the role is not sure", enforce=True,
+            kill_in=self.spec.fence_grace)  # done before the lease can expire (the ttl rule)
 
     def _watch(self) -> None:
         """No watchdog on the beat (a pair's self-fence): a group's redundancy manager does

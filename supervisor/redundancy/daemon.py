@@ -61,7 +61,6 @@ from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors
 from pmon.redundancy.witness import Witness
 
 PMON_GRACE = 5.0  # seconds pmon owes an answer before exiting (at least the fence)
-THAW_GAP = 2.5    # the loop did not run this long: this process was frozen (or starved)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
 RETRY = 0.1  # seconds before a failed sync with pmon is tried again
 
@@ -105,11 +104,12 @@ class PmonSync(threading.Thread):
             self.owed_since = now
         self.wake.set()
 
-    def orphaned(self, now: float, spec: RedundancySpec, answered: bool, fencing: bool) -> bool:
-        """At every turn of the manager's loop: a gap since the last turn (a freeze) restarts
-        the count; True when pmon, which `answered` once, has owed an answer for
-        `orphan_after` and no fence is under way."""
-        if now - self.last_turn > THAW_GAP:
+    def orphaned(self, now: float, spec: RedundancySpec, answered: bool, fencing: bool,
+                 sleep: float) -> bool:
+        """At every turn of the manager's loop (which sleeps at most `sleep`): a gap since the
+        last turn (a freeze) restarts the count; True when pmon, which `answered` once, has
+        owed an answer for `orphan_after` and no fence is under way."""
+        if now - self.last_turn > thaw_gap(sleep):
             self.thawed(now)
         self.last_turn = now
         return answered and not fencing and self.owes(now) > orphan_after(spec)
@@ -124,12 +124,12 @@ class PmonSync(threading.Thread):
                     self.config, "redu-sync", timeout=self.timeout, report=self.report())
             except (PmonError, OSError, ValueError):
                 reply = None
-            if reply is not None:
+            if reply is not None and not reply.get("stale"):  # "stale": pmon took it for none
                 self.owed_since = None
             self.deliver(time.monotonic(), reply)
             # no answer: soon again, so that a hot restart of pmon (its socket back within
             # a fraction of a second) is heard well before pmon_timeout, not a second later
-            self.wake.wait(SYNC_IDLE if reply is not None else RETRY)
+            self.wake.wait(RETRY if self.owed_since is not None else SYNC_IDLE)
 
 
 class RedundancyManager:
@@ -292,7 +292,8 @@ class RedundancyManager:
         try:
             while True:
                 now = self.clock()
-                if self.sync.orphaned(now, self.spec, self.pmon_ok_at is not None, self.fence.active):
+                if self.sync.orphaned(now, self.spec, self.pmon_ok_at is not None,
+                                      self.fence.active, interval):
                     return 1  # an orphan: pmon is gone (and the fence, if any, is done)
                 if now >= next_beat:
                     probing = self.probing(now)
@@ -326,6 +327,7 @@ class RedundancyManager:
                 timeout = max(0.0, min(wake) - now)
                 events = selector.select(timeout)
                 now = self.clock()
+                self._stuck(now)  # before the datagrams: answering a probe would beat
                 with self.lock:
                     # a deadline passed (the beat's own is met at the top of the loop)
                     news = not events and now < next_beat
@@ -424,9 +426,14 @@ class RedundancyManager:
                 self.arbiter.epoch = hb.seen
         return news
 
-    def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
+    def _stuck(self, now: float) -> None:
+        """This loop has not beaten for self_fence while active (it was frozen): pmon has
+        self-fenced, so the role goes (yielding), whatever the loop does first on waking."""
         if self.decision.role is Role.ACTIVE and now - self.beat_at >= self.spec.self_fence:
-            self.yielding = True  # this loop was stuck (frozen): pmon has self-fenced
+            self.yielding = True
+
+    def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
+        self._stuck(now)
         ok = self.pmon_ok(now)
         lease = self.lease_ok(now)
         if ok and self.fence.started_at is not None and not self.fence.active and (
@@ -459,11 +466,16 @@ class RedundancyManager:
             local, partner = self.views(now)
             self.decision = self.arbiter.step(now, local, partner, wall=time.time())
         decision = self.decision
-        if decision.role is not Role.ACTIVE:
+        yielded = self.yielding and decision.role is not Role.ACTIVE
+        if yielded:
             self.yielding = False  # given up: from now on the arbitration as ever
+            # pmon's self-fence is a fault: it weighs on for hold_down (one switchover per
+            # fault), and the drivers it stops may still be stopping: the release waits
+            self.pmon_held_until = now + self.spec.hold_down
         if decision.role is Role.ACTIVE:
             self.release.cancel()  # active again (the partner waited): pmon keeps its drivers
-        elif decision.changed and before is Role.ACTIVE and decision.reason is not Reason.FENCED:
+        elif decision.changed and before is Role.ACTIVE and (
+                decision.reason is not Reason.FENCED or yielded):
             self.release.start(now)  # handed over while pmon answers: wait for its word
         if self.witness is not None:  # hold the lease while active, releasing, or waiting
             self.witness.want(decision.role is Role.ACTIVE or decision.wants_lease
@@ -611,6 +623,14 @@ class RedundancyManager:
                 self.arbiter.prefer(request["server"], partner)
         if reply.get("requests"):
             self.evaluate(now, force_send=True)
+
+
+def thaw_gap(sleep: float) -> float:
+    """A loop that sleeps at most `sleep` did not run this long: this process was frozen
+    (or starved). Shorter than pmon_timeout (at least 2 s) for the pair's loop (a heartbeat
+    interval, 0.5 s with the defaults) and a group's (1 s at rest, 1.7 s), so a freeze with a
+    request out is not counted against pmon."""
+    return max(1.5 * sleep + 0.2, 0.5)
 
 
 def orphan_after(spec: RedundancySpec) -> float:

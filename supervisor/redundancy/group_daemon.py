@@ -94,6 +94,7 @@ class GroupManager:
         self.pmon_breakdown: dict[str, float] = {}
         self.fence_pids: list[int] = []
         self.fence_cgroups: list[str] = []
+        self.fence_names: list[str] = []  # the run_on = "active" managers (their marks)
         self.fence_pmon: tuple[int, str] | None = None
         self.pmon_ok_at: float | None = None
         self.reported: Role | None = None   # the role in the report pmon is answering
@@ -132,7 +133,8 @@ class GroupManager:
 
     # --- what this member knows ------------------------------------------------------
     def pmon_ok(self, now: float) -> bool:
-        return self.pmon_ok_at is not None and now - self.pmon_ok_at < self.spec.pmon_timeout
+        """pmon answered once and owes no answer older than pmon_timeout (as the pair's)."""
+        return self.pmon_ok_at is not None and self.sync.owes(now) < self.spec.pmon_timeout
 
     def breakdown(self, now: float) -> dict[str, float]:
         out = dict(self.pmon_breakdown)
@@ -190,7 +192,8 @@ class GroupManager:
                 if self.poked:
                     self.poked = False
                     self.sync.wake.set()
-                if self.sync.orphaned(now, self.spec, self.pmon_ok_at is not None, self.fence.active):
+                if self.sync.orphaned(now, self.spec, self.pmon_ok_at is not None,
+                                      self.fence.active, IDLE):
                     return 1  # an orphan: pmon is gone (and the fence, if any, is done)
                 with self.lock:
                     self._drain()
@@ -215,8 +218,9 @@ class GroupManager:
             wake.append(self.due)
         if self.role is None:
             wake.append(self.started_at + STARTUP)
-        if self.pmon_ok_at is not None and self.pmon_ok(now):
-            wake.append(self.pmon_ok_at + self.spec.pmon_timeout)
+        owed = self.sync.owed_since
+        if owed is not None and self.pmon_ok(now):
+            wake.append(owed + self.spec.pmon_timeout)
         renewed = self.store.renewed_at
         if renewed is not None and now < renewed + self.store.spec.lost_after:
             wake.append(renewed + self.store.spec.lost_after)
@@ -243,9 +247,11 @@ class GroupManager:
             self.fence_at, self.let_go_after_fence = (now if not ok else now + ACK_WAIT), True
         if self.fence_at is not None and (now >= self.fence_at or self.acked is Role.PASSIVE):
             self.fence_at = None
-            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon)
+            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon,
+                             self.fence_names)
         if self.handover is not None and not self.drivers_gone and not ok:
-            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon)
+            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon,
+                             self.fence_names)
         self.fence.step(now)
         if self.let_go_after_fence and self.fence.done:
             self.let_go_after_fence = False
@@ -352,19 +358,21 @@ class GroupManager:
             "queries": 0, "fencing": self.fencing,
             "witness": {**self.store.status(now), "failsafe": False},
             "damp": 0, "partner": None, "links": [], "dropped": {}, "pid": os.getpid(),
+            "sent": time.monotonic(),  # pmon ignores a report that waited out its stall
             "group": {"leader": self.leader, "members": members, "order": order,
                       "handover": self.handover},
         }
 
     def _on_reply(self, at: float, role: Role | None,
                   reply: dict[str, Any] | None) -> None:
-        if reply is None:
-            return
+        if reply is None or reply.get("stale"):
+            return  # no answer (or to a report too old: none either)
         self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
         self.pmon_breakdown = dict(reply.get("breakdown", {}))
         self.available = bool(reply.get("available"))
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
+        self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
         self.fence.extend(self.fence_pids, self.fence_cgroups)
         pmon = reply.get("pmon")
         self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(

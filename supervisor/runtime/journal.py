@@ -31,12 +31,12 @@ _WARNINGS = frozenset({
     "kill", "project-restart", "start-timeout", "not-ready", "died-away", "stray",
     "pmon-tcp-error", "plugin-restart", "hot-restart-ignored", "fd-limit",
     "metrics-counts-lost", "stop-resumed", "job-resumed", "adoption", "pmon-tcp-refused",
-    "pmon-tcp-auth-failed",
+    "pmon-tcp-auth-failed", "self-fenced",
 })
 _NOTICES = frozenset({
     "pmon-started", "pmon-stopped", "shutdown", "switchover", "redundancy-role", "reload",
     "adopted", "project-started", "plugin-recovered", "verdict-cleared", "hot-restart-waits",
-    "state-dir", "write-recovered", "general-query",
+    "state-dir", "write-recovered", "general-query", "self-fence-ended",
 })
 _INFOS = frozenset({  # the routine: a manager started, ready, signalled, adopted; listening
     "started", "ready", "signalled", "adopt", "plugins-loaded", "metrics-listening",
