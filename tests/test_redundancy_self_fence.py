@@ -166,14 +166,12 @@ def test_random_freezes_of_redundancy_managers_and_pmon_never_make_two_drivers(t
     """Chaos with a seed (PMON_CHAOS_SEED): for 25 s, one process at a time, the redundancy
     manager or the pmon of either server, is frozen (SIGSTOP) for 0.1-2.5 s and thawed;
     sampled every 20 ms, the two drivers never run at once. (A whole server frozen, pmon
-    and redundancy manager together, is the case no self-fence covers: not tried.) Only
-    failures and fences move the role here (error_state_delay 1000 s): a planned handover
-    while the active's pmon is frozen, which hands the role over before that pmon stopped
-    its drivers, is the matter of the release's two-phase handover, not of the self-fence
-    (seed 118277954 showed it: 0.2 s of two drivers)."""
+    and redundancy manager together, is the case no self-fence covers: not tried.) Every
+    priority may move the role: a planned handover while the active's pmon is frozen (seed
+    118277954: 0.2 s of two drivers before the two-phase release) is covered too."""
     seed = int(os.environ.get("PMON_CHAOS_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
-    a, b = start(pmon, tmp_path, relay, error_state_delay=1000)
+    a, b = start(pmon, tmp_path, relay)
     wait_roles(a, b, "active", "passive")
     plan = []
     with TwoDrivers(tmp_path) as sampler:
