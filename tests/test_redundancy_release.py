@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from relay import Relay
-from support import Pmon, child, poll_for, write_pair
+from support import Pmon, child, pmon_cli, poll_for, write_pair
 
 WAIT = 20  # generous deadlines: the machine is shared and may be slow
 STOP_DELAY = 0.8  # a driver runs on this long after its SIGTERM
@@ -248,3 +248,35 @@ def test_the_arbitration_never_takes_the_role_from_a_passive_partner_that_still_
         assert b.step(tick * 0.1, Local(0, True), releasing).role is Role.PASSIVE
     done = Partner("a", Role.PASSIVE, 0, True, "b", 2, preferred=Choice("b", 1), boot="x")
     assert b.step(10.0, Local(0, True), done).role is Role.ACTIVE
+
+
+def test_a_reload_that_lengthens_seconds_to_kill_lengthens_the_release(tmp_path, pmon, relay):
+    """review 4, finding 7: the release's bound was taken from the config the redundancy
+    manager started with. Here drv starts with seconds_to_kill 0.5 (bound 2.5 s with
+    pmon_timeout 2) and runs on 4 s after SIGTERM; the reload gives it 8 s to stop. The
+    old bound ended the release while a's driver still ran, and b started its own."""
+    import tomli_w
+    import tomllib
+
+    a, b = start_pair(pmon, tmp_path, relay, slow_drivers(tmp_path, 4.0))
+    for server in (a, b):
+        data = tomllib.loads(server.config_path.read_text())
+        for manager in data["managers"]:
+            if manager["name"] == "drv":
+                manager["seconds_to_kill"] = 0.5
+        server.config_path.write_text(tomli_w.dumps(data))
+    a.stop(), b.stop()
+    a, b = pmon(a.config_path, wait=False), pmon(b.config_path, wait=False)
+    roles(a, b, "active", "passive")
+    data = tomllib.loads(a.config_path.read_text())
+    for manager in data["managers"]:
+        if manager["name"] == "drv":
+            manager["seconds_to_kill"] = 8
+    a.config_path.write_text(tomli_w.dumps(data))
+    assert redu(a)["release_bound"] == 2.5
+    assert pmon_cli(a.config_path, "reload").returncode == 0
+    poll_for(lambda: redu(a)["release_bound"] == 10, WAIT, "the new bound at the redundancy manager")
+    assert a.call("redu-prefer", server="b") is not None
+    roles(a, b, "passive", "active")
+    assert overlap(tmp_path) == 0.0, (runs(tmp_path / "stamp-a"), runs(tmp_path / "stamp-b"))
+    assert not redu(a).get("release_overrun", True)

@@ -96,9 +96,7 @@ class RedundancyService(Extension):
 
     def _save(self) -> None:
         data = {"epoch": self.epoch, "last_switchover": self.last_switchover,
-                "preferred": self.preferred,
-                "fence_names": [m.spec.name for m in self.sup.managers.values()
-                                if m.spec.run_on == "active"], "configured": self.spec.preferred}
+                "preferred": self.preferred, "configured": self.spec.preferred}
         try:
             write_atomically(self.epoch_file, json.dumps(data).encode())
         except OSError as exc:
@@ -210,9 +208,10 @@ class RedundancyService(Extension):
 
     def release_bound(self) -> float:
         """How long a handover may wait for the old active's drivers to stop (the release,
-        docs/redundancy.md "Fencing"), as the redundancy manager bounds it."""
-        return max((m.spec.seconds_to_kill for m in self.sup.managers.values()
-                    if m.spec.run_on == "active"), default=0.0) + self.spec.pmon_timeout
+        docs/redundancy.md "Fencing"); the redundancy manager gets it at every sync."""
+        from pmon.redundancy.settings import release_bound
+        return release_bound((m.spec.seconds_to_kill for m in self.sup.managers.values()
+                              if m.spec.run_on == "active"), self.spec)
 
     def _tell_role(self) -> None:
         """The project machine's condition "active" follows this server's role. Not knowing
@@ -302,7 +301,7 @@ class RedundancyService(Extension):
         # the end of a handover only from a reply to a report that asked for it
         return {"seq": report.get("seq"), "breakdown": self._poked[0], "available": self._poked[1],
                 "epoch": self.epoch, "requests": requests, "fence": list(self._poked[2]),
-                "preferred": self.preferred,
+                "preferred": self.preferred, "release_bound": self.release_bound(),
                 "fence_names": [m.spec.name for m in self.sup.managers.values()
                                 if m.spec.run_on == "active"],
                 "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
@@ -489,6 +488,7 @@ class RedundancyService(Extension):
             "releasing": bool(report.get("releasing")),
             # the last release ended by its bound, unconfirmed by pmon (docs "Fencing")
             "release_overrun": bool(report.get("release_overrun")),
+            "release_bound": report.get("release_bound"),  # as the redundancy manager has it
             "self_fence": self._self_fence_status(),
             "witness": report.get("witness"),  # None without one
             "epoch": self.epoch,

@@ -57,7 +57,7 @@ from pmon.redundancy.beat import Beat
 from pmon.redundancy.fence import Fence, Release
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Heartbeat, Inbox, encode
-from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors
+from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors, release_bound
 from pmon.redundancy.witness import Witness
 
 PMON_GRACE = 5.0  # seconds pmon owes an answer before exiting (at least the fence)
@@ -161,8 +161,8 @@ class RedundancyManager:
         self.fence_for_pmon = False  # the fence under way began because pmon was late
         self.pmon_held_until = 0.0  # after such a fence, "pmon" weighs on until then
         # a handover's second phase: "fencing" until pmon says its drivers stopped
-        self.release = Release(max((m.seconds_to_kill for m in config.managers
-                                    if m.run_on == "active"), default=0.0) + spec.pmon_timeout)
+        self.release = Release(release_bound(
+            (m.seconds_to_kill for m in config.managers if m.run_on == "active"), spec))
         self.report_seq = 0  # numbers every report to pmon; pmon's reply echoes it
         self.restart_seq: int | None = None  # the first report that carried restart_project
         self.decision = Decision(None)
@@ -174,7 +174,6 @@ class RedundancyManager:
         self.dual = False
         self.damped_until = 0.0  # failure damped until then (monotonic)
         self.connected = False
-        self.last_reply_at = 0.0
         self.last_sent = 0.0
         self.signature: tuple[Any, ...] = ()
         self.lock = threading.Lock()  # the sync thread reads the report under it
@@ -565,6 +564,7 @@ class RedundancyManager:
             "fencing": self.fence.active,
             "releasing": self.release.active,
             "release_overrun": self.release.overrun,
+            "release_bound": self.release.bound,
             "witness": None if self.witness is None else {
                 **self.witness.status(now), "failsafe": self.failsafe},
             "damp": round(max(0.0, self.damped_until - now), 3),
@@ -595,6 +595,9 @@ class RedundancyManager:
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
         self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
+        bound = reply.get("release_bound")  # as pmon's config has it now (a reload)
+        if isinstance(bound, (int, float)) and not isinstance(bound, bool) and 0 < bound < 3600:
+            self.release.bound = float(bound)
         self.fence.extend(self.fence_pids, self.fence_cgroups)  # pmon restarted one meanwhile
         if self.release.answered(seq, self.fence_pids):  # pmon: its drivers have stopped
             self.send(self.clock())  # the partner may take the role now

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from pmon.config import _count as _weight, _positive_number as _seconds
 from pmon.states import Readiness, StartType
@@ -383,6 +383,13 @@ def check_managers(
         cwd=path.parent,
     )
     return (*managers, auto)
+
+
+def release_bound(seconds_to_kill: Iterable[float], spec: RedundancySpec) -> float:
+    """How long a handover waits for pmon to report the run_on = "active" managers stopped
+    (docs/redundancy.md "Fencing"): the longest of their seconds_to_kill + pmon_timeout.
+    pmon sends it at every sync, so a reload that changes seconds_to_kill counts."""
+    return max(seconds_to_kill, default=0.0) + spec.pmon_timeout
 
 
 def judged_errors(mine: Mapping[str, float], theirs: Mapping[str, float]) -> tuple[float, float]:
