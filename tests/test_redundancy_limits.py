@@ -22,7 +22,7 @@ from pmon.redundancy.arbitration import Role
 from pmon.redundancy.messages import MAX_DATAGRAM, Heartbeat, decode, encode
 from pmon.redundancy.settings import WitnessSpec, judged_errors
 from pmon.redundancy.witness import Witness
-from etcd import Etcd
+from etcd import etcd  # noqa: F401 (the fixture)
 from relay import Relay
 from support import cgroups_writable, child, poll_for, write_pair
 from test_redundancy_pair import WAIT, redu, stamps, start_pair, wait_roles
@@ -31,14 +31,6 @@ from test_redundancy_pair import WAIT, redu, stamps, start_pair, wait_roles
 @pytest.fixture
 def relay() -> Iterator[Relay]:
     instance = Relay(links=2)
-    yield instance
-    instance.close()
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    (tmp_path / "etcd").mkdir()
-    instance = Etcd(tmp_path / "etcd")
     yield instance
     instance.close()
 
