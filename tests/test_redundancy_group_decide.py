@@ -172,6 +172,7 @@ def test_a_group_config_takes_group_name_and_witness(tmp_path: Path) -> None:
     (f'name = "a"\ngroup = ["a", "b", "a"]\n{WITNESS}', "names a server twice"),
     (f'name = "a"\npartner = "b"\ngroup = ["a", "b", "c"]\n{WITNESS}', "key 'partner': not with group"),
     (f'name = "a"\ngroup = ["a", "b", "c"]\npreferred = "z"\n{WITNESS}', "must be one of group"),
+    (f'name = "a"\ngroup = ["a", "b", "c"]\nself_fence = 0.3\n{WITNESS}', "key 'self_fence': not with group"),
     ('name = "a"\ngroup = ["a", "b", "c"]\npmon_timeout = 4\n'
      'witness = { etcd = ["http://127.0.0.1:2379"], key = "/k", ttl = 5 }', "pmon_timeout + fence_grace + 1"),
 ])

@@ -59,6 +59,9 @@ class GroupService(RedundancyService):
         not send WATCHDOG=1; its silence is judged by its syncs (`_sync_silent`), well within
         its lease's TTL."""
 
+    def _self_fence_status(self) -> dict[str, Any] | None:
+        return None  # no beat, no watchdog: nothing to show
+
     def _signature(self) -> tuple[Any, ...]:
         """What commands wait on (set-active: the leader and its role) wakes them."""
         group = self.report.get("group") if isinstance(self.report.get("group"), dict) else {}

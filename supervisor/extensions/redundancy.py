@@ -460,7 +460,7 @@ class RedundancyService(Extension):
                     "blocked managers)")
         return None
 
-    def _self_fence_status(self) -> dict[str, Any]:
+    def _self_fence_status(self) -> dict[str, Any] | None:
         heard = None if self.beat_at is None else round(self.sup.loop.time() - self.beat_at, 3)
         return {"after": self.spec.self_fence, "kill": round(self.spec.self_fence_kill, 3),
                 "watching": self.role == "active" and self.self_fenced is None,

@@ -315,6 +315,10 @@ def _group(table: Mapping[str, Any], values: Mapping[str, Any], errors: "_Errors
     elif members and name not in members:
         errors.add("[redundancy], key 'name'",
                    f"'{name}' is not in group ({', '.join(members)}); add it there or fix name")
+    if "self_fence" in table:
+        errors.add("[redundancy], key 'self_fence'",
+                   "not with group: a group's pmon stops its drivers when its redundancy "
+                   "manager has not synced for pmon_timeout; remove self_fence")
     for key in ("partner", "links"):
         if key in table:
             errors.add(f"[redundancy], key '{key}'",
