@@ -34,6 +34,7 @@ import queue
 import secrets
 import select
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -44,6 +45,7 @@ from pmon.redundancy.daemon import PmonSync, _notify
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.group import AUTOMATIC, Forced, Member, Situation, decide, ranking
 from pmon.redundancy.group_store import GroupStore, Watcher
+from pmon.redundancy.settings import release_bound
 
 IDLE = 1.0       # the longest sleep of the loop at rest
 STARTUP = 2.0    # a starting member listens this long before it takes the role by itself
@@ -81,6 +83,10 @@ class GroupManager:
         self.switched_at: float | None = None   # this member's last automatic takeover
         self.handover: dict[str, Any] | None = None  # the mark of a handover under way
         self.drivers_gone = False     # pmon, told "passive", reports no run_on = "active" alive
+        self.handover_since = 0.0     # when the handover under way began
+        # how long a handover waits for pmon's word (as the pair's release; pmon sends it)
+        self.release_bound = release_bound(
+            (m.seconds_to_kill for m in config.managers if m.run_on == "active"), self.spec)
         self.mark_seen: dict[str, float] = {}
         self.taking = "start"  # the reason of the takeover under way   # a handover mark, when first seen leaderless
         self.joined: dict[tuple[str, str], float] = {}
@@ -214,6 +220,8 @@ class GroupManager:
             wake.append(now + 0.05)
         if self.fence_at is not None:
             wake.append(self.fence_at)
+        if self.handover is not None:
+            wake.append(self.handover_since + self.release_bound)
         if self.due is not None and self.due > now:
             wake.append(self.due)
         if self.role is None:
@@ -259,7 +267,14 @@ class GroupManager:
         if self.fence.done and ok and held and self.role is not Role.ACTIVE and \
                 self.handover is None and not self.let_go_after_fence:
             self.fence.reset()  # pmon answers again: it decides about its drivers again
-        # 2. handover: once pmon stopped the drivers (or the fence did), let go of the key
+        # 2. handover: once pmon stopped the drivers (or the fence did), let go of the key;
+        # bounded, as the pair's release (a driver stuck in the kernel stays "alive" to pmon)
+        if self.handover is not None and not self.drivers_gone and \
+                now - self.handover_since >= self.release_bound:
+            print(f"redundancy: pmon did not confirm within {self.release_bound:g} s that its "
+                  'run_on = "active" managers stopped; the handover goes on', file=sys.stderr,
+                  flush=True)
+            self.drivers_gone = True
         if self.handover is not None and (self.drivers_gone or self.fence.done):
             self.store.let_go(self.handover)
             self.handover, self.drivers_gone = None, False
@@ -276,7 +291,7 @@ class GroupManager:
                                    "ended_at": time.time()})
         if leading and fresh and verdict.target not in (None, me):
             self.handover = {"from": me, "to": verdict.target, "reason": verdict.reason}
-            self.drivers_gone = False
+            self.drivers_gone, self.handover_since = False, now
             self._become(Role.PASSIVE, verdict.reason, now)
         # 3. take the key
         mark = _json(self.watch.snapshot()[0].get("/handover")) if fresh else None
@@ -373,6 +388,9 @@ class GroupManager:
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
         self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
         self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
+        bound = reply.get("release_bound")  # as pmon's config has it now (a reload)
+        if isinstance(bound, (int, float)) and not isinstance(bound, bool) and 0 < bound < 3600:
+            self.release_bound = float(bound)
         self.fence.extend(self.fence_pids, self.fence_cgroups)
         pmon = reply.get("pmon")
         self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
