@@ -751,13 +751,13 @@ def check_programs(config: Config, names: Iterable[str] | None = None) -> None:
         if wanted is not None and spec.name not in wanted:
             continue
         where = f"manager '{spec.name}' (managers[{spec.index}])"
-        if not spec.cwd.is_dir():
+        if not _is(spec.cwd, "dir"):
             errors.add(f"{where}, key 'cwd'", f"{spec.cwd} is not a directory; create it or fix cwd")
             continue
         program = spec.command[0]
         if os.sep in program or (os.altsep and os.altsep in program):
             path = spec.cwd / program  # relative to cwd, as the spawn resolves it
-            if not path.is_file():
+            if not _is(path, "file"):
                 errors.add(f"{where}, key 'command'", f"program {program!r} not found ({path} does not exist)")
             elif not os.access(path, os.X_OK):
                 errors.add(f"{where}, key 'command'", f"program {path} is not executable (chmod +x it, or run it through its interpreter)")
@@ -769,6 +769,17 @@ def check_programs(config: Config, names: Iterable[str] | None = None) -> None:
                 f"program {program!r} not found on PATH; fix its spelling, install it or give its full path",
             )
     errors.raise_if_any()
+
+
+def _is(path: Path, kind: str) -> bool:
+    """path.is_dir() / is_file(), false also for a path the system refuses to look at (a
+    name too long: ENAMETOOLONG, which pathlib raises), so that validate says so plainly."""
+    try:
+        return path.is_dir() if kind == "dir" else path.is_file()
+    except OSError:
+        return False
+
+
 def _with_env_file(values: Mapping[str, Any], where: str, errors: _Errors) -> Mapping[str, str]:
     path: Path = values["env_file"]
     try:

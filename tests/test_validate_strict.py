@@ -146,3 +146,12 @@ def test_the_base_file_of_the_fuzzer_is_valid(tmp_path):
     path = tmp_path / "pmon.toml"
     path.write_text(tomli_w.dumps(mutate_toml.base()))
     assert pmon_cli(path, "validate").returncode == 0
+
+
+def test_validate_says_plainly_when_a_cwd_name_is_too_long(tmp_path):
+    """Found by the fuzz test above: a cwd of 300 characters made `pmon validate` trace back
+    (ENAMETOOLONG from the stat of it) instead of naming the key."""
+    path = write_project(tmp_path, [{"name": "m", "command": ["sleep", "1"], "cwd": "x" * 300}])
+    result = CliRunner().invoke(cli, ["validate", "-c", str(path)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 2 and "key 'cwd'" in result.output, result.output
