@@ -91,3 +91,25 @@ def test_only_a_manual_manager_gets_its_saved_wish_back():
         restore(manager, {**record("stopped"), "wanted": False, "restarts": 2}, 0.0)
     assert kept.wanted and kept.restarts == 2
     assert not restored.wanted
+
+
+CORE = config_module.parse({"project": {"name": "p"}, "managers": [
+    {"name": "core", "command": ["c"], "core": True},
+    {"name": "a", "command": ["a"]},
+]}, Path("/p/pmon.toml"))
+
+
+def test_a_core_death_while_pmon_was_away_restarts_the_project_also_mid_restart():
+    """Found by scripts/chaos.py (seed 1, in CI): the core died while pmon was away in the
+    start phase of a project restart; the next pmon resumed that restart, started a new
+    core and kept `a`, started after the old core: an old process beside a new core."""
+    job = {"id": 3, "kind": "restart", "reason": "r", "mode": "replace", "final": "running",
+           "phase": "starting", "order": ["core", "a"], "cursor": 2, "skip": []}
+    for project_state, resume in (("running", None), ("restarting", job)):
+        state = {**saved(project_state, core=record("running", 10, 1.0),
+                         a=record("running", 11, 2.0)), "job": resume}
+        decision = decide(CORE, state, [Found("a", 11, 2.0)])
+        assert decision.died_away == ["core"]
+        assert decision.resume is not None and decision.resume["kind"] == "restart" and \
+            decision.resume["phase"] == "stopping", (project_state, decision.resume)
+        assert "died while pmon was away" in decision.resume["reason"]

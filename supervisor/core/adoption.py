@@ -167,8 +167,10 @@ def decide(
             decision.down[name] = S.STOPPED
     core_gone = [name for name in decision.died_away if specs[name].core]
     kind = decision.resume.get("kind") if decision.resume is not None else "start"
-    if core_gone and decision.start_project and kind == "start":
-        # The seed's rule holds also when no pmon saw the death: the whole project restarts.
+    if core_gone and decision.start_project and kind in ("start", "restart"):
+        # The seed's rule holds also when no pmon saw the death: the whole project restarts,
+        # also when the death fell in a project restart's start phase (the managers it had
+        # started after the core would otherwise live on beside a new core)
         reason = f"core manager {core_gone[0]} died while pmon was away"
         decision.resume = {
             "kind": "restart", "reason": reason, "mode": "replace", "final": "running",
