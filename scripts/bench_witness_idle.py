@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Idle CPU of a redundant pair with the etcd witness, and without it for comparison.
 
-    .venv/bin/python scripts/bench_witness_idle.py [--seconds 60]
+    .venv/bin/python scripts/bench_witness_idle.py [--seconds 60] [--without-only]
 
 Two real pmon on loopback with the DEFAULT [redundancy] settings (two links) and a core
 manager plus a `run_on = "active"` driver each (scripts/bench_failover.py's pair), once
 with `witness = { etcd = [a real etcd on loopback], key = ... }` (default ttl 6) and once
 without. After the pair settled, the CPU time of each server's pmon + redundancy manager
-(and of etcd) over `--seconds` is printed as % of one CPU. Needs `etcd` (Debian package
-etcd-server). Not a test: the figures depend on the machine and its load.
+(and of etcd) over `--seconds` is printed as % of one CPU, and each process's share.
+Needs `etcd` (Debian package etcd-server) unless `--without-only`. Not a test: the
+figures depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def redundancy_pid(server: Server) -> int | None:
 
 
 def measure(root: Path, seconds: float, etcd_url: str | None,
-            etcd: subprocess.Popen[bytes] | None) -> list[float]:
+            etcd: subprocess.Popen[bytes] | None) -> tuple[list[float], list[list[float]]]:
     starts = Starts()
     path_a, path_b = write_pair(root, starts.port)
     if etcd_url is not None:
@@ -70,13 +71,15 @@ def measure(root: Path, seconds: float, etcd_url: str | None,
         if etcd is not None:
             groups.append([psutil.Process(etcd.pid)])
 
-        def cpu() -> list[float]:
-            return [sum(sum(p.cpu_times()[:2]) for p in group) for group in groups]
+        def cpu() -> list[list[float]]:
+            return [[sum(p.cpu_times()[:2]) for p in group] for group in groups]
 
         t0, before = time.monotonic(), cpu()
         time.sleep(seconds)  # a measurement window, not a wait for a condition
         elapsed, after = time.monotonic() - t0, cpu()
-        return [round(100 * (n - b) / elapsed, 2) for n, b in zip(after, before)]
+        each = [[round(100 * (n - b) / elapsed, 2) for n, b in zip(ns, bs)]
+                for ns, bs in zip(after, before)]
+        return [round(sum(group), 2) for group in each], each
     finally:
         for server in servers.values():
             server.stop()
@@ -85,7 +88,16 @@ def measure(root: Path, seconds: float, etcd_url: str | None,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--without-only", action="store_true",
+                        help="measure only the pair without a witness (no etcd needed)")
     args = parser.parse_args()
+    if args.without_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            without, each = measure(Path(tmp), args.seconds, None, None)
+        print(f"idle CPU over {args.seconds:g} s, % of one CPU, without a witness: "
+              f"a {without[0]} (pmon {each[0][0]} + redundancy manager {each[0][1]}), "
+              f"b {without[1]} (pmon {each[1][0]} + redundancy manager {each[1][1]})")
+        return 0
     if shutil.which("etcd") is None:
         print("etcd is not installed (Debian package etcd-server)", file=sys.stderr)
         return 2
@@ -96,8 +108,8 @@ def main() -> int:
         try:
             (root / "with").mkdir()
             (root / "without").mkdir()
-            with_witness = measure(root / "with", args.seconds, url, etcd)
-            without = measure(root / "without", args.seconds, None, None)
+            with_witness, each_with = measure(root / "with", args.seconds, url, etcd)
+            without, each_without = measure(root / "without", args.seconds, None, None)
         finally:
             etcd.kill()
             etcd.wait(10)
@@ -108,6 +120,9 @@ def main() -> int:
     print("| --- | --- | --- | --- |")
     print(f"| with the witness | {with_witness[0]} | {with_witness[1]} | {with_witness[2]} |")
     print(f"| without | {without[0]} | {without[1]} | - |")
+    for label, each in (("with the witness", each_with), ("without", each_without)):
+        print(f"{label}: pmon + redundancy manager: a {each[0][0]} + {each[0][1]}, "
+              f"b {each[1][0]} + {each[1][1]}")
     return 0
 
 
