@@ -32,12 +32,16 @@ class Beat:
         return cls("\0" + address[1:] if address.startswith("@") else address)
 
     def send(self) -> None:
+        self.notify(MESSAGE)
+
+    def notify(self, message: bytes) -> None:
+        """Any notify-protocol line (WATCHDOG=1, READY=1) to pmon; never blocks."""
         if self.sock is None or self.address is None:
             return
         try:
-            self.sock.sendto(MESSAGE, self.address)
+            self.sock.sendto(message, self.address)
         except OSError:
-            pass  # pmon stopped (queue full) or away (a hot restart): the beat is lost
+            pass  # pmon stopped (queue full) or away (a hot restart): the line is lost
 
     def close(self) -> None:
         if self.sock is not None:

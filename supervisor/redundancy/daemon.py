@@ -647,16 +647,10 @@ def _says(hb: Heartbeat) -> dict[str, Any]:
 
 
 def _notify(message: str) -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address or not hasattr(socket, "AF_UNIX"):
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(message.encode(), address)
-    except OSError:
-        pass
+    """One notify-protocol line to pmon (READY=1), on a socket of its own."""
+    beat = Beat.from_env()
+    beat.notify(message.encode())
+    beat.close()
 
 
 def main(config: Config, make: Callable[[Config], Any] | None = None) -> int:
