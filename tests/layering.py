@@ -52,7 +52,7 @@ class Import:
 # layer of its longest matching prefix (a prefix names a module and everything under it).
 BASE = frozenset({
     "pmon", "pmon.errors", "pmon.states", "pmon.config", "pmon.hookspecs", "pmon.plugin_types",
-    "pmon.plugins", "pmon.redundancy.settings",
+    "pmon.plugins", "pmon.redundancy.settings", "pmon.redundancy.beat_timer",
 })
 CLIENT = frozenset({"pmon.control.client", "pmon.control.protocol"})
 PREFIXES = (

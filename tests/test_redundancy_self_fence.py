@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from relay import Relay
 from support import Pmon, pmon_cli, poll_for, write_pair
@@ -23,9 +24,15 @@ from test_redundancy_witness import KEY, TTL, drivers, etcd, relay, running  # n
 WAIT = 20
 
 
-def start(pmon, tmp_path: Path, relay: Relay, **redundancy: Any) -> tuple[Pmon, Pmon]:
+# How pmon hears the beat: the kernel timer it holds (Linux), or a datagram per beat (the
+# fallback, forced here with PMON_NO_BEAT_TIMER=1).
+BEATS = {"timer": None, "datagram": {"PMON_NO_BEAT_TIMER": "1"}}
+
+
+def start(pmon, tmp_path: Path, relay: Relay, beat: str = "timer",
+          **redundancy: Any) -> tuple[Pmon, Pmon]:
     config_a, config_b = write_pair(tmp_path, relay, drivers(tmp_path), **redundancy)
-    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a, b = pmon(config_a, wait=False, env=BEATS[beat]), pmon(config_b, wait=False, env=BEATS[beat])
     a.wait_ready(WAIT)
     b.wait_ready(WAIT)
     return a, b
@@ -109,11 +116,13 @@ def check_handover(a: Pmon, tmp_path: Path, at: float, said: tuple[str, str]) ->
     assert "self-fenced" in said[1], said[1]  # pmon status: why drv is held
 
 
+@pytest.mark.parametrize("beat", sorted(BEATS))
 def test_a_frozen_redundancy_manager_its_pmon_stops_the_driver_before_the_partner_starts_one(
-        tmp_path, pmon, relay):
-    a, b = start(pmon, tmp_path, relay)
+        tmp_path, pmon, relay, beat):
+    a, b = start(pmon, tmp_path, relay, beat)
     wait_roles(a, b, "active", "passive")
     a.wait_state("drv", "running")
+    assert redu(a)["self_fence"]["beat"] == beat
     before = redundancy_pid(a)
     with TwoDrivers(tmp_path) as sampler:
         # longer than PMON_GRACE (5 s): thawed, it must not exit as an orphan
@@ -145,15 +154,20 @@ def test_with_the_witness_a_frozen_lease_holder_stops_its_driver_before_the_leas
 
 
 def test_a_hot_restart_of_pmon_does_not_self_fence(tmp_path, pmon, relay):
+    """Also when the new pmon hears the beat otherwise than the old one: one that cannot
+    hold the beat's timer (PMON_NO_BEAT_TIMER here; in life a pmon that may not take
+    another process's file) has the redundancy manager send the datagram again, and the
+    next one takes the timer back."""
     a, b = start(pmon, tmp_path, relay)
     wait_roles(a, b, "active", "passive")
     driver = a.wait_state("drv", "running")["pid"]
-    for _ in range(3):
+    for beat in ("datagram", "timer", "datagram", "timer"):
         a.kill()  # pmon alone; its managers, the redundancy manager among them, run on
-        a = pmon(a.config_path, wait=False)
+        a = pmon(a.config_path, wait=False, env=BEATS[beat])
         a.wait_ready(WAIT)
         poll_for(lambda: (redu(a).get("self_fence") or {}).get("watching") and
-                 redu(a)["self_fence"]["beat_ago"] is not None, WAIT, "the new pmon to watch the beat")
+                 redu(a)["self_fence"]["beat_ago"] is not None and
+                 redu(a)["self_fence"]["beat"] == beat, WAIT, f"the new pmon to watch the beat ({beat})")
     time.sleep(1.0)  # a window for a self-fence to show, not a wait for a condition
     history = "\n".join(f"{e['ts']} {e['message']}" for e in a.events()[-25:])
     assert a.manager("drv")["pid"] == driver and a.manager("drv")["state"] == "running", history

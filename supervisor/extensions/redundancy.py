@@ -15,7 +15,9 @@ It knows what only pmon knows, and acts where only pmon can:
   when pmon stops answering (docs/redundancy.md "Fencing"); pmon refuses to start one while
   its last sync is older than pmon_timeout;
 - the self-fence, the mirror case: on the active server, when the redundancy manager's
-  heartbeat loop has not beaten (WATCHDOG=1 on the notify socket) for `self_fence`, pmon
+  heartbeat loop has not beaten (WATCHDOG=1 on the notify socket, or on Linux the beat's
+  timer expired: beat_timer.py, pmon holds it and is woken only by its expiry) for
+  `self_fence`, pmon
   stops those managers itself (SIGKILL after `self_fence_kill` at most), before the partner,
   which hears no heartbeat either, may take the role (`timeout`). It lasts until the
   redundancy manager says it is passive (it gives the role up when it hears of it, or when
@@ -43,6 +45,7 @@ from pmon.config import Config
 from pmon.core.project import ProjectState
 from pmon.states import ManagerState, StartType
 from pmon.errors import CommandError, SpawnRefused
+from pmon.redundancy import beat_timer
 from pmon.runtime.api import Api, Extension
 from pmon.runtime.statefile import write_atomically
 
@@ -74,6 +77,10 @@ class RedundancyService(Extension):
         self.watch_from = 0.0
         self.self_fenced: dict[str, Any] | None = None  # when and why, while in force
         self._watchdog: asyncio.TimerHandle | None = None
+        # the beat's timer, taken from the redundancy manager: (its pid, its fd, our fd)
+        self._timer: tuple[int, int, int] | None = None
+        self._timer_refused: tuple[int, int] | None = None  # not taken: not tried again
+        self._reading_timer = False
 
     # --- lifecycle ----------------------------------------------------------------
     async def start(self, api: Api) -> None:
@@ -92,6 +99,7 @@ class RedundancyService(Extension):
         # The project machine starts with "active" off (not decided yet): nothing to tell.
 
     async def stop(self) -> None:
+        self._drop_timer()
         self._save()
 
     def _save(self) -> None:
@@ -108,6 +116,7 @@ class RedundancyService(Extension):
             self.role = None
             self.report = {}
             self._unwatch()
+            self._drop_timer()
             self.self_fenced = None  # a new redundancy manager decides anew (from passive)
             self.sup.loop.call_soon(self._tell_role)  # not from inside the machine's report
         self.sup.loop.call_soon(self._poke)
@@ -139,18 +148,77 @@ class RedundancyService(Extension):
             self._watch()
 
     def _watch(self) -> None:
-        """(Re)arm the watchdog at the last beat (or the activation) + self_fence."""
+        """(Re)arm the watchdog at the last beat (or the activation) + self_fence. With the
+        beat's timer the kernel keeps the last beat: pmon waits on the timer's expiry, and
+        on a timer of its own only while the activation is newer than an expired beat."""
         if self.role != "active" or self.self_fenced is not None:
             return
         if self._watchdog is not None:
             self._watchdog.cancel()
-        since = max(self.beat_at or self.watch_from, self.watch_from)
+            self._watchdog = None
+        now = self.sup.loop.time()
+        if self._timer is not None:
+            if not self._reading_timer:
+                self.sup.loop.add_reader(self._timer[2], self._expired)
+                self._reading_timer = True
+            if self._timer_left() > 0:
+                return  # the expiry wakes pmon (_expired)
+        since = max(self._last_beat(now), self.watch_from)
         self._watchdog = self.sup.loop.call_at(since + self.spec.self_fence, self._silent)
 
     def _unwatch(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        if self._reading_timer and self._timer is not None:
+            self.sup.loop.remove_reader(self._timer[2])
+        self._reading_timer = False
+
+    def _last_beat(self, now: float) -> float:
+        """When the redundancy manager last beat (loop time; -inf: never): by the beat's
+        timer while pmon holds it (an expired one: self_fence ago at the latest), else by
+        the last datagram."""
+        if self._timer is not None:
+            return now - self.spec.self_fence + self._timer_left()
+        return self.beat_at if self.beat_at is not None else float("-inf")
+
+    def _timer_left(self) -> float:
+        assert self._timer is not None
+        try:
+            return beat_timer.remaining(self._timer[2])
+        except OSError:
+            return 0.0  # as good as expired: the fence decides by the time since watch_from
+
+    def _expired(self) -> None:
+        """The beat's timer expired: the loop has not beaten for self_fence."""
+        if self._timer is not None:
+            beat_timer.clear(self._timer[2])
+        self._silent()
+
+    def _take_timer(self, report: dict[str, Any]) -> str:
+        """Hold the beat's timer of the redundancy manager that sent `report` (only of the
+        one pmon runs); what the reply tells it: "timer" (no datagram needed) or "datagram"."""
+        pid, fd = report.get("pid"), report.get("beat_timer")
+        ours = any(m.spec.redundancy and m.pid == pid and m.alive for m in self.sup.managers.values())
+        wanted = (pid, fd) if ours and type(pid) is int and type(fd) is int else None
+        if wanted != (self._timer[:2] if self._timer else None):
+            watching = self._reading_timer or self._watchdog is not None
+            self._unwatch()
+            self._drop_timer()
+            if wanted is not None and wanted != self._timer_refused and beat_timer.available():
+                try:
+                    self._timer = (*wanted, beat_timer.take(*wanted))
+                except OSError:  # not allowed (ptrace_scope), or too old a kernel
+                    self._timer_refused = wanted
+            if watching:
+                self._watch()
+        return "timer" if self._timer is not None else "datagram"
+
+    def _drop_timer(self) -> None:
+        if self._timer is not None:
+            self._unwatch()
+            os.close(self._timer[2])
+            self._timer = None
 
     def _silent(self) -> None:
         self._watchdog = None
@@ -159,8 +227,8 @@ class RedundancyService(Extension):
         self.sup.take_notifications()
         if self._watchdog is not None:
             return
-        since = max(self.beat_at or self.watch_from, self.watch_from)
-        silent = self.sup.loop.time() - since
+        now = self.sup.loop.time()
+        silent = now - max(self._last_beat(now), self.watch_from)
         if self.role != "active" or self.self_fenced is not None:
             return
         if silent < self.spec.self_fence:  # a beat came (the timer was not moved): later
@@ -172,6 +240,7 @@ class RedundancyService(Extension):
             "self-fenced", f"{why} (bound {self.spec.self_fence:g} s); stopping the run_on = "
             f'"active" managers, SIGKILL after {self.spec.self_fence_kill:g} s at most',
             server=self.spec.name, silent=round(silent, 3), bound=self.spec.self_fence)
+        self._unwatch()  # (the timer's reader) until the next activation
         self.sup.set_condition("active", False, why, enforce=True,
                                kill_in=self.spec.self_fence_kill)
         self._poke(always=True)  # the redundancy manager hears of it at its next sync
@@ -271,6 +340,7 @@ class RedundancyService(Extension):
         before = self._signature()
         self.report = report
         self.synced_at = time.monotonic()
+        beat = self._take_timer(report)  # before a role change arms the watchdog
         epoch = report.get("epoch")
         changed = False
         if isinstance(epoch, int) and epoch > self.epoch:
@@ -305,7 +375,8 @@ class RedundancyService(Extension):
                 "fence_names": [m.spec.name for m in self.sup.managers.values()
                                 if m.spec.run_on == "active"],
                 "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
-                "self_fenced": self.self_fenced is not None, **self._fence_cgroups()}
+                "self_fenced": self.self_fenced is not None, "beat": beat,
+                **self._fence_cgroups()}
 
     def _fence_cgroups(self) -> dict[str, Any]:
         """With cgroup containment: the cgroups of the managers to fence (their helpers are
@@ -461,8 +532,11 @@ class RedundancyService(Extension):
         return None
 
     def _self_fence_status(self) -> dict[str, Any] | None:
-        heard = None if self.beat_at is None else round(self.sup.loop.time() - self.beat_at, 3)
+        now = self.sup.loop.time()
+        last = self._last_beat(now)
+        heard = None if last == float("-inf") else round(now - last, 3)
         return {"after": self.spec.self_fence, "kill": round(self.spec.self_fence_kill, 3),
+                "beat": "timer" if self._timer is not None else "datagram",
                 "watching": self.role == "active" and self.self_fenced is None,
                 "beat_ago": heard, "fenced": self.self_fenced}
 

@@ -56,7 +56,7 @@ from pmon.redundancy.arbitration import (
 from pmon.redundancy.beat import Beat
 from pmon.redundancy.fence import Fence, Release
 from pmon.redundancy.link import Links
-from pmon.redundancy.messages import Heartbeat, Inbox, encode
+from pmon.redundancy.messages import Encoder, Heartbeat, Inbox
 from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors, release_bound
 from pmon.redundancy.witness import Witness
 
@@ -147,6 +147,7 @@ class RedundancyManager:
             fence_bound=spec.fence_bound,
         )
         self.inbox = Inbox(spec.name, spec.partner)
+        self.encode = Encoder()
         self.links = Links.open(spec.links)
         self.boot = secrets.token_hex(6)
         self.seq = 0
@@ -189,7 +190,7 @@ class RedundancyManager:
                                loop_alive=lambda now: now - self.last_sent < spec.self_fence) \
             if spec.witness is not None else None
         self.failsafe = False  # active without the lease: etcd away, the partner agrees
-        self.beat = Beat.from_env()
+        self.beat = Beat.from_env(timer=True)
         self.beat_at = 0.0  # the last beat
         self.yielding = False  # pmon self-fenced (or surely did): give the role up
 
@@ -515,7 +516,7 @@ class RedundancyManager:
         self.seq += 1
         self.last_sent = now
         breakdown = self.breakdown(now)  # (failsafe: as the last evaluate judged it)
-        data = encode(Heartbeat(
+        data = self.encode(Heartbeat(
             sender=self.spec.name, to=self.spec.partner, epoch=self.arbiter.epoch,
             boot=self.boot, seq=self.seq, role=self.decision.role, error=sum(breakdown.values()),
             available=self.available and self.pmon_ok(now), target=self.decision.target,
@@ -532,7 +533,7 @@ class RedundancyManager:
         if now - self.beat_at >= (self.spec.self_fence - self.spec.heartbeat_interval) / 2:
             # after the heartbeat, so the last beat is never later than the last heartbeat
             # (the partner's timeout runs from that); twice per self_fence is enough
-            self.beat.send()
+            self.beat.send(expires=self.spec.self_fence)
             self.beat_at = now
 
     # --- pmon ----------------------------------------------------------------------
@@ -577,6 +578,7 @@ class RedundancyManager:
             "links": [link.report(now, self.spec.timeout) for link in self.links.links],
             "dropped": dict(self.inbox.dropped),
             "pid": os.getpid(),
+            "beat_timer": self.beat.timer,  # pmon takes it (beat_timer.take) to watch the beat
             "sent": time.monotonic(),  # one clock for every process of the machine
         }
 
@@ -590,6 +592,9 @@ class RedundancyManager:
             self.restart_pending, self.restart_seq = False, None
         self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
         self.available = bool(reply.get("available"))
+        # pmon watches the beat's timer: the datagram is no longer needed (a new pmon after a
+        # hot restart that could not take the timer says "datagram")
+        self.beat.held = reply.get("beat") == "timer" and self.beat.timer is not None
         if reply.get("self_fenced") and self.decision.role is Role.ACTIVE:
             self.yielding = True  # pmon stopped the drivers: the role goes with them
         self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
