@@ -6,7 +6,9 @@ Two threads, so that nothing can stall the heartbeats:
   heartbeat interval (a quarter of it while a heartbeat of the partner is overdue: the probe,
   which the partner answers at once) it steps the arbitration and sends a heartbeat on every
   link; on a partner's heartbeat, a link timing out or a reply from pmon it steps the
-  arbitration; on a change of role it sends at once and wakes the sync thread.
+  arbitration; on a change of role it sends at once and wakes the sync thread. The two
+  sides beat in step (one answers the other's heartbeat when its own is nearly due; the
+  later name of the pair moves its beat once to get there): a wake-up fewer per beat.
 - the sync thread (`PmonSync`) exchanges `redu-sync` with pmon: at once when the report
   changed (a role, the partner's state, a link) or pmon pokes it (SIGUSR2: an operator's
   request or a change of the error state), and every SYNC_IDLE seconds otherwise. pmon's
@@ -26,8 +28,8 @@ answer for PMON_GRACE (longer than a hot restart of pmon takes), it exits, so th
 orphan does not hold the links; a freeze of this process (a gap in the loop) restarts the
 count.
 
-The beat (beat.py): every heartbeat also goes to pmon as WATCHDOG=1, from this loop, so a
-stuck loop stops both. pmon on the active server self-fences when the beat stops for
+The beat (beat.py): every heartbeat also beats to pmon (a kernel timer pmon holds, or
+WATCHDOG=1), from this loop, so a stuck loop stops both. pmon on the active server self-fences when the beat stops for
 `self_fence`; this loop, finding that it has not beaten that long itself (it was frozen),
 or told so by pmon, gives the role up (reason "fenced") before it acts on anything.
 
@@ -63,6 +65,7 @@ from pmon.redundancy.witness import Witness
 PMON_GRACE = 5.0  # seconds pmon owes an answer before exiting (at least the fence)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
 RETRY = 0.1  # seconds before a failed sync with pmon is tried again
+REPHASE_EVERY = 5.0  # seconds: the follower beats early at most this often to get in step
 
 
 def _choice(choice: Choice | None) -> dict[str, Any] | None:
@@ -176,6 +179,9 @@ class RedundancyManager:
         self.damped_until = 0.0  # failure damped until then (monotonic)
         self.connected = False
         self.last_sent = 0.0
+        # the follower of the pair (the later name) moves its beat to the partner's
+        self.follows = spec.name > spec.partner
+        self.rephased_at = float("-inf")
         self.signature: tuple[Any, ...] = ()
         self.lock = threading.Lock()  # the sync thread reads the report under it
         self.replies: "queue.SimpleQueue[tuple[float, dict[str, Any] | None]]" = queue.SimpleQueue()
@@ -353,6 +359,13 @@ class RedundancyManager:
                         # so both sides beat in step (a wake-up fewer on each); not when
                         # this side just sent (a probe's answer): a partner that beats
                         # faster must not make this side beat faster too
+                        next_beat = now
+                    elif self.heard is not beat_heard and self.follows and \
+                            now - self.last_sent >= interval / 4 and \
+                            now - self.rephased_at >= REPHASE_EVERY:
+                        # out of step (the two loops began at any moment): the follower
+                        # beats early once, and in step from then on (the rule above)
+                        self.rephased_at = now
                         next_beat = now
         finally:
             if self.witness is not None:
