@@ -24,6 +24,8 @@ from textual.widgets import DataTable, Static  # noqa: E402
 from pmon.cli.console_app import Confirm, Console  # noqa: E402
 from pmon.control.client import Endpoint  # noqa: E402
 from support import Pmon, child, pmon_cli, poll_for, write_project  # noqa: E402
+from etcd import etcd  # noqa: E402,F401 (the fixture)
+from group import write_group  # noqa: E402
 
 WAIT = 15.0
 
@@ -168,6 +170,26 @@ def test_what_needs_force_asks_with_the_same_words(tmp_path, pmon):
         assert server.status()["project_state"] == "stopped"
 
     drive(server.config_path, scenario)
+
+
+def test_a_group_member_shows_every_member_and_the_leader(tmp_path, pmon, etcd):
+    """A member of a group of three: no partner, no links; every member's role and error
+    state, the leader; "partner active" (A) says to name the member instead."""
+    servers = {name: pmon(path, wait=False) for name, path in write_group(tmp_path, etcd.url).items()}
+    for server in servers.values():
+        server.wait_ready(WAIT)
+
+    async def scenario(app: Console, pilot: Pilot[Any]) -> None:
+        def shown() -> bool:
+            text = text_of(app, "#pair")
+            return "this server c: passive" in text and "group of 3, leader a" in text and \
+                "a: active, error state 0" in text and "b: passive, error state 0" in text
+        await until(pilot, shown, "the group's lines", timeout=30)
+        assert "partner" not in text_of(app, "#pair") and "links" not in text_of(app, "#pair")
+        await pilot.press("A")
+        await until(pilot, lambda: "a group has no one partner" in app.last_message, "the refusal")
+
+    drive(servers["c"].config_path, scenario)
 
 
 def test_it_reconnects_when_pmon_comes_back_and_q_quits(tmp_path, pmon):

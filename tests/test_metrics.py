@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from etcd import etcd  # noqa: F401 (the fixture)
+from group import MEMBERS, write_group
 from relay import Relay
 from support import Pmon, child, pmon_cli, poll_for, write_pair, write_project
 
@@ -406,3 +408,36 @@ def test_any_listen_value_is_taken_or_refused_with_the_key_named(tmp_path):
         assert spec.host == (written or "127.0.0.1")
 
     check()
+
+
+def test_a_group_shows_its_members_and_leader_not_a_partner(tmp_path, pmon, etcd):
+    """A group of three (docs/redundancy.md "Groups of three or more") has no partner and no
+    links: each member's exporter shows every member as etcd has its record, and the
+    leader; a member that stops is shown down once its record is gone."""
+    paths = write_group(tmp_path, etcd.url)
+    for path in paths.values():
+        path.write_text(path.read_text() + '\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    servers = {name: pmon(path, wait=False) for name, path in paths.items()}
+    for server in servers.values():
+        server.wait_ready(WAIT)
+
+    def members(samples: dict[Any, float], name: str) -> dict[str, float | None]:
+        return {m: value(samples, name, member=m) for m in MEMBERS}
+
+    def settled() -> dict[Any, float] | None:
+        s = scrape(servers["c"])
+        return s if members(s, "pmon_redundancy_leader") == {"a": 1, "b": 0, "c": 0} and \
+            set(members(s, "pmon_redundancy_member_available").values()) == {1} else None
+
+    samples = poll_for(settled, 30, "c to show a as the leader and every member available")
+    assert members(samples, "pmon_redundancy_member_up") == {"a": 1, "b": 1, "c": 1}
+    assert {m: value(samples, "pmon_redundancy_error_state", server=m) for m in MEMBERS} == \
+        {"a": 0, "b": 0, "c": 0}
+    assert value(samples, "pmon_redundancy_role", server="c", role="passive") == 1
+    names = {name for name, _labels in samples}
+    assert not names & {"pmon_redundancy_partner_connected", "pmon_redundancy_partner_available",
+                        "pmon_redundancy_link_up"}, names
+    servers["b"].stop()
+    poll_for(lambda: value(scrape(servers["c"]), "pmon_redundancy_member_up", member="b") == 0,
+             30, "c to show b down")
+    assert value(scrape(servers["c"]), "pmon_redundancy_error_state", server="b") is None

@@ -414,6 +414,9 @@ class Console(App[int]):
             f", error state {pair.get('error_state', '?')}",
             f" ({breakdown(pair.get('error_breakdown'))})" if pair.get("error_breakdown") else "",
         )
+        if isinstance(pair.get("group"), dict):
+            self._put("#pair", Text.assemble(me, "\n", _group_line(pair["group"])))
+            return
         if pair.get("partner_connected"):
             other = Text.assemble(
                 "   partner ", (pair["partner"], "bold"), ": ", styled_role(pair.get("partner_role")),
@@ -529,6 +532,10 @@ class Console(App[int]):
         if self.pair is None:
             self.say("this server is not one of a redundant pair", error=True)
             return
+        if partner and isinstance(self.pair.get("group"), dict):
+            self.say("a group has no one partner: name the member, e.g. `pmon redu set-active "
+                     f"{next(iter(self.pair['group'].get('order') or []), 'NAME')}`", error=True)
+            return
         server = self.pair["partner"] if partner else self.pair["server"]
         self._run(command, f"{command.replace('redu-', 'redu ')} {server}", server=server)
 
@@ -577,3 +584,20 @@ def styled_role(role: Any) -> Text:
 def run(where: Endpoint) -> int:
     """Run the console until q; returns the exit code."""
     return Console(where).run() or 0
+
+
+def _group_line(group: dict[str, Any]) -> Text:
+    """A group of three or more: every member as etcd has its record, the leader first."""
+    members = [m for m in group.get("members") or [] if isinstance(m, dict)]
+    line = Text(f"   group of {len(members)}, leader ")
+    line.append(str(group.get("leader") or "none"), style="bold" if group.get("leader") else "bold red")
+    for m in members:
+        line.append(f"   {m.get('name')}: ")
+        if not m.get("live"):
+            line.append("not in etcd", style="bold red")
+            continue
+        line.append_text(styled_role(m.get("role")))
+        line.append(f", error state {m.get('error', '?')}")
+        if not m.get("available"):
+            line.append("  not available", style="bold red")
+    return line

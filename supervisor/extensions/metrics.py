@@ -333,6 +333,38 @@ def _pair(pair: Mapping[str, Any], switchovers: Mapping[str, int]) -> Iterator[M
     for value in ROLES:
         role.add_metric([pair["server"], value], float(pair["role"] == value))
     yield role
+    if isinstance(pair.get("group"), dict):
+        yield from _group(pair["group"])
+    else:
+        yield from _partner(pair)
+    yield from _switchovers(pair, switchovers)
+
+
+def _group(group: Mapping[str, Any]) -> Iterator[Metric]:
+    """A group of three or more: every member as etcd has its record (no partner, no links)."""
+    members = [m for m in group.get("members") or [] if isinstance(m, dict) and m.get("name")]
+    live = GaugeMetricFamily(
+        "pmon_redundancy_member_up", "1 while the member's record is in etcd (its redundancy "
+        "manager holds its member lease)", labels=["member"])
+    available = GaugeMetricFamily(
+        "pmon_redundancy_member_available", "1 while the member says it is available (its "
+        "project fully started, no blocked manager)", labels=["member"])
+    leader = GaugeMetricFamily(
+        "pmon_redundancy_leader", "1 for the member that holds the group's lease", labels=["member"])
+    errors = GaugeMetricFamily(
+        "pmon_redundancy_error_state", "The error state of each member of the group (0: "
+        "healthy; only while its record is in etcd)", labels=["server"])
+    for m in members:
+        name = str(m["name"])
+        live.add_metric([name], float(bool(m.get("live"))))
+        available.add_metric([name], float(bool(m.get("live") and m.get("available"))))
+        leader.add_metric([name], float(group.get("leader") == name))
+        if m.get("live") and isinstance(m.get("error"), (int, float)):
+            errors.add_metric([name], float(m["error"]))
+    yield from (live, available, leader, errors)
+
+
+def _partner(pair: Mapping[str, Any]) -> Iterator[Metric]:
     errors = GaugeMetricFamily(
         "pmon_redundancy_error_state", "The error state of each server of the pair (0: healthy; "
         "the partner's only while it is connected)", labels=["server"])
@@ -360,6 +392,9 @@ def _pair(pair: Mapping[str, Any], switchovers: Mapping[str, int]) -> Iterator[M
             age.add_metric([link["link"]], float(link["last_heard"]) + ago)
     yield link_up
     yield age
+
+
+def _switchovers(pair: Mapping[str, Any], switchovers: Mapping[str, int]) -> Iterator[Metric]:
     count = CounterMetricFamily(
         "pmon_redundancy_switchovers", "Switchovers seen by this server, by reason, kept "
         "across pmon's hot restarts", labels=["reason"])
