@@ -4,17 +4,19 @@ decide who is active. "drv" is run_on = "active" and stamps its starts and stops
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
-from etcd import Etcd, etcd  # noqa: F401 (the fixture)
+from etcd import Etcd, _b64, etcd  # noqa: F401 (the fixture)
 from group import KEY, MEMBERS, driver_runs, stamp_path, write_group
 from support import Pmon, kill_tree, pmon_cli, poll_for, project_processes
 from test_redundancy_pair import redu, stamps, switchovers
@@ -291,3 +293,57 @@ def _watch(group: Group, seconds: float, context: str) -> None:
     while time.monotonic() < deadline:
         group.check(context)
         time.sleep(0.05)
+
+
+def test_a_member_whose_group_loop_hangs_lets_its_lease_expire_and_another_takes_the_key(etcd):
+    """The store against a real etcd: a's group loop stops turning (`loop_alive` turns
+    False; the thread runs on): a's store renews nothing any more and revokes nothing, so
+    etcd expires a's lease (read back with etcd's own /v3/lease/timetolive), K and a's
+    record go with it, and b's store, which wants the role, creates K."""
+    from pmon.redundancy.group_store import GroupStore
+    from pmon.redundancy.settings import WitnessSpec
+
+    key, ttl = "/pmon/test/hung", 3
+    spec = WitnessSpec(etcd=(etcd.url,), ttl=float(ttl), key=key)
+    hung = threading.Event()
+    a = GroupStore(spec, "a", "boot-a", lambda: None, loop_alive=lambda _now: not hung.is_set())
+    b = GroupStore(spec, "b", "boot-b", lambda: None)
+
+    def members() -> set[str]:
+        reply = etcd.post("/v3/kv/range", {"key": _b64(f"{key}/members/"),
+                                           "range_end": _b64(f"{key}/members0")})
+        return {base64.b64decode(kv["key"]).decode().rsplit("/", 1)[1] for kv in reply.get("kvs", [])}
+
+    def ttl_left(lease: int) -> int:  # etcd's own word (-1: expired; 0 is left out)
+        return int(etcd.post("/v3/lease/timetolive", {"ID": str(lease)}).get("TTL", 0))
+
+    a.start()
+    b.start()
+    try:
+        a.put_record({"name": "a"})
+        b.put_record({"name": "b"})
+        a.want(True, a.clock())
+        poll_for(lambda: etcd.holder(key) == "a boot-a" and a.is_leader(), WAIT, "a to hold K")
+        b.want(True, b.clock())  # b would take K, were it free
+        poll_for(lambda: members() == {"a", "b"}, WAIT, "both records")
+        lease = a.lease
+        # while a's loop lives, its lease outlives the ttl by far (renewed every ttl / 6)
+        time.sleep(ttl + 1)
+        assert etcd.holder(key) == "a boot-a"
+        assert ttl_left(lease) > 0
+
+        hung.set()
+        at = time.monotonic()
+        poll_for(lambda: ttl_left(lease) == -1, WAIT, "a's lease to expire in etcd")
+        expired_after = time.monotonic() - at
+        # expired, not revoked: the last renewal was at most ttl / 6 before the hang
+        assert ttl * 5 / 6 - 0.3 <= expired_after <= ttl + 1.0, expired_after
+        poll_for(lambda: etcd.holder(key) == "b boot-b" and b.is_leader(), WAIT, "b to take K")
+        assert members() == {"b"}  # a's record went with its lease: no ranking waits on it
+        assert not a.held(a.clock()) and a.is_alive()
+        assert a.lease == lease  # nothing granted meanwhile either
+    finally:
+        for store in (a, b):
+            store.stop()
+        for store in (a, b):
+            store.join(5)

@@ -66,9 +66,15 @@ class GroupManager:
         assert spec is not None and spec.witness is not None
         self.spec, self.clock = spec, clock
         self.boot = secrets.token_hex(6)
-        self.store = GroupStore(spec.witness, spec.name, self.boot, self._wake)
-        self.watch = Watcher(self.store, self._wake)
         self.sync = PmonSync(config, spec.pmon_timeout, self._locked_report, self._deliver)
+        # The store renews the lease only while this loop turns (`sync.last_turn`, set at
+        # every turn; at rest it turns every IDLE): a hung loop decides nothing, so its
+        # lease must expire and another member take the role. The bound is pmon's for this
+        # loop's silence (extensions/group.py stops the drivers after pmon_timeout without
+        # a sync), as the pair's witness uses the self-fence's.
+        self.store = GroupStore(spec.witness, spec.name, self.boot, self._wake, clock,
+                                loop_alive=lambda now: now - self.sync.last_turn < spec.pmon_timeout)
+        self.watch = Watcher(self.store, self._wake)
         self.fence = Fence(spec.fence_grace)
         self.fence_at: float | None = None  # the fence starts then (or once pmon acknowledged)
         self.let_go_after_fence = False
