@@ -347,3 +347,41 @@ def test_a_member_whose_group_loop_hangs_lets_its_lease_expire_and_another_takes
             store.stop()
         for store in (a, b):
             store.join(5)
+
+
+def test_the_leaders_group_loop_hung_its_threads_alive_pmon_stops_the_driver_and_another_takes_over(
+        tmp_path, pmon, etcd):
+    """A real group; only the main thread of the leader's redundancy manager stopped (its
+    loop hangs; its sync with pmon and its etcd store run on): the store stops renewing, so
+    a's lease expires in etcd and b becomes active; a's pmon stops a's driver first (the
+    reports of a hung loop are stale), never two drivers. When the loop comes back, it finds
+    its lease lost and is passive."""
+    from hold_thread import main_thread_stopped
+
+    group = Group(pmon, tmp_path, etcd)
+    group.wait_active("a")
+    manager = group.redundancy_manager("a")
+    threads = [int(t) for t in os.listdir(f"/proc/{manager}/task") if int(t) != manager]
+    lease = int(etcd.post("/v3/kv/range", {"key": _b64(KEY)})["kvs"][0]["lease"])
+    with main_thread_stopped(manager):
+        hung = time.monotonic()
+        # the other threads run on (stopped, they would be "t" / "T")
+        assert all(open(f"/proc/{manager}/task/{t}/stat").read().split(")")[-1].split()[0]
+                   not in "tT" for t in threads)
+        group.wait_active("b", TTL + 10)
+        took = time.monotonic() - hung
+        assert int(etcd.post("/v3/lease/timetolive", {"ID": str(lease)}).get("TTL", 0)) == -1
+        assert group.holder() == "b"
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # a stays off while its loop hangs
+            group.check("while a's group loop hangs")
+            time.sleep(0.05)
+    a_stops = [at for kind, at in stamps(stamp_path(tmp_path, "a")) if kind == "stop"]
+    b_starts = [at for kind, at in stamps(stamp_path(tmp_path, "b")) if kind == "start"]
+    assert a_stops and a_stops[0] < b_starts[0], (a_stops, b_starts)
+    print(f"b active {took:.2f} s after the hang; a's driver stopped "
+          f"{b_starts[0] - a_stops[0]:.2f} s before b's started")
+    assert took < TTL + 2 * 2.0 + 2, took  # the renewal's bound + ttl, and a margin
+    poll_for(lambda: group.role("a") == "passive", WAIT, "a passive once its loop is back")
+    assert group.running() == ["b"] and group.holder() == "b"
+    assert group.redundancy_manager("a") == manager

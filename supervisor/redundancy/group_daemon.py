@@ -45,7 +45,7 @@ from pmon.redundancy.daemon import PmonSync, _notify
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.group import AUTOMATIC, Forced, Member, Situation, decide, ranking
 from pmon.redundancy.group_store import GroupStore, Watcher
-from pmon.redundancy.settings import release_bound
+from pmon.redundancy.settings import RedundancySpec, release_bound
 
 IDLE = 1.0       # the longest sleep of the loop at rest
 STARTUP = 2.0    # a starting member listens this long before it takes the role by itself
@@ -60,6 +60,20 @@ def _json(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def renew_bound(spec: RedundancySpec) -> float:
+    """How long after the loop's last turn the store renews the lease: a hung loop (the
+    sync thread alive) must lose it, but only once its pmon surely stopped the drivers.
+    Its reports carry its last turn, so pmon takes them for pmon_timeout and stops the
+    drivers pmon_timeout after the last one it took (extensions/group.py), SIGKILL after
+    fence_grace: 2 x pmon_timeout + fence_grace after the hang at the latest. The lease,
+    last renewed up to TTL/6 before the bound, lives TTL on; plus one second of margin (as
+    the ttl rule's). pmon_timeout at least: pmon's own bound for a silent manager (as the
+    pair's witness goes by the self-fence's)."""
+    assert spec.witness is not None
+    ttl = spec.witness.ttl
+    return max(spec.pmon_timeout, 2 * spec.pmon_timeout + spec.fence_grace + 1 - ttl * 5 / 6)
+
+
 class GroupManager:
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
         spec = config.redundancy
@@ -69,11 +83,10 @@ class GroupManager:
         self.sync = PmonSync(config, spec.pmon_timeout, self._locked_report, self._deliver)
         # The store renews the lease only while this loop turns (`sync.last_turn`, set at
         # every turn; at rest it turns every IDLE): a hung loop decides nothing, so its
-        # lease must expire and another member take the role. The bound is pmon's for this
-        # loop's silence (extensions/group.py stops the drivers after pmon_timeout without
-        # a sync), as the pair's witness uses the self-fence's.
+        # lease must expire and another member take the role (renew_bound).
+        bound = renew_bound(spec)
         self.store = GroupStore(spec.witness, spec.name, self.boot, self._wake, clock,
-                                loop_alive=lambda now: now - self.sync.last_turn < spec.pmon_timeout)
+                                loop_alive=lambda now: now - self.sync.last_turn < bound)
         self.watch = Watcher(self.store, self._wake)
         self.fence = Fence(spec.fence_grace)
         self.fence_at: float | None = None  # the fence starts then (or once pmon acknowledged)
@@ -379,7 +392,9 @@ class GroupManager:
             "queries": 0, "fencing": self.fencing,
             "witness": {**self.store.status(now), "failsafe": False},
             "damp": 0, "partner": None, "links": [], "dropped": {}, "pid": os.getpid(),
-            "sent": time.monotonic(),  # pmon ignores a report that waited out its stall
+            # pmon ignores a report older than pmon_timeout: one that waited out a stall of
+            # pmon, or one the sync thread sends for a loop that hangs (its last turn)
+            "sent": self.sync.last_turn,
             "group": {"leader": self.leader, "members": members, "order": order,
                       "handover": self.handover},
         }
