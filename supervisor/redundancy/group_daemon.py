@@ -45,6 +45,7 @@ from pmon.redundancy.daemon import PmonSync, _notify
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.group import AUTOMATIC, Forced, Member, Situation, decide, ranking
 from pmon.redundancy.group_store import GroupStore, Watcher
+from pmon.redundancy.pmon_view import PmonView
 from pmon.redundancy.settings import RedundancySpec, release_bound
 
 IDLE = 1.0       # the longest sleep of the loop at rest
@@ -74,8 +75,9 @@ def renew_bound(spec: RedundancySpec) -> float:
     return max(spec.pmon_timeout, 2 * spec.pmon_timeout + spec.fence_grace + 1 - ttl * 5 / 6)
 
 
-class GroupManager:
+class GroupManager(PmonView):
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()  # pmon's side of the view (pmon_view.py), as the pair keeps it
         spec = config.redundancy
         assert spec is not None and spec.witness is not None
         self.spec, self.clock = spec, clock
@@ -114,14 +116,6 @@ class GroupManager:
         self.records: dict[str, dict[str, Any]] = {}
         self.leader: str | None = None
         self.forced_raw: dict[str, Any] | None = None
-        # pmon's side, as the pair daemon keeps it
-        self.available = False
-        self.pmon_breakdown: dict[str, float] = {}
-        self.fence_pids: list[int] = []
-        self.fence_cgroups: list[str] = []
-        self.fence_names: list[str] = []  # the run_on = "active" managers (their marks)
-        self.fence_pmon: tuple[int, str] | None = None
-        self.pmon_ok_at: float | None = None
         self.reported: Role | None = None   # the role in the report pmon is answering
         self.ready_sent = False
         self.poked = False
@@ -157,16 +151,6 @@ class GroupManager:
             return self.report(now)
 
     # --- what this member knows ------------------------------------------------------
-    def pmon_ok(self, now: float) -> bool:
-        """pmon answered once and owes no answer older than pmon_timeout (as the pair's)."""
-        return self.pmon_ok_at is not None and self.sync.owes(now) < self.spec.pmon_timeout
-
-    def breakdown(self, now: float) -> dict[str, float]:
-        out = dict(self.pmon_breakdown)
-        if not self.pmon_ok(now) and self.spec.pmon_weight:
-            out["pmon"] = self.spec.pmon_weight
-        return out
-
     def _read_etcd(self, now: float) -> bool:
         """Members, leader, forced choice as etcd has them; False when the view is stale."""
         values, fresh = self.watch.snapshot()
@@ -403,19 +387,9 @@ class GroupManager:
                   reply: dict[str, Any] | None) -> None:
         if reply is None or reply.get("stale"):
             return  # no answer (or to a report too old: none either)
-        self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
-        self.pmon_breakdown = dict(reply.get("breakdown", {}))
-        self.available = bool(reply.get("available"))
-        self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
-        self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
-        self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
-        bound = reply.get("release_bound")  # as pmon's config has it now (a reload)
-        if isinstance(bound, (int, float)) and not isinstance(bound, bool) and 0 < bound < 3600:
-            self.release_bound = float(bound)
-        self.fence.extend(self.fence_pids, self.fence_cgroups)
-        pmon = reply.get("pmon")
-        self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
-            pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
+        bound = self._take_pmon(at, reply)  # error sources, availability, what to fence
+        if bound is not None:
+            self.release_bound = bound
         self.acked = role  # pmon has answered a report with this role
         if self.handover is not None and role is Role.PASSIVE and not self.fence_pids:
             self.drivers_gone = True  # pmon knew we are passive and runs none of them
