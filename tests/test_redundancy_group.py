@@ -4,17 +4,19 @@ decide who is active. "drv" is run_on = "active" and stamps its starts and stops
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import psutil
 
-from etcd import Etcd, etcd  # noqa: F401 (the fixture)
+from etcd import Etcd, _b64, etcd  # noqa: F401 (the fixture)
 from group import KEY, MEMBERS, driver_runs, stamp_path, write_group
 from support import Pmon, kill_tree, pmon_cli, poll_for, project_processes
 from test_redundancy_pair import redu, stamps, switchovers
@@ -291,3 +293,95 @@ def _watch(group: Group, seconds: float, context: str) -> None:
     while time.monotonic() < deadline:
         group.check(context)
         time.sleep(0.05)
+
+
+def test_a_member_whose_group_loop_hangs_lets_its_lease_expire_and_another_takes_the_key(etcd):
+    """The store against a real etcd: a's group loop stops turning (`loop_alive` turns
+    False; the thread runs on): a's store renews nothing any more and revokes nothing, so
+    etcd expires a's lease (read back with etcd's own /v3/lease/timetolive), K and a's
+    record go with it, and b's store, which wants the role, creates K."""
+    from pmon.redundancy.group_store import GroupStore
+    from pmon.redundancy.settings import WitnessSpec
+
+    key, ttl = "/pmon/test/hung", 3
+    spec = WitnessSpec(etcd=(etcd.url,), ttl=float(ttl), key=key)
+    hung = threading.Event()
+    a = GroupStore(spec, "a", "boot-a", lambda: None, loop_alive=lambda _now: not hung.is_set())
+    b = GroupStore(spec, "b", "boot-b", lambda: None)
+
+    def members() -> set[str]:
+        reply = etcd.post("/v3/kv/range", {"key": _b64(f"{key}/members/"),
+                                           "range_end": _b64(f"{key}/members0")})
+        return {base64.b64decode(kv["key"]).decode().rsplit("/", 1)[1] for kv in reply.get("kvs", [])}
+
+    def ttl_left(lease: int) -> int:  # etcd's own word (-1: expired; 0 is left out)
+        return int(etcd.post("/v3/lease/timetolive", {"ID": str(lease)}).get("TTL", 0))
+
+    a.start()
+    b.start()
+    try:
+        a.put_record({"name": "a"})
+        b.put_record({"name": "b"})
+        a.want(True, a.clock())
+        poll_for(lambda: etcd.holder(key) == "a boot-a" and a.is_leader(), WAIT, "a to hold K")
+        b.want(True, b.clock())  # b would take K, were it free
+        poll_for(lambda: members() == {"a", "b"}, WAIT, "both records")
+        lease = a.lease
+        # while a's loop lives, its lease outlives the ttl by far (renewed every ttl / 6)
+        time.sleep(ttl + 1)
+        assert etcd.holder(key) == "a boot-a"
+        assert ttl_left(lease) > 0
+
+        hung.set()
+        at = time.monotonic()
+        poll_for(lambda: ttl_left(lease) == -1, WAIT, "a's lease to expire in etcd")
+        expired_after = time.monotonic() - at
+        # expired, not revoked: the last renewal was at most ttl / 6 before the hang
+        assert ttl * 5 / 6 - 0.3 <= expired_after <= ttl + 1.0, expired_after
+        poll_for(lambda: etcd.holder(key) == "b boot-b" and b.is_leader(), WAIT, "b to take K")
+        assert members() == {"b"}  # a's record went with its lease: no ranking waits on it
+        assert not a.held(a.clock()) and a.is_alive()
+        assert a.lease == lease  # nothing granted meanwhile either
+    finally:
+        for store in (a, b):
+            store.stop()
+        for store in (a, b):
+            store.join(5)
+
+
+def test_the_leaders_group_loop_hung_its_threads_alive_pmon_stops_the_driver_and_another_takes_over(
+        tmp_path, pmon, etcd):
+    """A real group; only the main thread of the leader's redundancy manager stopped (its
+    loop hangs; its sync with pmon and its etcd store run on): the store stops renewing, so
+    a's lease expires in etcd and b becomes active; a's pmon stops a's driver first (the
+    reports of a hung loop are stale), never two drivers. When the loop comes back, it finds
+    its lease lost and is passive."""
+    from hold_thread import main_thread_stopped
+
+    group = Group(pmon, tmp_path, etcd)
+    group.wait_active("a")
+    manager = group.redundancy_manager("a")
+    threads = [int(t) for t in os.listdir(f"/proc/{manager}/task") if int(t) != manager]
+    lease = int(etcd.post("/v3/kv/range", {"key": _b64(KEY)})["kvs"][0]["lease"])
+    with main_thread_stopped(manager):
+        hung = time.monotonic()
+        # the other threads run on (stopped, they would be "t" / "T")
+        assert all(open(f"/proc/{manager}/task/{t}/stat").read().split(")")[-1].split()[0]
+                   not in "tT" for t in threads)
+        group.wait_active("b", TTL + 10)
+        took = time.monotonic() - hung
+        assert int(etcd.post("/v3/lease/timetolive", {"ID": str(lease)}).get("TTL", 0)) == -1
+        assert group.holder() == "b"
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # a stays off while its loop hangs
+            group.check("while a's group loop hangs")
+            time.sleep(0.05)
+    a_stops = [at for kind, at in stamps(stamp_path(tmp_path, "a")) if kind == "stop"]
+    b_starts = [at for kind, at in stamps(stamp_path(tmp_path, "b")) if kind == "start"]
+    assert a_stops and a_stops[0] < b_starts[0], (a_stops, b_starts)
+    print(f"b active {took:.2f} s after the hang; a's driver stopped "
+          f"{b_starts[0] - a_stops[0]:.2f} s before b's started")
+    assert took < TTL + 2 * 2.0 + 2, took  # the renewal's bound + ttl, and a margin
+    poll_for(lambda: group.role("a") == "passive", WAIT, "a passive once its loop is back")
+    assert group.running() == ["b"] and group.holder() == "b"
+    assert group.redundancy_manager("a") == manager

@@ -36,6 +36,8 @@ class GroupService(RedundancyService):
     # --- the redundancy manager's sync --------------------------------------------------
     def sync(self, report: dict[str, Any]) -> dict[str, Any]:
         reply = super().sync(report)
+        if reply.get("stale"):
+            return reply  # taken for none: the silence counts on (a hung loop's reports)
         if self._sync_silence is not None:
             self._sync_silence.cancel()
         self._sync_silence = self.sup.loop.call_later(self.spec.pmon_timeout, self._sync_silent)

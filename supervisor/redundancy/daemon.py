@@ -59,6 +59,7 @@ from pmon.redundancy.beat import Beat
 from pmon.redundancy.fence import Fence, Release
 from pmon.redundancy.link import Links
 from pmon.redundancy.messages import Encoder, Heartbeat, Inbox
+from pmon.redundancy.pmon_view import PmonView
 from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors, release_bound
 from pmon.redundancy.witness import Witness
 
@@ -135,8 +136,9 @@ class PmonSync(threading.Thread):
             self.wake.wait(RETRY if self.owed_since is not None else SYNC_IDLE)
 
 
-class RedundancyManager:
+class RedundancyManager(PmonView):
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()  # pmon's side of the view (pmon_view.py)
         spec = config.redundancy
         assert spec is not None
         self.config = config
@@ -155,12 +157,6 @@ class RedundancyManager:
         self.boot = secrets.token_hex(6)
         self.seq = 0
         self.heard: Heartbeat | None = None  # the partner's newest heartbeat
-        self.available = False
-        self.pmon_breakdown: dict[str, float] = {}
-        self.fence_pids: list[int] = []
-        self.fence_cgroups: list[str] = []  # their cgroups (cgroup containment)
-        self.fence_names: list[str] = []  # the run_on = "active" managers, running or not
-        self.fence_pmon: tuple[int, str] | None = None  # pmon's pid and home cgroup
         self.fence = Fence(spec.fence_grace)
         self.fence_for_pmon = False  # the fence under way began because pmon was late
         self.pmon_held_until = 0.0  # after such a fence, "pmon" weighs on until then
@@ -172,7 +168,6 @@ class RedundancyManager:
         self.decision = Decision(None)
         self.changed_at: float | None = None
         self.restart_pending = False
-        self.pmon_ok_at: float | None = None  # the last answer from pmon
         self.ready_sent = False
         self.queries = 0  # general queries owed to this server's managers (split brain won)
         self.dual = False
@@ -204,20 +199,10 @@ class RedundancyManager:
     def links_down(self, now: float) -> list[int]:
         return [i for i, link in enumerate(self.links.links, 1) if not link.up(now, self.spec.timeout)]
 
-    def pmon_ok(self, now: float) -> bool:
-        """pmon answered once and owes no answer older than pmon_timeout."""
-        owed = self.sync.owed_since
-        return self.pmon_ok_at is not None and (
-            owed is None or now - owed < self.spec.pmon_timeout)
-
-    def breakdown(self, now: float) -> dict[str, float]:
-        out = dict(self.pmon_breakdown)
-        if self.spec.link_weight:
-            for i in self.links_down(now):
-                out[f"link {i}"] = self.spec.link_weight
-        if (not self.pmon_ok(now) or now < self.pmon_held_until) and self.spec.pmon_weight:
-            out["pmon"] = self.spec.pmon_weight
-        return out
+    def own_errors(self, now: float) -> dict[str, float]:
+        """The links down, beside pmon's error sources (breakdown, in pmon_view.py)."""
+        return {f"link {i}": self.spec.link_weight for i in self.links_down(now)} \
+            if self.spec.link_weight else {}
 
     def lease_ok(self, now: float) -> bool:
         """May this server be (or stay) active as far as the witness goes? Without a witness,
@@ -598,30 +583,20 @@ class RedundancyManager:
     def _on_reply(self, at: float, reply: dict[str, Any] | None) -> None:
         if reply is None or reply.get("stale"):
             return  # no answer (or pmon found our report too old: no answer to it either)
-        self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
+        bound = self._take_pmon(at, reply)  # error sources, availability, what to fence
         seq = reply.get("seq")
         if self.restart_seq is not None and isinstance(seq, int) and seq >= self.restart_seq:
             # only a reply to a report that carried it: an older one may be in flight
             self.restart_pending, self.restart_seq = False, None
-        self.pmon_breakdown = {k: v for k, v in reply.get("breakdown", {}).items()}
-        self.available = bool(reply.get("available"))
         # pmon watches the beat's timer: the datagram is no longer needed (a new pmon after a
         # hot restart that could not take the timer says "datagram")
         self.beat.held = reply.get("beat") == "timer" and self.beat.timer is not None
         if reply.get("self_fenced") and self.decision.role is Role.ACTIVE:
             self.yielding = True  # pmon stopped the drivers: the role goes with them
-        self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
-        self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
-        self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
-        bound = reply.get("release_bound")  # as pmon's config has it now (a reload)
-        if isinstance(bound, (int, float)) and not isinstance(bound, bool) and 0 < bound < 3600:
-            self.release.bound = float(bound)
-        self.fence.extend(self.fence_pids, self.fence_cgroups)  # pmon restarted one meanwhile
+        if bound is not None:
+            self.release.bound = bound
         if self.release.answered(seq, self.fence_pids):  # pmon: its drivers have stopped
             self.send(self.clock())  # the partner may take the role now
-        pmon = reply.get("pmon")
-        self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
-            pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
         kept = reply.get("preferred")  # an operator's prefer, as pmon kept it across restarts
         if isinstance(kept, dict) and kept.get("server") in (self.spec.name, self.spec.partner) \

@@ -45,7 +45,8 @@ from pmon.redundancy.daemon import PmonSync, _notify
 from pmon.redundancy.fence import Fence
 from pmon.redundancy.group import AUTOMATIC, Forced, Member, Situation, decide, ranking
 from pmon.redundancy.group_store import GroupStore, Watcher
-from pmon.redundancy.settings import release_bound
+from pmon.redundancy.pmon_view import PmonView
+from pmon.redundancy.settings import RedundancySpec, release_bound
 
 IDLE = 1.0       # the longest sleep of the loop at rest
 STARTUP = 2.0    # a starting member listens this long before it takes the role by itself
@@ -60,15 +61,35 @@ def _json(text: str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-class GroupManager:
+def renew_bound(spec: RedundancySpec) -> float:
+    """How long after the loop's last turn the store renews the lease: a hung loop (the
+    sync thread alive) must lose it, but only once its pmon surely stopped the drivers.
+    Its reports carry its last turn, so pmon takes them for pmon_timeout and stops the
+    drivers pmon_timeout after the last one it took (extensions/group.py), SIGKILL after
+    fence_grace: 2 x pmon_timeout + fence_grace after the hang at the latest. The lease,
+    last renewed up to TTL/6 before the bound, lives TTL on; plus one second of margin (as
+    the ttl rule's). pmon_timeout at least: pmon's own bound for a silent manager (as the
+    pair's witness goes by the self-fence's)."""
+    assert spec.witness is not None
+    ttl = spec.witness.ttl
+    return max(spec.pmon_timeout, 2 * spec.pmon_timeout + spec.fence_grace + 1 - ttl * 5 / 6)
+
+
+class GroupManager(PmonView):
     def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()  # pmon's side of the view (pmon_view.py), as the pair keeps it
         spec = config.redundancy
         assert spec is not None and spec.witness is not None
         self.spec, self.clock = spec, clock
         self.boot = secrets.token_hex(6)
-        self.store = GroupStore(spec.witness, spec.name, self.boot, self._wake)
-        self.watch = Watcher(self.store, self._wake)
         self.sync = PmonSync(config, spec.pmon_timeout, self._locked_report, self._deliver)
+        # The store renews the lease only while this loop turns (`sync.last_turn`, set at
+        # every turn; at rest it turns every IDLE): a hung loop decides nothing, so its
+        # lease must expire and another member take the role (renew_bound).
+        bound = renew_bound(spec)
+        self.store = GroupStore(spec.witness, spec.name, self.boot, self._wake, clock,
+                                loop_alive=lambda now: now - self.sync.last_turn < bound)
+        self.watch = Watcher(self.store, self._wake)
         self.fence = Fence(spec.fence_grace)
         self.fence_at: float | None = None  # the fence starts then (or once pmon acknowledged)
         self.let_go_after_fence = False
@@ -95,14 +116,6 @@ class GroupManager:
         self.records: dict[str, dict[str, Any]] = {}
         self.leader: str | None = None
         self.forced_raw: dict[str, Any] | None = None
-        # pmon's side, as the pair daemon keeps it
-        self.available = False
-        self.pmon_breakdown: dict[str, float] = {}
-        self.fence_pids: list[int] = []
-        self.fence_cgroups: list[str] = []
-        self.fence_names: list[str] = []  # the run_on = "active" managers (their marks)
-        self.fence_pmon: tuple[int, str] | None = None
-        self.pmon_ok_at: float | None = None
         self.reported: Role | None = None   # the role in the report pmon is answering
         self.ready_sent = False
         self.poked = False
@@ -138,16 +151,6 @@ class GroupManager:
             return self.report(now)
 
     # --- what this member knows ------------------------------------------------------
-    def pmon_ok(self, now: float) -> bool:
-        """pmon answered once and owes no answer older than pmon_timeout (as the pair's)."""
-        return self.pmon_ok_at is not None and self.sync.owes(now) < self.spec.pmon_timeout
-
-    def breakdown(self, now: float) -> dict[str, float]:
-        out = dict(self.pmon_breakdown)
-        if not self.pmon_ok(now) and self.spec.pmon_weight:
-            out["pmon"] = self.spec.pmon_weight
-        return out
-
     def _read_etcd(self, now: float) -> bool:
         """Members, leader, forced choice as etcd has them; False when the view is stale."""
         values, fresh = self.watch.snapshot()
@@ -373,7 +376,9 @@ class GroupManager:
             "queries": 0, "fencing": self.fencing,
             "witness": {**self.store.status(now), "failsafe": False},
             "damp": 0, "partner": None, "links": [], "dropped": {}, "pid": os.getpid(),
-            "sent": time.monotonic(),  # pmon ignores a report that waited out its stall
+            # pmon ignores a report older than pmon_timeout: one that waited out a stall of
+            # pmon, or one the sync thread sends for a loop that hangs (its last turn)
+            "sent": self.sync.last_turn,
             "group": {"leader": self.leader, "members": members, "order": order,
                       "handover": self.handover},
         }
@@ -382,19 +387,9 @@ class GroupManager:
                   reply: dict[str, Any] | None) -> None:
         if reply is None or reply.get("stale"):
             return  # no answer (or to a report too old: none either)
-        self.pmon_ok_at = max(at, self.pmon_ok_at or 0.0)
-        self.pmon_breakdown = dict(reply.get("breakdown", {}))
-        self.available = bool(reply.get("available"))
-        self.fence_pids = [int(p) for p in reply.get("fence", []) if isinstance(p, int)]
-        self.fence_cgroups = [c for c in reply.get("fence_cgroups", []) if isinstance(c, str)]
-        self.fence_names = [n for n in reply.get("fence_names", []) if isinstance(n, str)]
-        bound = reply.get("release_bound")  # as pmon's config has it now (a reload)
-        if isinstance(bound, (int, float)) and not isinstance(bound, bool) and 0 < bound < 3600:
-            self.release_bound = float(bound)
-        self.fence.extend(self.fence_pids, self.fence_cgroups)
-        pmon = reply.get("pmon")
-        self.fence_pmon = (pmon["pid"], pmon["home"]) if isinstance(pmon, dict) and isinstance(
-            pmon.get("pid"), int) and isinstance(pmon.get("home"), str) else None
+        bound = self._take_pmon(at, reply)  # error sources, availability, what to fence
+        if bound is not None:
+            self.release_bound = bound
         self.acked = role  # pmon has answered a report with this role
         if self.handover is not None and role is Role.PASSIVE and not self.fence_pids:
             self.drivers_gone = True  # pmon knew we are passive and runs none of them

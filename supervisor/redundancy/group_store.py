@@ -15,6 +15,13 @@ not exist: the lock, as the witness takes it); deletes K (only if it is still ou
 the loop lets go; puts the handover mark and forced choices. `held(now)`, as for the
 witness, is true only while the last renewal was *sent* less than TTL/2 ago.
 
+All of that only while the group loop lives (`loop_alive`, as for the witness): a loop that
+hangs while this thread runs no longer decides nor syncs with pmon, so this thread grants,
+renews and writes nothing any more; the lease expires in etcd (never revoked), K and the
+record with it, and another member takes the role. A record kept alive for a hung member
+would also keep it in the ranking, and the failure rule (only the best takes K) would wait
+on it for ever.
+
 The watch thread (`Watcher`) reads every key under K (/v3/kv/range), then follows
 /v3/watch on that range (the gateway streams one JSON object a line) and reads the range
 again at every event; so a member at rest costs nothing but its lease's keepalive.
@@ -30,7 +37,7 @@ import urllib.request
 from typing import Any, Callable
 
 from pmon.redundancy.settings import WitnessSpec
-from pmon.redundancy.witness import RETRY_SLOW, Witness, _b64
+from pmon.redundancy.witness import RETRY_FAST, RETRY_SLOW, Witness, _b64
 
 WATCH_IDLE = 60.0  # a watch silent this long is opened again (etcd frozen or gone)
 
@@ -43,8 +50,9 @@ def _prefix_end(key: str) -> str:
 
 class GroupStore(Witness):
     def __init__(self, spec: WitnessSpec, name: str, boot: str, changed: Callable[[], None],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(spec, f"{name} {boot}", changed, clock)
+                 clock: Callable[[], float] = time.monotonic,
+                 loop_alive: Callable[[float], bool] = lambda _now: True) -> None:
+        super().__init__(spec, f"{name} {boot}", changed, clock, loop_alive)
         self.name = name
         self.record: dict[str, Any] | None = None  # to put (None: put already)
         self.leading = False        # K is ours (the create succeeded, not deleted since)
@@ -82,6 +90,11 @@ class GroupStore(Witness):
         while not self.stopping:
             self.wake.clear()
             now = self.clock()
+            if not self.loop_alive(now):
+                # the group loop hangs: let the lease expire (K and the record go with it);
+                # look again soon: a loop back from a freeze shorter than TTL/2 renews in time
+                self.wake.wait(RETRY_FAST)
+                continue
             if not self.lease:
                 self._grant(now)
             elif now - self.last_renew >= self.spec.ttl / 6:
