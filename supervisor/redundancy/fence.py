@@ -9,7 +9,9 @@ setsid or daemonised helpers are in its cgroup, not in its group), SIGKILL (cgro
 after `grace`, and is done when no process of those groups is left alive (a zombie counts as
 dead: its parent, pmon, may be stopped and unable to reap it; so does a process stuck in
 the kernel with the SIGKILL pending, which runs no more code of its own) and those cgroups
-are empty.
+are empty. Bounded: `bound` (settings' fence_limit) after its start it ends anyway, says on
+stderr what it left alive, and keeps `overrun` (pmon's report shows it): its heartbeats stop
+saying "fencing", and the partner takes over.
 pmon itself may sit in a manager's cgroup (a stall in the middle of a spawn): it is moved
 home first, and never signalled. pmon, while it answers, may restart a manager the fence
 has just stopped before it hears of the fence (a few ms against a sync's round trip): the
@@ -21,8 +23,10 @@ the fence is then empty).
 
 from __future__ import annotations
 
+import math
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +147,10 @@ def _signal_cgroups(cgroups: list[Path], signum: int, spare: set[int]) -> set[in
     return signalled
 
 
+def _pids(pids: set[int]) -> str:
+    return " ".join(str(pid) for pid in sorted(pids)) or "-"
+
+
 def _signal_each(pids: set[int], signum: int) -> set[int]:
     """`signum` to each of `pids`; returns those it reached (the others are gone)."""
     reached: set[int] = set()
@@ -158,6 +166,7 @@ def _signal_each(pids: set[int], signum: int) -> set[int]:
 @dataclass
 class Fence:
     grace: float
+    bound: float = math.inf  # it ends anyway this long after its start (the daemons: fence_limit)
     groups: set[int] = field(default_factory=set)
     cgroups: list[Path] = field(default_factory=list)
     spare: set[int] = field(default_factory=set)  # never signalled: pmon, this process
@@ -167,6 +176,7 @@ class Fence:
     started_at: float | None = None
     killed: bool = False
     done: bool = False
+    overrun: bool = False  # the last fence ended by its bound, something of it still alive
 
     @property
     def active(self) -> bool:
@@ -179,7 +189,7 @@ class Fence:
         the managers (their processes are found by their marks too)."""
         if self.started_at is not None:
             return
-        self.started_at = now
+        self.started_at, self.overrun = now, False
         self.names = frozenset(names)
         self.groups = _leaders(pids)
         self.cgroups = [Path(c) for c in cgroups if Path(c, "cgroup.procs").exists()]
@@ -233,13 +243,31 @@ class Fence:
             self.signalled |= _signal_cgroups(self.cgroups, signal.SIGKILL, self.spare)
             _signal_each(self.strays, signal.SIGKILL)
             return
+        if now - self.started_at >= self.bound:  # (never before its SIGKILL: a thawed loop)
+            self._give_up()
+            return
         # a process that came into a fenced cgroup after its signal (a restart by pmon, a
         # fork), or that its marks show: the same signal now, not a grace later
         appeared = {pid for pids in members.values() for pid in pids} | self.strays
         self.signalled |= _signal_each(appeared - self.signalled,
                                        signal.SIGKILL if self.killed else signal.SIGTERM)
 
+    def _give_up(self) -> None:
+        """The bound has passed: the fence ends with something of it alive (a process that
+        keeps coming back, one the signals do not finish), so that the pair is not left
+        without an active server for ever; one line on stderr says what is left."""
+        self.done = self.overrun = True
+        left = [f"process group {group}" for group in sorted(self.groups)]
+        left += [f"cgroup {cgroup} (pids {_pids(_procs(cgroup) - self.spare)})"
+                 for cgroup in self.cgroups]
+        if self.strays:
+            left.append(f"pids {_pids(self.strays)} (by their marks)")
+        print(f"redundancy: the fence did not end within {self.bound:g} s; left alive: "
+              f"{', '.join(left)}; it ends anyway, the partner may take over",
+              file=sys.stderr, flush=True)
+
     def reset(self) -> None:
+        """Ready for the next fence (`overrun` stays: it tells of the last one)."""
         self.groups, self.started_at, self.killed, self.done = set(), None, False, False
         self.cgroups, self.spare, self.signalled = [], set(), set()
         self.names, self.strays = frozenset(), set()
