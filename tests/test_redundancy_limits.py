@@ -27,6 +27,7 @@ from pmon.redundancy.witness import Witness
 from etcd import etcd  # noqa: F401 (the fixture)
 from relay import Relay
 from support import cgroups_writable, child, pmon_cli, poll_for, write_pair
+from test_redundancy_fence import RESPAWNER
 from test_redundancy_pair import WAIT, redu, stamps, start_pair, wait_roles
 
 
@@ -317,16 +318,6 @@ def test_a_report_that_waited_out_a_stall_does_not_reopen_the_gate(tmp_path, pmo
     a.wait_state("drv", "stopped", WAIT)
     starts = [at for kind, at in stamps(tmp_path / "stamp-a") if kind == "start"]
     assert len(starts) == 1, stamps(tmp_path / "stamp-a")  # never started again on a
-
-
-# Keeps one process with drv's marks alive at all times (a stray unit outside pmon that
-# restarts a driver): nothing the fence does stops that.
-RESPAWNER = """
-import os, subprocess
-env = {**os.environ, "PMON_MANAGER": "drv"}
-while True:
-    subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 100"], env=env).wait()
-"""
 
 
 def test_a_fence_that_cannot_end_ends_by_its_bound_and_the_partner_takes_over(
