@@ -23,8 +23,9 @@ signal here; the fence is then empty).
 Cheap on that loop: reading every process of the machine (its process group, its
 environment) costs tens of ms with a few thousand processes, so a fence does it at its
 start, and once more before it calls itself done (a process it first saw between a fork and
-its exec carried its marks only after); at most every RESCAN while such a look keeps
-finding something. In between a step lists the machine's pids (no file read) and reads only
+its exec carried its marks only after; then it reads what was born since that listing, of a
+parent found dead meanwhile); at most every RESCAN while such a look keeps finding
+something. In between a step lists the machine's pids (no file read) and reads only
 the processes that are new since the last step (pids are allocated in a cycle: a new
 process has a pid the last listing did not have), and checks the processes it knows of: a
 fenced group with no known member alive is asked (killpg 0) whether any member is left at
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import psutil
 
+RESCAN = 0.5  # seconds: a look at the whole machine that found something waits this long
 
 def _doomed(pid: int) -> bool:
     """Stuck in the kernel (D state) with a SIGKILL pending: it dies the moment it leaves the
@@ -74,9 +76,6 @@ def _dead(pid: int, killed: bool) -> bool:
         return _finished(psutil.Process(pid).status(), pid, killed)
     except psutil.Error:
         return True  # gone
-
-
-RESCAN = 0.5  # seconds: a look at the whole machine that found something waits this long
 
 
 def _pids_now() -> set[int]:
@@ -262,8 +261,10 @@ class Fence:
     def _look(self, pids: set[int]) -> set[int]:
         """Take in those of `pids` that are the fence's and not finished: members of a
         fenced group, and processes with the marks (strays). Returns them."""
-        known = self.strays.union(*self.members.values())
         found: set[int] = set()
+        if not self.groups and self.marks is None:
+            return found  # nothing to look for (and on Windows, no process groups to ask)
+        known = self.strays.union(*self.members.values())
         for pid in pids - self.spare - known:
             group = _pgid(pid)
             if group is None:
@@ -308,7 +309,7 @@ class Fence:
         self.seen = pids              # helper in a session of its own: it has the marks)
         members = self._prune()
         if not any(self.members.values()) and not self.cgroups and not self.strays and \
-                now >= self.rescan_at:
+                now >= self.rescan_at and pids:  # (none: the listing failed, nothing to tell)
             # nothing known lives: the whole machine once more before the end (a member not
             # known, a process first seen between its fork and its exec, without its marks),
             # then what was born since the listing (forked by one found dead meanwhile)
