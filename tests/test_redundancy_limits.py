@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import textwrap
 import threading
+import time
 import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,7 +26,8 @@ from pmon.redundancy.settings import WitnessSpec, judged_errors
 from pmon.redundancy.witness import Witness
 from etcd import etcd  # noqa: F401 (the fixture)
 from relay import Relay
-from support import cgroups_writable, child, poll_for, write_pair
+from support import cgroups_writable, child, pmon_cli, poll_for, write_pair
+from test_redundancy_fence import RESPAWNER
 from test_redundancy_pair import WAIT, redu, stamps, start_pair, wait_roles
 
 
@@ -315,3 +318,41 @@ def test_a_report_that_waited_out_a_stall_does_not_reopen_the_gate(tmp_path, pmo
     a.wait_state("drv", "stopped", WAIT)
     starts = [at for kind, at in stamps(tmp_path / "stamp-a") if kind == "start"]
     assert len(starts) == 1, stamps(tmp_path / "stamp-a")  # never started again on a
+
+
+def test_a_fence_that_cannot_end_ends_by_its_bound_and_the_partner_takes_over(
+        tmp_path, pmon, relay):
+    """A process with the driver's marks that something outside pmon starts again as soon as
+    it dies: before, a's fence went on for ever, its heartbeats said "fencing", and b never
+    took the role. Now it ends by its bound (fence_grace + timeout + 1 s), says what it left
+    in the redundancy manager's log, and pmon's redu status shows the overrun."""
+    def for_server(server: str) -> list[dict[str, Any]]:
+        return [{"name": "drv", "command": child(), "run_on": "active"}]
+
+    a, b = start_pair(pmon, tmp_path, relay, for_server, pmon_timeout=2, fence_grace=0.3)
+    wait_roles(a, b, "active", "passive")
+    driver = a.wait_state("drv", "running")["pid"]
+    environ = Path(f"/proc/{driver}/environ").read_bytes().split(b"\0")
+    socket = next(e for e in environ if e.startswith(b"NOTIFY_SOCKET=")).split(b"=", 1)[1]
+    env = {k: v for k, v in os.environ.items() if k != "PMON_MANAGER"}
+    respawner = subprocess.Popen([sys.executable, "-c", RESPAWNER], start_new_session=True,
+                                 env={**env, "NOTIFY_SOCKET": socket.decode()})
+    try:
+        stopped = time.monotonic()
+        os.kill(a.proc.pid, signal.SIGSTOP)  # a's pmon stalls: a's redundancy manager fences
+        try:
+            poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over")
+            took = time.monotonic() - stopped
+        finally:
+            os.kill(a.proc.pid, signal.SIGCONT)
+        assert took >= 2 + 1.9 - 0.2, took  # pmon_timeout, then the whole bound
+        poll_for(lambda: redu(a).get("fence_overrun"), WAIT, "a's pmon to hear of the overrun")
+        assert "fence overrun" in pmon_cli(a.config_path, "redu", "status").stdout
+        log = a.config.project.state_dir / "log" / "redundancy.log"
+        said = [line for line in log.read_text().splitlines() if "fence did not end" in line]
+        assert len(said) == 1 and "within 1.9 s; left alive: " in said[0], said
+        assert "(by their marks" in said[0] and said[0].endswith("the partner may take over")
+    finally:
+        os.killpg(respawner.pid, signal.SIGKILL)
+        respawner.wait(10)
+    wait_roles(a, b, "passive", "active")

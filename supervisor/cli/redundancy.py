@@ -50,6 +50,9 @@ def print_status(s: dict[str, Any]) -> None:
         click.echo(f"forced: {forced['server']}, {state}; {given}")
     if s.get("fencing"):
         click.echo("fencing: stopping the run_on = \"active\" managers (pmon does not answer or the lease is lost)")
+    if s.get("fence_overrun"):
+        click.echo("fence overrun: the last fence ended by its bound with processes of it alive "
+                   "(the redundancy manager's log names them)")
     if s.get("releasing"):
         click.echo('releasing: handed over; pmon still stops the run_on = "active" managers '
                    "(the partner waits)")

@@ -559,6 +559,8 @@ class RedundancyService(Extension):
             "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
             "forced": report.get("forced"),  # the last one, also once ended (when, why)
             "fencing": bool(report.get("fencing")),
+            # the last fence ended by its bound, something of it alive (docs "Fencing")
+            "fence_overrun": bool(report.get("fence_overrun")),
             "releasing": bool(report.get("releasing")),
             # the last release ended by its bound, unconfirmed by pmon (docs "Fencing")
             "release_overrun": bool(report.get("release_overrun")),

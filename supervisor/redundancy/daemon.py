@@ -18,8 +18,8 @@ Two threads, so that nothing can stall the heartbeats:
 pmon owing an answer for `pmon_timeout` (`PmonSync.owed_since`: the oldest request it has
 not answered was sent that long ago) is an error source ("pmon", `pmon_weight`) and this
 server cannot act: a passive one never takes the role, and an active one fences its
-run_on = "active" managers (fence.py) and only then goes passive; its heartbeats say
-"fencing" meanwhile, and the partner gives it `fence_bound` before it would claim the role
+run_on = "active" managers (fence.py) and only then goes passive (at the latest after the
+fence's own bound, fence_limit); its heartbeats say "fencing" meanwhile, and the partner gives it `fence_bound` before it would claim the role
 by failure. After such a fence the error source stays for hold_down once pmon answers again
 (one switchover per fault). A handover while pmon answers is followed by its release
 (fence.Release): "fencing" until pmon's reply to a "passive" report (matched by the
@@ -157,7 +157,7 @@ class RedundancyManager(PmonView):
         self.boot = secrets.token_hex(6)
         self.seq = 0
         self.heard: Heartbeat | None = None  # the partner's newest heartbeat
-        self.fence = Fence(spec.fence_grace)
+        self.fence = Fence(spec.fence_grace, spec.fence_limit)
         self.fence_for_pmon = False  # the fence under way began because pmon was late
         self.pmon_held_until = 0.0  # after such a fence, "pmon" weighs on until then
         # a handover's second phase: "fencing" until pmon says its drivers stopped
@@ -561,6 +561,7 @@ class RedundancyManager(PmonView):
             "preferred": _choice(self.arbiter.preferred),
             "queries": self.queries,
             "fencing": self.fence.active,
+            "fence_overrun": self.fence.overrun,  # the last fence ended by its bound
             "releasing": self.release.active,
             "release_overrun": self.release.overrun,
             "release_bound": self.release.bound,

@@ -90,7 +90,7 @@ class GroupManager(PmonView):
         self.store = GroupStore(spec.witness, spec.name, self.boot, self._wake, clock,
                                 loop_alive=lambda now: now - self.sync.last_turn < bound)
         self.watch = Watcher(self.store, self._wake)
-        self.fence = Fence(spec.fence_grace)
+        self.fence = Fence(spec.fence_grace, spec.fence_limit)
         self.fence_at: float | None = None  # the fence starts then (or once pmon acknowledged)
         self.let_go_after_fence = False
         self.acked: Role | None = None      # the role of the last report pmon answered
@@ -373,7 +373,7 @@ class GroupManager(PmonView):
             "changed_at": self.changed_at, "restart_project": False, "epoch": 0,
             "error": sum(breakdown.values()), "breakdown": breakdown, "target": None,
             "forced": self.forced_raw, "preferred": {"server": self.spec.preferred},
-            "queries": 0, "fencing": self.fencing,
+            "queries": 0, "fencing": self.fencing, "fence_overrun": self.fence.overrun,
             "witness": {**self.store.status(now), "failsafe": False},
             "damp": 0, "partner": None, "links": [], "dropped": {}, "pid": os.getpid(),
             # pmon ignores a report older than pmon_timeout: one that waited out a stall of

@@ -29,6 +29,10 @@ RUN_ON = ("both", "active")
 # earliest moment the partner may claim the role by failure (pmon's timer, the kill's
 # delivery, the partner's clock).
 SELF_FENCE_MARGIN = 0.1
+# A fence (fence.py) ends anyway this long after fence_bound, the longest the partner waits for
+# it: a process not gone a second after the SIGKILL's share of the bound is not being stopped
+# (docs/redundancy.md "Fencing", the fence's own bound).
+FENCE_OVERRUN_MARGIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,12 @@ class RedundancySpec:
     def fence_bound(self) -> float:
         """How long after the last heartbeat that said "fencing" the fence is surely done."""
         return self.fence_grace + self.timeout
+
+    @property
+    def fence_limit(self) -> float:
+        """The fence's own bound: it ends then even if a process of it is still alive
+        (`Fence.overrun`), so that the pair is not left without an active server for ever."""
+        return self.fence_bound + FENCE_OVERRUN_MARGIN
 
     @property
     def self_fence(self) -> float:
