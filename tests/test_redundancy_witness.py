@@ -127,13 +127,20 @@ def test_etcd_killed_the_active_stays_in_failsafe_and_holds_the_lease_again_afte
 def test_etcd_away_and_the_partner_lost_the_active_fences(tmp_path, pmon, relay, etcd):
     a, b = start(pmon, tmp_path, relay, etcd)
     wait_roles(a, b, "active", "passive")
-    a.wait_state("drv", "running")
+    restarts = a.wait_state("drv", "running")["restarts"]
+    cut = time.time()
     etcd.kill()
     relay.cut(0, 1)
     poll_for(lambda: redu(a)["role"] == "passive", WAIT, "a to fence and go passive")
     assert not running(tmp_path / "stamp-a")
     assert [e["reason"] for e in switchovers(a)][-1] == "fenced"
     assert redu(b)["role"] == "passive" and not stamps(tmp_path / "stamp-b")
+    # pmon answers all along: it stops the driver with the fence, as a stop, not a crash it
+    # would restart (and count towards blocking it)
+    history = [(e["event"], e["message"]) for e in a.events() if e["ts"] >= cut]
+    assert a.manager("drv")["restarts"] == restarts, history
+    assert not [e for e in a.events() if e["ts"] >= cut and e.get("manager") == "drv" and
+                e["event"] in ("started", "start-refused", "spawn-failed")], history
 
 
 def test_the_holders_pmon_frozen_the_other_takes_over_only_after_the_fence(

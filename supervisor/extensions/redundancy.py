@@ -287,6 +287,14 @@ class RedundancyService(Extension):
         the role stops nothing (the pair decides soon); passive stops the drivers."""
         if self.self_fenced is not None:
             return  # stays off until the redundancy manager is passive (_end_self_fence)
+        if self.role == "active" and self.report.get("fencing"):
+            # the redundancy manager fences (a lost lease; pmon late): it ends passive, and
+            # its own signals follow; pmon's stop keeps its exits from counting as crashes
+            self.sup.set_condition(
+                "active", False, f'this server ({self.spec.name}) is fencing its run_on = '
+                '"active" managers (its redundancy manager lost the witness\'s lease, or its pmon)',
+                enforce=True, kill_in=self.spec.fence_grace)
+            return
         self.sup.set_condition(
             "active", self.role == "active",
             f"this server ({self.spec.name}) is {self.role or 'not decided yet'}",
@@ -338,6 +346,7 @@ class RedundancyService(Extension):
             # have fenced and handed over since); its word would reopen the start gate
             return {"stale": True}
         before = self._signature()
+        was_fencing = bool(self.report.get("fencing"))
         self.report = report
         self.synced_at = time.monotonic()
         beat = self._take_timer(report)  # before a role change arms the watchdog
@@ -355,6 +364,8 @@ class RedundancyService(Extension):
             self._end_self_fence(role)  # it gave the role up: from here on, as it decides
         if role in ("active", "passive") and role != self.role:
             self._role_changed(role, report)
+        elif bool(report.get("fencing")) != was_fencing:
+            self._tell_role()  # a fence: pmon stops the drivers itself, and restarts none
         damp = report.get("damp")
         if isinstance(damp, (int, float)) and not isinstance(damp, bool):
             self.damp_until = max(self.damp_until, time.monotonic() + min(float(damp), 3600.0))

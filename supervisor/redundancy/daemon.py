@@ -66,6 +66,10 @@ from pmon.redundancy.witness import Witness
 PMON_GRACE = 5.0  # seconds pmon owes an answer before exiting (at least the fence)
 DAMPED_TIMEOUTS = 3  # while failure is damped, the partner is gone after this many timeouts
 RETRY = 0.1  # seconds before a failed sync with pmon is tried again
+# seconds a fence waits, while pmon answers (a lost lease), for pmon to hear of it first:
+# pmon then stops the drivers itself, and does not take the fence's signals for crashes
+# that it would restart (a restarted driver in a process group the fence does not know)
+FENCE_NOTICE = 0.2
 REPHASE_EVERY = 5.0  # seconds: the follower beats early at most this often to get in step
 
 
@@ -159,6 +163,9 @@ class RedundancyManager(PmonView):
         self.heard: Heartbeat | None = None  # the partner's newest heartbeat
         self.fence = Fence(spec.fence_grace, spec.fence_limit)
         self.fence_for_pmon = False  # the fence under way began because pmon was late
+        self.notice_at: float | None = None  # a fence told to pmon, not begun yet
+        self.notice_seq: int | None = None  # the first report that told it
+        self.notice_heard = False  # pmon answered such a report
         self.pmon_held_until = 0.0  # after such a fence, "pmon" weighs on until then
         # a handover's second phase: "fencing" until pmon says its drivers stopped
         self.release = Release(release_bound(
@@ -312,6 +319,8 @@ class RedundancyManager(PmonView):
                     wake.append(self.release.started_at + self.release.bound)
                 if self.fence.active:
                     wake.append(now + 0.05)
+                if self.notice_at is not None:
+                    wake.append(self.notice_at + FENCE_NOTICE)
                 if self.witness is not None and (lost := self.witness.lost_at()) is not None \
                         and lost > now:
                     wake.append(lost)  # the lease counts as lost then: fence at once
@@ -445,11 +454,18 @@ class RedundancyManager(PmonView):
         releasing = self.release.active and self.decision.role is Role.PASSIVE
         if (not ok or not lease) and self.decision.role is Role.ACTIVE or not ok and releasing:
             # no pmon, or no lease: stop the drivers (their whole cgroups where there are);
-            # also when pmon stalls while it stops them after a handover
-            if self.fence.started_at is None:
-                self.fence_for_pmon = not ok
-            self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon,
-                             self.fence_names)
+            # also when pmon stalls while it stops them after a handover. A pmon that answers
+            # hears of it first (FENCE_NOTICE), and stops them itself.
+            if self.fence.started_at is None and ok and not self._noticed(now):
+                pass  # "fencing" already: the role stays, the partner waits
+            else:
+                if self.fence.started_at is None:
+                    self.fence_for_pmon = not ok
+                self.notice_at, self.notice_seq = None, None
+                self.fence.start(now, self.fence_pids, self.fence_cgroups, self.fence_pmon,
+                                 self.fence_names)
+        else:
+            self.notice_at, self.notice_seq = None, None  # (the lease came back meanwhile)
         self.fence.step(now)
         if self.release.active and self.fence.done:
             self.release.cancel()  # the fence stopped what pmon was stopping
@@ -460,7 +476,7 @@ class RedundancyManager(PmonView):
                   file=sys.stderr, flush=True)
             force_send = True
         before = self.decision.role
-        if not self.fence.active:  # while fencing, the role stays: the partner waits
+        if not self.fencing:  # while fencing, the role stays: the partner waits
             local, partner = self.views(now)
             self.decision = self.arbiter.step(now, local, partner, wall=time.time())
         decision = self.decision
@@ -503,9 +519,21 @@ class RedundancyManager(PmonView):
             self.signature = signature
             self.sync.wake.set()  # pmon hears of it now, not at the next idle sync
 
+    @property
+    def fencing(self) -> bool:
+        """A fence under way, or told to pmon and about to begin."""
+        return self.fence.active or self.notice_at is not None
+
+    def _noticed(self, now: float) -> bool:
+        """May the fence begin? Once pmon answered a report that told it, or FENCE_NOTICE
+        after the first such report (told from now on)."""
+        if self.notice_at is None:
+            self.notice_at, self.notice_seq, self.notice_heard = now, None, False
+        return self.notice_heard or now - self.notice_at >= FENCE_NOTICE
+
     def _signature(self, now: float) -> tuple[Any, ...]:
         heard = self.partner_view(now)
-        return (self.decision.role, self.restart_pending, self.queries, self.fence.active,
+        return (self.decision.role, self.restart_pending, self.queries, self.fencing,
                 self.release.active,
                 tuple(self.links_down(now)), self.arbiter.forced, self.arbiter.preferred,
                 None if heard is None else (heard.role, heard.available, heard.error))
@@ -523,7 +551,7 @@ class RedundancyManager(PmonView):
             hears=self.partner_view(now) is not None, probe=probe,
             # in failsafe, losing the partner means fencing: it waits fence_bound for that
             # releasing: pmon still stops its drivers after a handover; the partner waits
-            fencing=self.fence.active or self.failsafe or self.release.active,
+            fencing=self.fencing or self.failsafe or self.release.active,
             damp=round(max(0.0, self.damped_until - now), 3),
         ))
         for link in self.links.links:
@@ -547,6 +575,8 @@ class RedundancyManager(PmonView):
             self.restart_seq = self.report_seq
         if self.decision.role is Role.PASSIVE:
             self.release.reported(self.report_seq)
+        if self.notice_at is not None and self.notice_seq is None:
+            self.notice_seq = self.report_seq
         return {
             "seq": self.report_seq,
             "role": self.decision.role.value if self.decision.role else None,
@@ -560,7 +590,7 @@ class RedundancyManager(PmonView):
             "forced": _choice(self.arbiter.forced),
             "preferred": _choice(self.arbiter.preferred),
             "queries": self.queries,
-            "fencing": self.fence.active,
+            "fencing": self.fencing,
             "fence_overrun": self.fence.overrun,  # the last fence ended by its bound
             "releasing": self.release.active,
             "release_overrun": self.release.overrun,
@@ -596,6 +626,8 @@ class RedundancyManager(PmonView):
             self.yielding = True  # pmon stopped the drivers: the role goes with them
         if bound is not None:
             self.release.bound = bound
+        if self.notice_seq is not None and isinstance(seq, int) and seq >= self.notice_seq:
+            self.notice_heard = True  # pmon knows of the fence (the loop evaluates now)
         if self.release.answered(seq, self.fence_pids):  # pmon: its drivers have stopped
             self.send(self.clock())  # the partner may take the role now
         self.arbiter.epoch = max(self.arbiter.epoch, int(reply.get("epoch", 0)))
