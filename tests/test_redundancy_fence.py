@@ -131,6 +131,51 @@ def test_a_helper_a_driver_starts_after_the_fence_began_is_stopped_at_a_step(
     assert driver.wait(10) == 0  # its handler ran: the helper came after the fence's SIGTERM
 
 
+# A driver that ignores SIGTERM, with helpers in its process group that, on their SIGTERM,
+# leave the group (setsid) and ignore it too (found by a review: the fence's SIGKILL went
+# to the group only, and the helpers outlived the fence).
+LEAVER = """
+import os, signal, sys, time
+def leave(signum, frame):
+    os.setsid()
+signal.signal(signal.SIGTERM, leave)
+open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()  # its handler is in place
+while True:
+    time.sleep(0.05)
+"""
+STUBBORN = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+helpers = [subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[3]]) for _ in range(4)]
+with open(sys.argv[2] + ".tmp", "w") as out:
+    out.write(" ".join(str(h.pid) for h in helpers))
+import os
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_helpers_that_leave_the_group_on_sigterm_get_the_sigkill(marks, groups, tmp_path):
+    record, ready = tmp_path / "helpers", tmp_path / "ready"
+    ready.mkdir()
+    driver = subprocess.Popen([sys.executable, "-c", STUBBORN, LEAVER, str(record), str(ready)],
+                              start_new_session=True, env=marks)
+    groups.append(driver)
+    helpers = [int(p) for p in poll_for(lambda: record.exists() and record.read_text(), 10,
+                                        "the helpers").split()]
+    poll_for(lambda: all((ready / str(p)).exists() for p in helpers), 10,
+             "the helpers' SIGTERM handlers")
+    fence = Fence(grace=0.5, bound=5.0)
+    fence.start(time.monotonic(), [driver.pid], names=["drv"])
+    took = _step_until_done(fence, 10)
+    left = [p for p in helpers if not _gone(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [] and fence.killed and not fence.overrun, (left, took)
+    assert took < 2.0, took  # by the SIGKILL after grace, not by the bound
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

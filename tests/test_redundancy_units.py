@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from pmon import config as config_module
 from pmon.errors import ConfigError
 from pmon.redundancy.arbitration import Choice, Role
-from pmon.redundancy.messages import Encoder, Heartbeat, Inbox, decode, encode
+from pmon.redundancy.messages import MAX_DATAGRAM, Encoder, Heartbeat, Inbox, decode, encode
 
 from support import write_project
 
@@ -95,9 +95,18 @@ changes = st.fixed_dictionaries({}, optional={
 })
 
 
+GARBLES = [  # what another sender might write: not JSON, or JSON that `encode` never writes
+    lambda data: data,
+    lambda data: data.replace(b'"seq":', b'"seq":-', 1),  # negative
+    lambda data: data.replace(b'"seq":', b'"seq":0', 1),  # a leading zero: not JSON
+    lambda data: data.replace(b'"seq":', b'"seq": ', 1),  # a space
+    lambda data: data.replace(b'{"v":1,', b'{"v":1,"seq":3,', 1),  # twice: JSON takes the last
+    lambda data: data[:-1] + b" " * (MAX_DATAGRAM - len(data) + 1) + b"}",  # too long
+]
+
+
 @settings(max_examples=400)
-@given(st.lists(st.tuples(changes, st.sampled_from([b"", b"-", b"0", b" "]), st.booleans()),
-                max_size=40))
+@given(st.lists(st.tuples(changes, st.sampled_from(GARBLES), st.booleans()), max_size=40))
 def test_the_fast_paths_read_and_write_what_a_full_encode_and_decode_would(steps):
     """A datagram that differs from the newest only in its seq skips the decode, and the
     sender splices its seq into the last datagram's bytes: whatever the partner sends (a
@@ -107,12 +116,28 @@ def test_the_fast_paths_read_and_write_what_a_full_encode_and_decode_would(steps
         hb = beat(**change)
         data = encoder(hb)
         assert data == encode(hb)
-        if garble:  # a negative seq, a leading zero (not JSON), a space (JSON, not ours)
-            data = data.replace(b'"seq":', b'"seq":' + garble, 1)
+        data = garble(data)
         for datagram in (data, data) if copy else (data,):
             assert fast.accept(datagram) == slow.accept(datagram)
             assert (fast.dropped, fast.last_epoch, fast.last, fast.heard) == \
                 (slow.dropped, slow.last_epoch, slow.last, slow.heard)
+
+
+def test_the_fast_path_takes_only_what_encode_writes():
+    """JSON that `encode` never writes (found by a review): a second top-level seq (JSON
+    takes the last), a space after the key (the first raw `"seq":` is then a choice's), an
+    overlong datagram. Each pair of datagrams differs only where the fast path would look."""
+    hb = beat(seq=20, preferred=Choice("a", 1))
+    plain = encode(hb)
+    twice = plain.replace(b'{"v":1,', b'{"v":1,"seq":%d,', 1)
+    spaced = plain.replace(b'"seq":20', b'"seq": 20', 1).replace(b'"seq":1}', b'"seq":%d}', 1)
+    long = plain[:-1] + b" " * (MAX_DATAGRAM - len(plain)) + b"}"
+    cases = [(twice % 5, twice % 8), (spaced % 5, spaced % 8), (long, long.replace(b'"seq":20', b'"seq":21'))]
+    for first, second in cases:
+        fast, slow = Inbox("a", "b"), Reference("a", "b")
+        for datagram in (first, second):
+            assert fast.accept(datagram) == slow.accept(datagram), datagram[:80]
+            assert (fast.dropped, fast.last, fast.heard) == (slow.dropped, slow.last, slow.heard)
 
 
 LINK = {"local": "127.0.0.1:7101", "partner": "127.0.0.1:7201"}

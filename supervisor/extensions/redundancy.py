@@ -163,8 +163,8 @@ class RedundancyService(Extension):
                 self._reading_timer = True
             if self._timer_left() > 0:
                 return  # the expiry wakes pmon (_expired)
-        since = max(self._last_beat(now), self.watch_from)
-        self._watchdog = self.sup.loop.call_at(since + self.spec.self_fence, self._silent)
+        due = now + max(0.0, self.spec.self_fence - self._silence(now))
+        self._watchdog = self.sup.loop.call_at(due, self._silent)
 
     def _unwatch(self) -> None:
         if self._watchdog is not None:
@@ -174,13 +174,19 @@ class RedundancyService(Extension):
             self.sup.loop.remove_reader(self._timer[2])
         self._reading_timer = False
 
-    def _last_beat(self, now: float) -> float:
-        """When the redundancy manager last beat (loop time; -inf: never): by the beat's
-        timer while pmon holds it (an expired one: self_fence ago at the latest), else by
-        the last datagram."""
+    def _beat_ago(self, now: float) -> float:
+        """How long ago the redundancy manager last beat (inf: never, or its timer expired:
+        more than self_fence ago), by the beat's timer while pmon holds it, else by the
+        last datagram."""
         if self._timer is not None:
-            return now - self.spec.self_fence + self._timer_left()
-        return self.beat_at if self.beat_at is not None else float("-inf")
+            left = self._timer_left()
+            return self.spec.self_fence - left if left > 0 else float("inf")
+        return float("inf") if self.beat_at is None else now - self.beat_at
+
+    def _silence(self, now: float) -> float:
+        """The beat's silence, counted from the activation at the latest (the beat is owed
+        from then on)."""
+        return min(self._beat_ago(now), now - self.watch_from)
 
     def _timer_left(self) -> float:
         assert self._timer is not None
@@ -216,6 +222,10 @@ class RedundancyService(Extension):
 
     def _drop_timer(self) -> None:
         if self._timer is not None:
+            now = self.sup.loop.time()
+            ago = self._beat_ago(now)
+            if ago < float("inf"):  # the datagram's watch goes on from the timer's last beat
+                self.beat_at = max(self.beat_at or float("-inf"), now - ago)
             self._unwatch()
             os.close(self._timer[2])
             self._timer = None
@@ -228,12 +238,14 @@ class RedundancyService(Extension):
         if self._watchdog is not None:
             return
         now = self.sup.loop.time()
-        silent = now - max(self._last_beat(now), self.watch_from)
+        silent = self._silence(now)
         if self.role != "active" or self.self_fenced is not None:
             return
         if silent < self.spec.self_fence:  # a beat came (the timer was not moved): later
             self._watch()
             return
+        if self._timer is not None:  # an expired timer tells no more than that
+            silent = self.spec.self_fence
         why = f"self-fenced: redundancy manager silent for {silent:.2f} s"
         self.self_fenced = {"at": time.time(), "silent": round(silent, 3), "why": why}
         self.sup.events.write(
@@ -544,8 +556,8 @@ class RedundancyService(Extension):
 
     def _self_fence_status(self) -> dict[str, Any] | None:
         now = self.sup.loop.time()
-        last = self._last_beat(now)
-        heard = None if last == float("-inf") else round(now - last, 3)
+        ago = self._beat_ago(now)
+        heard = None if ago == float("inf") else round(ago, 3)
         return {"after": self.spec.self_fence, "kill": round(self.spec.self_fence_kill, 3),
                 "beat": "timer" if self._timer is not None else "datagram",
                 "watching": self.role == "active" and self.self_fenced is None,

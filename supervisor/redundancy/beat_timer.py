@@ -86,9 +86,18 @@ def clear(fd: int) -> None:
 
 
 def take(pid: int, fd: int) -> int:
-    """A copy of process `pid`'s file `fd` (pidfd_getfd), close-on-exec."""
+    """A copy of process `pid`'s file `fd` (pidfd_getfd), close-on-exec; OSError unless it
+    is a timerfd (a pid reused since it was named: some other process's file)."""
     pidfd = os.pidfd_open(pid)
     try:
-        return _check(_c().syscall(SYS_PIDFD_GETFD, pidfd, fd, 0))
+        copy = _check(_c().syscall(SYS_PIDFD_GETFD, pidfd, fd, 0))
     finally:
         os.close(pidfd)
+    try:
+        kind = os.readlink(f"/proc/self/fd/{copy}")
+    except OSError:
+        kind = ""
+    if kind != "anon_inode:[timerfd]":
+        os.close(copy)
+        raise OSError(f"file {fd} of process {pid} is not a timer ({kind or 'unknown'})")
+    return copy

@@ -324,8 +324,12 @@ class Fence:
         if not self.killed and now - self.started_at >= self.grace:
             self.killed = True
             _signal_groups(self.groups, signal.SIGKILL)
+            # every process known, one by one too: one may have left its group since
+            # (setsid on its SIGTERM) unnoticed, as a step looks no further than a living
+            # member; `signalled` is the kill's from now on (a SIGTERM is not a SIGKILL)
+            known = self.strays.union(*self.members.values()) - self.spare
+            self.signalled = _signal_each(known, signal.SIGKILL)
             self.signalled |= _signal_cgroups(self.cgroups, signal.SIGKILL, self.spare)
-            _signal_each(self.strays, signal.SIGKILL)
             return
         if now - self.started_at >= self.bound:  # (never before its SIGKILL: a thawed loop)
             self._give_up()

@@ -255,10 +255,11 @@ class Inbox:
             if data == self.last_data:
                 return self.heard, False  # the other link's copy of the newest: nothing to check
             found = _SEQ.search(data)
-            if found is not None and _cut(data, found) == self.last_cut:
+            if found is not None and _cut(data, found) == self.last_cut and \
+                    len(data) <= MAX_DATAGRAM:
                 # the newest heartbeat's words with another seq (at rest, every one): the
                 # words were checked when they came first, the number is digits
-                return self._took(_renumbered(self.heard, int(found.group(1))), data)
+                return self._took(_renumbered(self.heard, int(found.group(1))), data, self.last_cut)
         try:
             hb = decode(data)
         except BadMessage:
@@ -271,15 +272,16 @@ class Inbox:
             self.dropped["stale"] += 1
             return None
         self.last_epoch = hb.epoch
-        return self._took(hb, data)
+        # the fast path only after bytes as `encode` writes them (one seq, no spaces): then
+        # the seq's digits are the one thing another datagram may change
+        found = _SEQ.search(data) if data == encode(hb) else None
+        return self._took(hb, data, _cut(data, found) if found is not None else (b"", b""))
 
-    def _took(self, hb: Heartbeat, data: bytes) -> tuple[Heartbeat, bool]:
+    def _took(self, hb: Heartbeat, data: bytes, cut: tuple[bytes, bytes]) -> tuple[Heartbeat, bool]:
         newer = self.last is None or self.last[0] != hb.boot or hb.seq > self.last[1]
         if newer:
             self.last = (hb.boot, hb.seq)
-            self.heard, self.last_data = hb, data
-            found = _SEQ.search(data)
-            self.last_cut = _cut(data, found) if found is not None else (b"", b"")
+            self.heard, self.last_data, self.last_cut = hb, data, cut
         return hb, newer
 
 
