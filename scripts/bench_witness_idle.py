@@ -2,6 +2,7 @@
 """Idle CPU of a redundant pair with the etcd witness, and without it for comparison.
 
     .venv/bin/python scripts/bench_witness_idle.py [--seconds 60] [--without-only]
+        [--heartbeat-interval S --timeout S]   (these two with --without-only)
 
 Two real pmon on loopback with the DEFAULT [redundancy] settings (two links) and a core
 manager plus a `run_on = "active"` driver each (scripts/bench_failover.py's pair), once
@@ -51,9 +52,15 @@ def redundancy_pid(server: Server) -> int | None:
 
 
 def measure(root: Path, seconds: float, etcd_url: str | None,
-            etcd: subprocess.Popen[bytes] | None) -> tuple[list[float], list[list[float]]]:
+            etcd: subprocess.Popen[bytes] | None,
+            timing: dict[str, float] | None = None) -> tuple[list[float], list[list[float]]]:
     starts = Starts()
     path_a, path_b = write_pair(root, starts.port)
+    if timing:  # other heartbeat settings than the defaults
+        for path in (path_a, path_b):
+            data = tomllib.loads(path.read_text())
+            data["redundancy"].update(timing)
+            path.write_text(tomli_w.dumps(data))
     if etcd_url is not None:
         for path in (path_a, path_b):
             data = tomllib.loads(path.read_text())
@@ -88,12 +95,16 @@ def measure(root: Path, seconds: float, etcd_url: str | None,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--heartbeat-interval", type=float, help="instead of the default 0.2 s")
+    parser.add_argument("--timeout", type=float, help="instead of the default 0.6 s")
     parser.add_argument("--without-only", action="store_true",
                         help="measure only the pair without a witness (no etcd needed)")
     args = parser.parse_args()
     if args.without_only:
         with tempfile.TemporaryDirectory() as tmp:
-            without, each = measure(Path(tmp), args.seconds, None, None)
+            timing = {k: v for k, v in (("heartbeat_interval", args.heartbeat_interval),
+                                        ("timeout", args.timeout)) if v is not None}
+            without, each = measure(Path(tmp), args.seconds, None, None, timing)
         print(f"idle CPU over {args.seconds:g} s, % of one CPU, without a witness: "
               f"a {without[0]} (pmon {each[0][0]} + redundancy manager {each[0][1]}), "
               f"b {without[1]} (pmon {each[1][0]} + redundancy manager {each[1][1]})")
