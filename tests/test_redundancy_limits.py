@@ -27,7 +27,7 @@ from pmon.redundancy.witness import Witness
 from etcd import etcd  # noqa: F401 (the fixture)
 from relay import Relay
 from support import cgroups_writable, child, pmon_cli, poll_for, write_pair
-from test_redundancy_fence import RESPAWNER
+from test_redundancy_fence import start_respawner
 from test_redundancy_pair import WAIT, redu, stamps, start_pair, wait_roles
 
 
@@ -335,8 +335,7 @@ def test_a_fence_that_cannot_end_ends_by_its_bound_and_the_partner_takes_over(
     environ = Path(f"/proc/{driver}/environ").read_bytes().split(b"\0")
     socket = next(e for e in environ if e.startswith(b"NOTIFY_SOCKET=")).split(b"=", 1)[1]
     env = {k: v for k, v in os.environ.items() if k != "PMON_MANAGER"}
-    respawner = subprocess.Popen([sys.executable, "-c", RESPAWNER], start_new_session=True,
-                                 env={**env, "NOTIFY_SOCKET": socket.decode()})
+    respawner = start_respawner({**env, "NOTIFY_SOCKET": socket.decode()})
     try:
         stopped = time.monotonic()
         os.kill(a.proc.pid, signal.SIGSTOP)  # a's pmon stalls: a's redundancy manager fences
