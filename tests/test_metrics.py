@@ -243,10 +243,14 @@ def test_a_pair_shows_roles_error_states_links_and_switchovers(tmp_path, pmon, r
               and value(s, "pmon_redundancy_partner_available", partner=server.config.redundancy.partner) == 1)
         return s if ok else None
 
-    samples = poll_for(lambda: settled(a, "active"), WAIT, "a active with b available")
+    poll_for(lambda: settled(a, "active"), WAIT, "a active with b available")
     poll_for(lambda: settled(b, "passive"), WAIT, "b passive with a available")
-    assert value(samples, "pmon_redundancy_error_state", server="a") == 0
-    assert value(samples, "pmon_redundancy_error_state", server="b") == 0
+
+    def healthy() -> dict[Any, float] | None:  # (a's driver may still be starting)
+        s = settled(a, "active")
+        return s if s and value(s, "pmon_redundancy_error_state", server="a") == 0 and \
+            value(s, "pmon_redundancy_error_state", server="b") == 0 else None
+    samples = poll_for(healthy, WAIT, "both error states 0 at a")
     links = [k for k in samples if k[0] == "pmon_redundancy_link_up"]
     assert len(links) == 2 and all(samples[k] == 1 for k in links)
     ages = [samples[k] for k in samples if k[0] == "pmon_redundancy_link_last_heartbeat_age_seconds"]
