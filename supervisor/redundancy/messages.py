@@ -260,6 +260,10 @@ class Inbox:
                 # the newest heartbeat's words with another seq (at rest, every one): the
                 # words were checked when they came first, the number is digits
                 return self._took(_renumbered(self.heard, int(found.group(1))), data, self.last_cut)
+        return self._decoded(data)
+
+    def _decoded(self, data: bytes) -> tuple[Heartbeat, bool] | None:
+        """`accept` by a full decode and every check (what the fast paths must agree with)."""
         try:
             hb = decode(data)
         except BadMessage:
