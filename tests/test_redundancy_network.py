@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from netpair import NetPair
-from support import Pmon, child, poll_for, write_pair
+from support import Pmon, child, pmon_cli, poll_for, write_pair
 
 WAIT = 15
 DEFAULTS = {"heartbeat_interval": 0.2, "timeout": 0.6, "first_active_change_interval": 5}
@@ -248,3 +248,77 @@ def test_chaos_random_loss_up_to_30_percent_per_link_and_direction_never_switche
                 net.loss(link, rng.uniform(0, 30), sender)
         hold(1, a, b)
     assert not (tmp_path / "drv-b").exists()
+
+
+def test_a_beat_at_rest_sends_what_a_full_step_would_whatever_happens(tmp_path, pmon, net):
+    """At rest a beat repeats the settled heartbeat instead of an arbitration step (the idle
+    CPU). PMON_REST_CHECK=1 makes every such beat take the full step too, and stops the
+    redundancy manager (exit 70, a line in its log) if that sent anything else. A seeded run
+    of what changes a step's inputs: loss and cuts per link and direction, a weighted
+    manager stopped and started, prefer and set-active, quiet spells. The rule: the shortcut
+    is taken, and never differs from the full step."""
+    import random
+
+    seed = int(os.environ.get("PMON_CHAOS_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+
+    def managers(server: str) -> list[dict[str, Any]]:
+        return [*drivers(tmp_path)(server), {"name": "w2", "command": child(), "weight": 1}]
+
+    config_a, config_b = write_pair(tmp_path, net, managers, **DEFAULTS)
+    servers = {name: pmon(path, wait=False, prefix=net.prefix(name), env={"PMON_REST_CHECK": "1"})
+               for name, path in (("a", config_a), ("b", config_b))}
+    for server in servers.values():
+        server.wait_ready(WAIT)
+    settled(servers["a"], servers["b"], "a")
+    first = {name: s.manager("redundancy")["pid"] for name, s in servers.items()}
+    kinds = ["loss", "cut", "weight", "prefer", "set-active", "quiet"]
+    schedule = kinds * 2 + [rng.choice(kinds) for _ in range(4)]  # each kind at least twice
+    rng.shuffle(schedule)
+    for action in schedule:
+        roles = {name: redu(s)["role"] for name, s in servers.items()}
+        active = [name for name, role in roles.items() if role == "active"]
+        # mostly on the active server: a change of its error state is what the pair waits on
+        name = active[0] if active and rng.random() < 0.7 else rng.choice("ab")
+        server = servers[name]
+        if action == "loss":
+            net.loss(rng.choice((1, 2)), rng.uniform(5, 40), rng.choice("ab"))
+        elif action == "cut":
+            net.cut(rng.choice((1, 2)), rng.choice(["a", "b", None]))
+        elif action == "weight":
+            if server.manager("w2")["state"] == "running":
+                server.call("stop", target="w2", force=True)
+            else:
+                server.call("start", target="w2")
+        elif action in ("prefer", "set-active"):
+            pmon_cli(server.config_path, "redu", action, rng.choice("ab"))
+        time.sleep(rng.uniform(0.3, 1.5))
+        if rng.random() < 0.4:
+            net.restore()
+    net.restore()
+    for server in servers.values():
+        if server.manager("w2")["state"] != "running":
+            server.call("start", target="w2")
+
+    def quiet() -> bool:
+        sa, sb = redu(servers["a"]), redu(servers["b"])
+        return {sa["role"], sb["role"]} == {"active", "passive"} and all(
+            s["partner_available"] and not s["fencing"] and not s["releasing"] for s in (sa, sb))
+    poll_for(quiet, WAIT, f"the pair settled after the faults (seed {seed})")
+    # and, on a quiet network, what the arbitration waits on: an error state that changed
+    # moves the role once it has lasted error_state_delay (and back after hold_down)
+    active = next(name for name, s in servers.items() if redu(s)["role"] == "active")
+    other = "b" if active == "a" else "a"
+    servers[active].call("stop", target="w2", force=True)
+    poll_for(lambda: redu(servers[other])["role"] == "active", WAIT, f"{other} active (seed {seed})")
+    servers[active].call("start", target="w2")
+    preferred = redu(servers["a"])["preferred"]  # the schedule's prefer may have moved it
+    poll_for(lambda: redu(servers[preferred])["role"] == "active" and quiet(), WAIT,
+             f"{preferred} active again by preference (seed {seed})")
+    before = {name: redu(s)["beats"]["rest"] for name, s in servers.items()}
+    poll_for(lambda: all(redu(s)["beats"]["rest"] >= before[n] + 5 for n, s in servers.items()),
+             WAIT, f"beats at rest on both servers (seed {seed})")
+    for name, server in servers.items():
+        log = (server.config.project.state_dir / "log" / "redundancy.log").read_text()
+        assert "PMON_REST_CHECK" not in log, f"seed {seed}: {name}: {log[-2000:]}"
+        assert server.manager("redundancy")["pid"] == first[name], f"seed {seed}: {name} restarted"

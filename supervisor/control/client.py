@@ -1,4 +1,4 @@
-"""The control client: one request, one reply. Deliberately light: no asyncio, no psutil,
+"""The control client: one request, one reply (or many over one connection: Session). Deliberately light: no asyncio, no psutil,
 so that `pmon status` answers fast.
 """
 
@@ -132,23 +132,56 @@ def call(target: "Config | Endpoint", command: str, /, timeout: float = 600.0, *
     """Send one command and return its result; raises RemoteError when refused."""
     where = target if isinstance(target, Endpoint) else Endpoint.of(target)
     sock, token = connect(where, timeout)
+    with sock:
+        return _exchange(sock, token, command, args)
+
+
+class Session:
+    """Many commands over one connection (the redundancy manager's syncs, once a second):
+    no connect, accept and close for each. A failure closes the connection and the next
+    command connects anew, so that a reply is never read from a connection on which an
+    earlier one was late; a refusal (RemoteError) is a reply and keeps it."""
+
+    def __init__(self, target: "Config | Endpoint", timeout: float) -> None:
+        self.where = target if isinstance(target, Endpoint) else Endpoint.of(target)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._token: str | None = None
+
+    def call(self, command: str, /, **args: Any) -> Any:
+        if self._sock is None:
+            self._sock, self._token = connect(self.where, self.timeout)
+        try:
+            return _exchange(self._sock, self._token, command, args)
+        except RemoteError:
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _exchange(sock: socket.socket, token: str | None, command: str, args: dict[str, Any]) -> Any:
+    """One request and its reply (one line each) on a connected socket."""
     request: dict[str, Any] = {"command": command, "args": args}
     if token is not None:
         request["token"] = token
-    with sock:
-        sock.sendall(protocol.encode(request))
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ProtocolError("pmon closed the connection without a reply")
-            reply += chunk
+    sock.sendall(protocol.encode(request))
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ProtocolError("pmon closed the connection without a reply")
+        reply += chunk
     message = json.loads(reply)
     if not message.get("ok"):
         error = message.get("error", {})
         raise RemoteError(error.get("code", "error"), error.get("message", "refused"))
     return message.get("result")
-
 
 
 def subscribe(

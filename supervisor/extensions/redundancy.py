@@ -593,6 +593,8 @@ class RedundancyService(Extension):
             "epoch": self.epoch,
             "last_switchover": self.last_switchover,
             "dropped": report.get("dropped", {}),
+            # the redundancy manager's beats: at rest (the settled heartbeat repeated) or full
+            "beats": report.get("beats"),
             "redundancy_manager": "connected" if self.fresh() else "not connected",
         }
 

@@ -177,6 +177,9 @@ class Arbiter:
     partner_fencing_at: float | None = None
     _outcome: tuple[object, ...] | None = None  # the comparison of errors and availability
     _outcome_since: float = 0.0
+    # the last step held the role back (a change of the error states not lasted long enough
+    # yet): a later step with the same inputs may move it, so the daemon may not skip one
+    waiting: bool = False
     _auto_switch_at: float | None = None  # the last switchover by priority 3 or 4
 
     # --- the target: who should be active, by priorities 2..4 ------------------------
@@ -229,6 +232,7 @@ class Arbiter:
         if self.started_at is None:
             self.started_at = now
         self.wall = wall
+        self.waiting = False
         before, alone = self.role, self.alone
         if partner is None:
             decision = self._alone(now, local)
@@ -353,6 +357,7 @@ class Arbiter:
         if self._auto_switch_at is not None and self._outcome_since >= self._auto_switch_at:
             wait = max(wait, self._auto_switch_at + self.hold_down - self._outcome_since)
         if now - self._outcome_since < wait:
+            self.waiting = True
             return current, reason  # not yet: the role stays where it is
         return target, reason
 

@@ -51,14 +51,14 @@ import time
 from typing import Any, Callable
 
 from pmon.config import Config
-from pmon.control.client import call
+from pmon.control.client import Session
 from pmon.errors import PmonError
 from pmon.redundancy.arbitration import (
     Arbiter, Choice, Decision, Local, Partner, Reason, Role, newest)
 from pmon.redundancy.beat import Beat
 from pmon.redundancy.fence import Fence, Release
 from pmon.redundancy.link import Links
-from pmon.redundancy.messages import Encoder, Heartbeat, Inbox
+from pmon.redundancy.messages import Encoder, Heartbeat, Inbox, words_of
 from pmon.redundancy.pmon_view import PmonView
 from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors, release_bound
 from pmon.redundancy.witness import Witness
@@ -82,7 +82,8 @@ def _choice(choice: Choice | None) -> dict[str, Any] | None:
 
 
 class PmonSync(threading.Thread):
-    """The exchange with pmon, off the heartbeat path: one `redu-sync` at a time.
+    """The exchange with pmon, off the heartbeat path: one `redu-sync` at a time, over one
+    connection while pmon answers (client.Session).
 
     `owed_since` is when the oldest request pmon has not answered yet was sent (None while
     none is outstanding): pmon is judged by the answer it owes, not by the time since its
@@ -99,6 +100,7 @@ class PmonSync(threading.Thread):
         # oldest request it has not answered yet was sent (None while none is out)
         self.owed_since: float | None = None
         self.last_turn = time.monotonic()
+        self.session = Session(config, timeout)  # one connection while pmon answers
 
     def owes(self, now: float) -> float:
         """How long pmon has owed an answer (0: none is out)."""
@@ -128,8 +130,8 @@ class PmonSync(threading.Thread):
             if self.owed_since is None:
                 self.owed_since = time.monotonic()
             try:
-                reply: dict[str, Any] | None = call(
-                    self.config, "redu-sync", timeout=self.timeout, report=self.report())
+                reply: dict[str, Any] | None = self.session.call(
+                    "redu-sync", report=self.report())
             except (PmonError, OSError, ValueError):
                 reply = None
             if reply is not None and not reply.get("stale"):  # "stale": pmon took it for none
@@ -200,6 +202,11 @@ class RedundancyManager(PmonView):
         self.failsafe = False  # active without the lease: etcd away, the partner agrees
         self.beat = Beat.from_env(timer=True)
         self.beat_at = 0.0  # the last beat
+        # the words of the heartbeat a settled step sent (None: not settled): at rest, a beat
+        # repeats it instead of a full step (_at_rest)
+        self.rest_words: tuple[Any, ...] | None = None
+        self.rest_check = bool(os.environ.get("PMON_REST_CHECK"))  # the tests': see evaluate
+        self.beats = {"rest": 0, "full": 0}  # how the beats went (redu status --json)
         self.yielding = False  # pmon self-fenced (or surely did): give the role up
 
     # --- what this side knows ------------------------------------------------------
@@ -276,6 +283,7 @@ class RedundancyManager(PmonView):
         for link in self.links.links:
             selector.register(link.sock, selectors.EVENT_READ, link)
         selector.register(self.wake_r, selectors.EVENT_READ, None)
+        watching = True  # every link wakes the loop (at rest only the first: see below)
         interval = self.spec.heartbeat_interval
         self.sync.start()
         if self.witness is not None:
@@ -325,6 +333,17 @@ class RedundancyManager(PmonView):
                         and lost > now:
                     wake.append(lost)  # the lease counts as lost then: fence at once
                 timeout = max(0.0, min(wake) - now)
+                if (self.rest_words is None) is not watching:
+                    # At rest only the first link wakes the loop: the copies of a heartbeat
+                    # on the others, a moment later, are read in the next wake-up (every
+                    # wake-up reads every link) instead of costing one each. News then comes
+                    # at once on the first link, or at the next beat if it lost it.
+                    watching = self.rest_words is None
+                    for link in self.links.links[1:]:
+                        if watching:
+                            selector.register(link.sock, selectors.EVENT_READ, link)
+                        else:
+                            selector.unregister(link.sock)
                 events = selector.select(timeout)
                 now = self.clock()
                 self._stuck(now)  # before the datagrams: answering a probe would beat
@@ -431,6 +450,8 @@ class RedundancyManager(PmonView):
                     self.send(now)  # the partner missed heartbeats: answer at once
             if hb.seen > self.arbiter.epoch:  # this side lost its epoch: catch up
                 self.arbiter.epoch = hb.seen
+        if news:
+            self.rest_words = None  # the next step is a full one
         return news
 
     def _stuck(self, now: float) -> None:
@@ -440,6 +461,41 @@ class RedundancyManager(PmonView):
             self.yielding = True
 
     def evaluate(self, now: float, force_send: bool = False, probe: bool = False) -> None:
+        """One step: the arbitration, the fence, and the heartbeat (always with force_send,
+        a beat; else on a change). At rest (_at_rest) the step would change nothing: it is
+        skipped, and a beat repeats the settled heartbeat, renumbered. PMON_REST_CHECK=1
+        (the tests') takes the full step anyway and stops this manager (exit 70, a line on
+        stderr) if it changed anything."""
+        claimed = not probe and self._at_rest(now)
+        if force_send:
+            self.beats["rest" if claimed else "full"] += 1
+        if claimed and not self.rest_check:
+            if force_send:
+                self.seq += 1
+                self.last_sent = now
+                data = self.encode.again(self.seq)
+                for link in self.links.links:
+                    link.send(data)
+                self._beat_timer(now)
+            return
+        rest = (self.rest_words, self.decision.role, self.signature)
+        self._step(now, force_send, probe)
+        if claimed:
+            self._check_rest(now, *rest)
+        elif force_send and not probe:  # what it sent may be repeated while at rest
+            self.rest_words = self.encode.words if self._settled(now) else None
+        else:
+            self.rest_words = None
+
+    def _check_rest(self, now: float, words: Any, role: Role | None, signature: Any) -> None:
+        after = words_of(self._heartbeat(now))
+        if after != words or self.decision.role is not role or self.signature != signature:
+            print(f"redundancy: PMON_REST_CHECK: at rest, the step would have kept {words!r} "
+                  f"(role {role}), but the full step made {after!r} (role "
+                  f"{self.decision.role})", file=sys.stderr, flush=True)
+            raise SystemExit(70)
+
+    def _step(self, now: float, force_send: bool, probe: bool) -> None:
         self._stuck(now)
         ok = self.pmon_ok(now)
         lease = self.lease_ok(now)
@@ -519,6 +575,43 @@ class RedundancyManager(PmonView):
             self.signature = signature
             self.sync.wake.set()  # pmon hears of it now, not at the next idle sync
 
+    # --- the beat at rest --------------------------------------------------------------
+    def _settled(self, now: float) -> bool:
+        """After a step that sent: a settled pair, whose next steps give the same decision
+        and heartbeat for as long as nothing they read changes. One server active, the
+        other passive, both naming it, the arbitration not waiting for a change of the
+        error states to last, and nothing under way that a step advances with time: no
+        fence, release, notice, self-fence, restart, dual active, damping or witness (whose
+        lease the witness thread renews on its own)."""
+        decision, heard = self.decision, self.heard
+        if decision.changed or decision.role is None or heard is None or self.arbiter.waiting \
+                or self.witness is not None or self.fencing or self.fence.started_at is not None \
+                or self.release.active or self.yielding or self.restart_pending or self.dual \
+                or not self.connected or self.failsafe:
+            return False
+        active = self.spec.name if decision.role is Role.ACTIVE else self.spec.partner
+        return heard.role is not decision.role and heard.role is not None and \
+            decision.target == heard.target == active and heard.hears and not heard.probe \
+            and not heard.fencing and not heard.damp and self._quiet(now)
+
+    def _quiet(self, now: float) -> bool:
+        """No deadline a step reads is near or past, so a step now and one at the next beat
+        write the same heartbeat: every link up, pmon answering and not weighing after a
+        fence, no damping, and the self-fence's last beat recent."""
+        timeout = self.spec.timeout
+        for link in self.links.links:
+            if link.last_rx is None or now - link.last_rx >= timeout:
+                return False
+        return self.sync.owes(now) < self.spec.pmon_timeout and now >= self.pmon_held_until \
+            and now >= self.damped_until and now - self.beat_at < self.spec.self_fence
+
+    def _at_rest(self, now: float) -> bool:
+        """May this beat repeat the settled step's heartbeat? While nothing a step reads has
+        changed since (news from the partner or pmon clears `rest_words`, and the last
+        datagram encoded is still that heartbeat) and it is still quiet."""
+        return self.rest_words is not None and self.encode.words is self.rest_words and \
+            self._quiet(now)
+
     @property
     def fencing(self) -> bool:
         """A fence under way, or told to pmon and about to begin."""
@@ -541,8 +634,14 @@ class RedundancyManager(PmonView):
     def send(self, now: float, probe: bool = False) -> None:
         self.seq += 1
         self.last_sent = now
+        data = self.encode(self._heartbeat(now, probe))
+        for link in self.links.links:
+            link.send(data)
+        self._beat_timer(now)
+
+    def _heartbeat(self, now: float, probe: bool = False) -> Heartbeat:
         breakdown = self.breakdown(now)  # (failsafe: as the last evaluate judged it)
-        data = self.encode(Heartbeat(
+        return Heartbeat(
             sender=self.spec.name, to=self.spec.partner, epoch=self.arbiter.epoch,
             boot=self.boot, seq=self.seq, role=self.decision.role, error=sum(breakdown.values()),
             available=self.available and self.pmon_ok(now), target=self.decision.target,
@@ -553,12 +652,12 @@ class RedundancyManager(PmonView):
             # releasing: pmon still stops its drivers after a handover; the partner waits
             fencing=self.fencing or self.failsafe or self.release.active,
             damp=round(max(0.0, self.damped_until - now), 3),
-        ))
-        for link in self.links.links:
-            link.send(data)
+        )
+
+    def _beat_timer(self, now: float) -> None:
+        """After the heartbeat, so the last beat is never later than the last heartbeat
+        (the partner's timeout runs from that); twice per self_fence is enough."""
         if now - self.beat_at >= (self.spec.self_fence - self.spec.heartbeat_interval) / 2:
-            # after the heartbeat, so the last beat is never later than the last heartbeat
-            # (the partner's timeout runs from that); twice per self_fence is enough
             self.beat.send(expires=self.spec.self_fence)
             self.beat_at = now
 
@@ -597,6 +696,7 @@ class RedundancyManager(PmonView):
             "release_bound": self.release.bound,
             "witness": None if self.witness is None else {
                 **self.witness.status(now), "failsafe": self.failsafe},
+            "beats": dict(self.beats),
             "damp": round(max(0.0, self.damped_until - now), 3),
             "partner": None if partner is None else {
                 "name": partner.sender, "role": partner.role.value if partner.role else None,
@@ -614,6 +714,7 @@ class RedundancyManager(PmonView):
     def _on_reply(self, at: float, reply: dict[str, Any] | None) -> None:
         if reply is None or reply.get("stale"):
             return  # no answer (or pmon found our report too old: no answer to it either)
+        before = self._pmon_words()
         bound = self._take_pmon(at, reply)  # error sources, availability, what to fence
         seq = reply.get("seq")
         if self.restart_seq is not None and isinstance(seq, int) and seq >= self.restart_seq:
@@ -643,6 +744,8 @@ class RedundancyManager(PmonView):
             if self.decision.role is None:  # a restart in a flapping network: listen longer
                 self.arbiter.startup_wait = max(self.arbiter.startup_wait,
                                                 DAMPED_TIMEOUTS * self.spec.timeout)
+        if reply.get("requests") or self._pmon_words() != before:
+            self.rest_words = None  # pmon said something new: the next step is a full one
         for request in reply.get("requests", []):
             local, partner = self.views(now)
             if request.get("op") == "force":
@@ -652,6 +755,13 @@ class RedundancyManager(PmonView):
                 self.arbiter.prefer(request["server"], partner)
         if reply.get("requests"):
             self.evaluate(now, force_send=True)
+
+    def _pmon_words(self) -> tuple[Any, ...]:
+        """What of pmon's replies a step reads: a reply that changes none of it (at rest,
+        every one) leaves the beat at rest."""
+        return (self.pmon_breakdown, self.available, self.restart_pending, self.yielding,
+                self.notice_heard, self.arbiter.epoch, self.arbiter.preferred,
+                self.arbiter.forced, self.damped_until, self.arbiter.startup_wait)
 
 
 def thaw_gap(sleep: float) -> float:

@@ -114,7 +114,7 @@ def _cut(data: bytes, seq: re.Match[bytes]) -> tuple[bytes, bytes]:
     return data[:seq.start(1)], data[seq.end(1):]
 
 
-def _words(hb: Heartbeat) -> tuple[Any, ...]:
+def words_of(hb: Heartbeat) -> tuple[Any, ...]:
     """Every field but seq: what makes two heartbeats the same datagram but for its number."""
     return tuple(value for key, value in vars(hb).items() if key != "seq")
 
@@ -129,13 +129,17 @@ class Encoder:
         self.head, self.tail = b"", b""
 
     def __call__(self, hb: Heartbeat) -> bytes:
-        words = _words(hb)
+        words = words_of(hb)
         if words != self.words:
             data = encode(hb)
             found = _SEQ.search(data)
             assert found is not None  # encode writes it
             self.words, (self.head, self.tail) = words, _cut(data, found)
-        return b"%s%d%s" % (self.head, hb.seq, self.tail)
+        return self.again(hb.seq)
+
+    def again(self, seq: int) -> bytes:
+        """The last datagram, numbered `seq`."""
+        return b"%s%d%s" % (self.head, seq, self.tail)
 
 
 def encode(hb: Heartbeat) -> bytes:
