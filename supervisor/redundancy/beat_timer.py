@@ -63,11 +63,17 @@ def create() -> int:
     return _check(_c().timerfd_create(CLOCK_MONOTONIC, os.O_NONBLOCK | os.O_CLOEXEC))
 
 
+# arm's one struct: five times a second in an idle loop, building it each time was most of
+# the call's cost. One thread arms (the redundancy manager's heartbeat loop).
+_ARM = _Itimerspec()
+_ARM_REF = ctypes.byref(_ARM)
+
+
 def arm(fd: int, seconds: float) -> None:
     """Expire `seconds` from now (a re-arm moves the expiry and clears a past one)."""
     whole = int(seconds)
-    spec = _Itimerspec(_Timespec(0, 0), _Timespec(whole, int((seconds - whole) * 1e9)))
-    _check(_c().timerfd_settime(fd, 0, ctypes.byref(spec), None))
+    _ARM.it_value.tv_sec, _ARM.it_value.tv_nsec = whole, int((seconds - whole) * 1e9)
+    _check(_c().timerfd_settime(fd, 0, _ARM_REF, None))
 
 
 def remaining(fd: int) -> float:

@@ -163,6 +163,7 @@ class RedundancyManager(PmonView):
         self.boot = secrets.token_hex(6)
         self.seq = 0
         self.heard: Heartbeat | None = None  # the partner's newest heartbeat
+        self.heard_at = float("-inf")  # when it came (on the first link that brought it)
         self.fence = Fence(spec.fence_grace, spec.fence_limit)
         self.fence_for_pmon = False  # the fence under way began because pmon was late
         self.notice_at: float | None = None  # a fence told to pmon, not begun yet
@@ -438,14 +439,18 @@ class RedundancyManager(PmonView):
                 self.damped_until = max(self.damped_until, now + hb.damp)
             if self.partner_view(now) is None or not link.up(now, self.spec.timeout):
                 news = True  # contact or a link comes back
-            link.last_rx = now
+            # A copy of a heartbeat already taken came about when that one did: read later
+            # (at rest, from a link that does not wake the loop), its read time would make
+            # the partner look alive for up to an interval longer (a later failover).
+            arrived = now if newer else min(now, self.heard_at)
+            link.last_rx = max(link.last_rx or arrived, arrived)
             link.received += 1
             if newer:
                 # Only a heartbeat that says something new (or ends a silence) needs a
                 # decision now; the same words again wait for the next beat's step.
                 if self.heard is None or _says(hb) != _says(self.heard):
                     news = True
-                self.heard = hb
+                self.heard, self.heard_at = hb, now
                 if hb.probe and now - self.last_sent > self.spec.heartbeat_interval / 8:
                     self.send(now)  # the partner missed heartbeats: answer at once
             if hb.seen > self.arbiter.epoch:  # this side lost its epoch: catch up
