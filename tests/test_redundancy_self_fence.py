@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -174,6 +175,37 @@ def test_a_hot_restart_of_pmon_does_not_self_fence(tmp_path, pmon, relay):
     assert not [e for e in a.events() if e["event"] == "self-fenced"]
     assert switchovers(b) == []
     assert "self-fence: watching the redundancy manager" in pmon_cli(a.config_path, "redu", "status").stdout
+
+
+def test_a_failed_re_arm_of_the_beat_timer_falls_back_to_the_datagram_without_a_self_fence(
+        tmp_path, pmon, relay):
+    """If re-arming the beat's timer fails, the redundancy manager drops the timer and beats
+    by datagram at once. pmon's copy of the timer then expires before the next sync tells
+    pmon: the datagrams must count as the beat, not a silence (a self-fence and a switchover
+    of a healthy pair). The real redundancy manager on a, its re-arm failing after 30 arms
+    (tests/children/arm_fails.py)."""
+    arm_fails = str(Path(__file__).parent / "children" / "arm_fails.py")
+
+    def managers(server: str) -> list[dict[str, Any]]:
+        own = [] if server == "b" else [{
+            "name": "redundancy", "redundancy": True, "ready": "notify", "start_timeout": 10,
+            "command": [sys.executable, arm_fails, "30", "-c", str(tmp_path / "a" / "pmon.toml")]}]
+        return [*drivers(tmp_path)(server), *own]
+
+    config_a, config_b = write_pair(tmp_path, relay, managers)
+    a, b = pmon(config_a, wait=False), pmon(config_b, wait=False)
+    a.wait_ready(WAIT)
+    b.wait_ready(WAIT)
+    wait_roles(a, b, "active", "passive")
+    driver = a.wait_state("drv", "running")["pid"]
+    poll_for(lambda: redu(a)["self_fence"]["beat"] == "datagram", WAIT,
+             "pmon told of the failed timer (the beat by datagram)")
+    time.sleep(1.0)  # a window for a self-fence to show, not a wait for a condition
+    history = "\n".join(f"{e['ts']} {e['message']}" for e in a.events()[-25:])
+    assert not [e for e in a.events() if e["event"] == "self-fenced"], history
+    assert a.manager("drv")["pid"] == driver and a.manager("drv")["state"] == "running", history
+    assert redu(a)["role"] == "active" and switchovers(b) == []
+    assert redu(a)["self_fence"]["watching"]
 
 
 def test_random_freezes_of_redundancy_managers_and_pmon_never_make_two_drivers(tmp_path, pmon, relay):

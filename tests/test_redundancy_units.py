@@ -222,3 +222,22 @@ def test_a_heartbeat_sender_survives_send_errors():
         link.send(b"x")
         link.send(b"x")
     assert link.send_errors == 2 and link.sent == 0 and link.last_error
+
+
+def test_a_release_ends_once_and_later_replies_end_nothing():
+    """The second phase of a handover ends on pmon's reply to the first report that said
+    "passive". Before, a later reply ended it again and again: the passive side sent an
+    extra heartbeat at every sync with pmon, for ever after its first handover."""
+    from pmon.redundancy.fence import Release
+
+    release = Release(bound=5.0)
+    release.start(10.0)
+    release.reported(7)
+    assert not release.answered(6, [])  # a reply to an older report
+    assert not release.answered(7, [4321])  # a driver still alive
+    assert release.answered(8, []) and not release.active
+    assert not release.answered(9, []) and not release.answered(10, [])
+    release.start(20.0)
+    assert not release.answered(11, [])  # the new release waits for its own report
+    release.reported(12)
+    assert release.expired(25.0) and release.overrun and not release.answered(13, [])

@@ -138,9 +138,9 @@ def call(target: "Config | Endpoint", command: str, /, timeout: float = 600.0, *
 
 class Session:
     """Many commands over one connection (the redundancy manager's syncs, once a second):
-    no connect, accept and close for each. A failure closes the connection and the next
-    command connects anew, so that a reply is never read from a connection on which an
-    earlier one was late; a refusal (RemoteError) is a reply and keeps it."""
+    no connect, accept and close for each. A failure or a refusal closes the connection and
+    the next command connects anew: a reply is never read from a connection on which an
+    earlier one was late, and pmon closes its side after some refusals (busy, too long)."""
 
     def __init__(self, target: "Config | Endpoint", timeout: float) -> None:
         self.where = target if isinstance(target, Endpoint) else Endpoint.of(target)
@@ -153,8 +153,6 @@ class Session:
             self._sock, self._token = connect(self.where, self.timeout)
         try:
             return _exchange(self._sock, self._token, command, args)
-        except RemoteError:
-            raise
         except BaseException:
             self.close()
             raise

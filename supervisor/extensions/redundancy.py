@@ -176,12 +176,15 @@ class RedundancyService(Extension):
 
     def _beat_ago(self, now: float) -> float:
         """How long ago the redundancy manager last beat (inf: never, or its timer expired:
-        more than self_fence ago), by the beat's timer while pmon holds it, else by the
-        last datagram."""
+        more than self_fence ago): by the beat's timer while pmon holds it, or by the last
+        datagram if that is later. A redundancy manager whose re-arm failed drops its timer
+        and beats by datagram at once; pmon's copy of the timer then expires, and until the
+        next sync tells pmon so, the datagrams are the beat (not a self-fence)."""
+        datagram = float("inf") if self.beat_at is None else now - self.beat_at
         if self._timer is not None:
             left = self._timer_left()
-            return self.spec.self_fence - left if left > 0 else float("inf")
-        return float("inf") if self.beat_at is None else now - self.beat_at
+            return min(self.spec.self_fence - left if left > 0 else float("inf"), datagram)
+        return datagram
 
     def _silence(self, now: float) -> float:
         """The beat's silence, counted from the activation at the latest (the beat is owed

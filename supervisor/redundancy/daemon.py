@@ -164,6 +164,7 @@ class RedundancyManager(PmonView):
         self.seq = 0
         self.heard: Heartbeat | None = None  # the partner's newest heartbeat
         self.heard_at = float("-inf")  # when it came (on the first link that brought it)
+        self.arrivals: dict[tuple[str, int], float] = {}  # the same for the last few (boot, seq)
         self.fence = Fence(spec.fence_grace, spec.fence_limit)
         self.fence_for_pmon = False  # the fence under way began because pmon was late
         self.notice_at: float | None = None  # a fence told to pmon, not begun yet
@@ -354,7 +355,7 @@ class RedundancyManager(PmonView):
                     beat_heard = self.heard
                     # a deadline too: the select may have come back empty from a freeze
                     # of this process although the partner's datagrams wait
-                    if not events or any(key.data is not None for key, _ in events):
+                    if not events or not watching or any(key.data is not None for key, _ in events):
                         # every link, not only the one that woke the loop: the copy of a
                         # heartbeat on the other link has mostly arrived by now, and is taken
                         # in this wake-up instead of costing one of its own (and before pmon's
@@ -442,7 +443,7 @@ class RedundancyManager(PmonView):
             # A copy of a heartbeat already taken came about when that one did: read later
             # (at rest, from a link that does not wake the loop), its read time would make
             # the partner look alive for up to an interval longer (a later failover).
-            arrived = now if newer else min(now, self.heard_at)
+            arrived = now if newer else self.arrivals.get((hb.boot, hb.seq), min(now, self.heard_at))
             link.last_rx = max(link.last_rx or arrived, arrived)
             link.received += 1
             if newer:
@@ -451,6 +452,9 @@ class RedundancyManager(PmonView):
                 if self.heard is None or _says(hb) != _says(self.heard):
                     news = True
                 self.heard, self.heard_at = hb, now
+                self.arrivals[hb.boot, hb.seq] = now
+                if len(self.arrivals) > 4:  # the last few: a copy comes within an interval
+                    del self.arrivals[next(iter(self.arrivals))]
                 if hb.probe and now - self.last_sent > self.spec.heartbeat_interval / 8:
                     self.send(now)  # the partner missed heartbeats: answer at once
             if hb.seen > self.arbiter.epoch:  # this side lost its epoch: catch up
@@ -607,7 +611,7 @@ class RedundancyManager(PmonView):
         for link in self.links.links:
             if link.last_rx is None or now - link.last_rx >= timeout:
                 return False
-        return self.sync.owes(now) < self.spec.pmon_timeout and now >= self.pmon_held_until \
+        return self.pmon_ok(now) and now >= self.pmon_held_until \
             and now >= self.damped_until and now - self.beat_at < self.spec.self_fence
 
     def _at_rest(self, now: float) -> bool:
@@ -764,9 +768,10 @@ class RedundancyManager(PmonView):
     def _pmon_words(self) -> tuple[Any, ...]:
         """What of pmon's replies a step reads: a reply that changes none of it (at rest,
         every one) leaves the beat at rest."""
-        return (self.pmon_breakdown, self.available, self.restart_pending, self.yielding,
-                self.notice_heard, self.arbiter.epoch, self.arbiter.preferred,
-                self.arbiter.forced, self.damped_until, self.arbiter.startup_wait)
+        return (self.pmon_ok_at is None, self.pmon_breakdown, self.available,
+                self.restart_pending, self.yielding, self.notice_heard, self.arbiter.epoch,
+                self.arbiter.preferred, self.arbiter.forced, self.damped_until,
+                self.arbiter.startup_wait)
 
 
 def thaw_gap(sleep: float) -> float:

@@ -394,15 +394,15 @@ class Release:
         """pmon's reply to report `seq`: True when it ends the release."""
         if self.seq is None or not isinstance(seq, int) or seq < self.seq or alive:
             return False
-        self.started_at = None
+        self.started_at, self.seq = None, None  # once: a later reply ends nothing
         return True
 
     def expired(self, now: float) -> bool:
         """True (once) when the bound has passed: the release ends unconfirmed."""
         if self.started_at is None or now - self.started_at < self.bound:
             return False
-        self.started_at, self.overrun = None, True
+        self.started_at, self.seq, self.overrun = None, None, True
         return True
 
     def cancel(self) -> None:
-        self.started_at = None
+        self.started_at, self.seq = None, None
