@@ -163,8 +163,8 @@ class RedundancyManager(PmonView):
         self.boot = secrets.token_hex(6)
         self.seq = 0
         self.heard: Heartbeat | None = None  # the partner's newest heartbeat
-        self.heard_at = float("-inf")  # when it came (on the first link that brought it)
-        self.arrivals: dict[tuple[str, int], float] = {}  # the same for the last few (boot, seq)
+        # when the last few newer heartbeats came (boot, seq), oldest first
+        self.arrivals: dict[tuple[str, int], float] = {}
         self.fence = Fence(spec.fence_grace, spec.fence_limit)
         self.fence_for_pmon = False  # the fence under way began because pmon was late
         self.notice_at: float | None = None  # a fence told to pmon, not begun yet
@@ -443,7 +443,9 @@ class RedundancyManager(PmonView):
             # A copy of a heartbeat already taken came about when that one did: read later
             # (at rest, from a link that does not wake the loop), its read time would make
             # the partner look alive for up to an interval longer (a later failover).
-            arrived = now if newer else self.arrivals.get((hb.boot, hb.seq), min(now, self.heard_at))
+            # (one not kept, e.g. overtaken on its link: no later than the newest)
+            arrived = now if newer else self.arrivals.get(
+                (hb.boot, hb.seq), next(reversed(self.arrivals.values()), now))
             link.last_rx = max(link.last_rx or arrived, arrived)
             link.received += 1
             if newer:
@@ -451,7 +453,7 @@ class RedundancyManager(PmonView):
                 # decision now; the same words again wait for the next beat's step.
                 if self.heard is None or _says(hb) != _says(self.heard):
                     news = True
-                self.heard, self.heard_at = hb, now
+                self.heard = hb
                 self.arrivals[hb.boot, hb.seq] = now
                 if len(self.arrivals) > 4:  # the last few: a copy comes within an interval
                     del self.arrivals[next(iter(self.arrivals))]
@@ -480,12 +482,7 @@ class RedundancyManager(PmonView):
             self.beats["rest" if claimed else "full"] += 1
         if claimed and not self.rest_check:
             if force_send:
-                self.seq += 1
-                self.last_sent = now
-                data = self.encode.again(self.seq)
-                for link in self.links.links:
-                    link.send(data)
-                self._beat_timer(now)
+                self.send(now, again=True)
             return
         rest = (self.rest_words, self.decision.role, self.signature)
         self._step(now, force_send, probe)
@@ -608,9 +605,8 @@ class RedundancyManager(PmonView):
         write the same heartbeat: every link up, pmon answering and not weighing after a
         fence, no damping, and the self-fence's last beat recent."""
         timeout = self.spec.timeout
-        for link in self.links.links:
-            if link.last_rx is None or now - link.last_rx >= timeout:
-                return False
+        if not all(link.up(now, timeout) for link in self.links.links):
+            return False
         return self.pmon_ok(now) and now >= self.pmon_held_until \
             and now >= self.damped_until and now - self.beat_at < self.spec.self_fence
 
@@ -640,10 +636,12 @@ class RedundancyManager(PmonView):
                 tuple(self.links_down(now)), self.arbiter.forced, self.arbiter.preferred,
                 None if heard is None else (heard.role, heard.available, heard.error))
 
-    def send(self, now: float, probe: bool = False) -> None:
+    def send(self, now: float, probe: bool = False, again: bool = False) -> None:
+        """A heartbeat on every link, then the beat; `again`: the last one, renumbered (at
+        rest: what a full step would write)."""
         self.seq += 1
         self.last_sent = now
-        data = self.encode(self._heartbeat(now, probe))
+        data = self.encode.again(self.seq) if again else self.encode(self._heartbeat(now, probe))
         for link in self.links.links:
             link.send(data)
         self._beat_timer(now)
