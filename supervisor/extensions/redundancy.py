@@ -422,7 +422,7 @@ class RedundancyService(Extension):
         """What commands wait on; a change wakes them (and rewrites the state file)."""
         partner = self.report.get("partner") or {}
         return (self.role, partner.get("role"), partner.get("available"),
-                json.dumps(self.report.get("preferred")), json.dumps(self.report.get("forced")))
+                self.report.get("preferred"), self.report.get("forced"))  # (compared, not kept)
 
     def _role_changed(self, role: str, report: dict[str, Any]) -> None:
         old, self.role = self.role, role

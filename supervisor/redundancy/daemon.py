@@ -191,6 +191,7 @@ class RedundancyManager(PmonView):
         self.signature: tuple[Any, ...] = ()
         self.lock = threading.Lock()  # the sync thread reads the report under it
         self.replies: "queue.SimpleQueue[tuple[float, dict[str, Any] | None]]" = queue.SimpleQueue()
+        self.last_said: Any = ()  # the last reply, seq aside (the sync thread's: _deliver)
         self.poked = False
         self.wake_r, self.wake_w = socket.socketpair()
         for sock in (self.wake_r, self.wake_w):
@@ -307,6 +308,8 @@ class RedundancyManager(PmonView):
                     probing = self.probing(now)
                     next_beat = max(next_beat + (interval / 4 if probing else interval), now)
                     with self.lock:
+                        if not self.replies.empty():  # one that did not wake the loop
+                            self._take_replies()
                         if probing or self.partner_view(now) is None:
                             # overdue: what the partner sent may wait in the sockets (this
                             # process was frozen); judge it by that, not by the silence
@@ -353,9 +356,14 @@ class RedundancyManager(PmonView):
                     # a deadline passed (the beat's own is met at the top of the loop)
                     news = not events and now < next_beat
                     beat_heard = self.heard
-                    # a deadline too: the select may have come back empty from a freeze
-                    # of this process although the partner's datagrams wait
-                    if not events or not watching or any(key.data is not None for key, _ in events):
+                    # a deadline too: the select may have come back empty from a signal or
+                    # a freeze of this process although the partner's datagrams wait; at
+                    # rest only if the first link brought nothing since this side last sent
+                    # (else what it brought was read with the others' copies then; a late
+                    # one waits for the next: no reads for nothing at every beat)
+                    first_rx = self.links.links[0].last_rx
+                    if any(key.data is not None for key, _ in events) or not events and (
+                            watching or first_rx is None or first_rx < self.last_sent):
                         # every link, not only the one that woke the loop: the copy of a
                         # heartbeat on the other link has mostly arrived by now, and is taken
                         # in this wake-up instead of costing one of its own (and before pmon's
@@ -399,9 +407,14 @@ class RedundancyManager(PmonView):
             pass
 
     def _deliver(self, at: float, reply: dict[str, Any] | None) -> None:
-        """From the sync thread: queue pmon's reply and wake the heartbeat loop."""
+        """From the sync thread: queue pmon's reply and wake the heartbeat loop; at rest, a
+        reply that says what the last one said (seq aside: every idle sync) changes nothing a
+        step reads and waits for the next beat instead (a wake-up fewer a second)."""
+        said = None if reply is None else {k: v for k, v in reply.items() if k != "seq"}
+        same, self.last_said = said == self.last_said, said
         self.replies.put((at, reply))
-        self._wake()
+        if not (same and self.rest_words is not None) or reply and reply.get("requests"):
+            self._wake()  # (an operator's request, even the same again, at once)
 
     def _wake(self) -> None:
         """Wake the heartbeat loop (from another thread: the sync, the witness)."""
@@ -419,6 +432,9 @@ class RedundancyManager(PmonView):
         if self.poked:
             self.poked = False
             self.sync.wake.set()
+        self._take_replies()
+
+    def _take_replies(self) -> None:
         while True:
             try:
                 self._on_reply(*self.replies.get_nowait())
@@ -433,8 +449,8 @@ class RedundancyManager(PmonView):
             if accepted is None:
                 continue
             hb, newer = accepted
-            if self.silence(now) >= self.spec.timeout and self.heard is not None and \
-                    now < self.damped_until:
+            if now < self.damped_until and self.heard is not None and \
+                    self.silence(now) >= self.spec.timeout:
                 self.damp(now)  # a near failure while damped: the flapping goes on
             if hb.damp > 0:
                 self.damped_until = max(self.damped_until, now + hb.damp)
@@ -451,7 +467,8 @@ class RedundancyManager(PmonView):
             if newer:
                 # Only a heartbeat that says something new (or ends a silence) needs a
                 # decision now; the same words again wait for the next beat's step.
-                if self.heard is None or _says(hb) != _says(self.heard):
+                # (the Inbox knows when it only renumbered the last one: at rest, always)
+                if self.heard is None or not self.inbox.same_words and _says(hb) != _says(self.heard):
                     news = True
                 self.heard = hb
                 self.arrivals[hb.boot, hb.seq] = now

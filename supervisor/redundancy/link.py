@@ -11,7 +11,12 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
+from pmon.redundancy.messages import MAX_DATAGRAM
 from pmon.redundancy.settings import Link
+
+# The receive buffer, which each call allocates (also when nothing waits), so not 64 KiB: a
+# datagram longer than a heartbeat may be is cut to one byte more, and dropped as too long.
+RECEIVE_BYTES = MAX_DATAGRAM + 1
 
 
 @dataclass
@@ -44,7 +49,7 @@ class LinkState:
         out: list[bytes] = []
         while True:
             try:
-                data, _ = self.sock.recvfrom(65536)
+                data = self.sock.recv(RECEIVE_BYTES)  # (the sender: the Inbox judges it)
             except (BlockingIOError, InterruptedError):
                 return out
             except OSError as exc:  # e.g. an ICMP error reported on receive

@@ -248,6 +248,8 @@ class Inbox:
     heard: Heartbeat | None = None  # the newest accepted, and its bytes
     last_data: bytes = b""
     last_cut: tuple[bytes, bytes] = (b"", b"")  # its bytes around the seq's digits
+    # the last accept's heartbeat says what the one before it said, seq aside (a fast path)
+    same_words: bool = False
 
     def accept(self, data: bytes) -> tuple[Heartbeat, bool] | None:
         """(heartbeat, newer) for a valid message from the partner, else None (counted).
@@ -255,6 +257,7 @@ class Inbox:
         `newer` is False for a copy of one already seen (the same datagram on another link,
         or an older one overtaken): it proves the link is up, but changes no view.
         """
+        self.same_words = True
         if self.heard is not None and self.heard.epoch == self.last_epoch:  # (else: stale)
             if data == self.last_data:
                 return self.heard, False  # the other link's copy of the newest: nothing to check
@@ -264,6 +267,7 @@ class Inbox:
                 # the newest heartbeat's words with another seq (at rest, every one): the
                 # words were checked when they came first, the number is digits
                 return self._took(_renumbered(self.heard, int(found.group(1))), data, self.last_cut)
+        self.same_words = False
         return self._decoded(data)
 
     def _decoded(self, data: bytes) -> tuple[Heartbeat, bool] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -107,7 +108,7 @@ class RedundancySpec:
         (`Fence.overrun`), so that the pair is not left without an active server for ever."""
         return self.fence_bound + FENCE_OVERRUN_MARGIN
 
-    @property
+    @cached_property  # read at every beat (a frozen dataclass keeps it in its __dict__)
     def self_fence(self) -> float:
         """Beat silence after which pmon self-fences."""
         return self.self_fence_after or default_self_fence(self.timeout)
