@@ -4,6 +4,7 @@ its steps on the heartbeat loop still find. Linux (the marks are read from /proc
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -97,6 +98,43 @@ def test_a_fence_ends_by_its_bound_when_its_processes_keep_coming_back(marks, gr
     assert "(by their marks" in said[0] and said[0].endswith("the partner may take over"), said
     fence.reset()
     assert fence.overrun  # it tells of the last fence until the next one starts
+
+
+# One marked process at a time, started again argv[1] seconds after each death: something
+# outside pmon that restarts a driver (a unit with Restart=always, a shell loop).
+RESTARTER = """
+import os, subprocess, sys, time
+env = {**os.environ, "PMON_MANAGER": "drv"}
+while True:
+    subprocess.Popen(["sh", "-c", "trap '' TERM; exec sleep 100"], env=env).wait()
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def test_a_driver_restarted_within_the_fences_quiet_time_never_ends_it_early(marks, groups):
+    """The fence ends only when two looks at the whole machine, END_QUIET apart, found
+    nothing of it alive. Before, one look in the gap between a death and its restart ended
+    it (about one CI run in ten of the test above), and the restarted driver ran on beside
+    the partner's. Seeded restart delays longer than a step here (20 ms: a look in the gap
+    is sure) and shorter than END_QUIET with room for the restart (PMON_CHAOS_SEED replays)."""
+    from pmon.redundancy.fence import END_QUIET
+
+    seed = int(os.environ.get("PMON_CHAOS_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    env = {k: v for k, v in marks.items() if k != "PMON_MANAGER"}
+    nice = ["nice", "-n", "-20"] if os.geteuid() == 0 else []
+    for delay in (0.0, *(rng.uniform(0.025, END_QUIET - 0.015) for _ in range(2))):
+        restarter = subprocess.Popen([*nice, sys.executable, "-c", RESTARTER, str(delay)],
+                                     start_new_session=True, env=env)
+        groups.append(restarter)
+        poll_for(lambda: [p for p in _children(restarter.pid) if not _gone(p)], 10,
+                 "the first marked process")
+        fence = Fence(grace=0.2, bound=1.0)
+        fence.start(time.monotonic(), [], names=["drv"])
+        _step_until_done(fence, 10)
+        assert fence.overrun, f"the fence ended while a driver came back {delay:.3f} s " \
+            f"after each death (PMON_CHAOS_SEED={seed})"
+        os.killpg(restarter.pid, signal.SIGKILL)
 
 
 # A driver that, on its SIGTERM, starts a helper in a session of its own and exits. Python's

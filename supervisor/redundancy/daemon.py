@@ -357,13 +357,12 @@ class RedundancyManager(PmonView):
                     news = not events and now < next_beat
                     beat_heard = self.heard
                     # a deadline too: the select may have come back empty from a signal or
-                    # a freeze of this process although the partner's datagrams wait; at
-                    # rest only if the first link brought nothing since this side last sent
-                    # (else what it brought was read with the others' copies then; a late
-                    # one waits for the next: no reads for nothing at every beat)
-                    first_rx = self.links.links[0].last_rx
-                    if any(key.data is not None for key, _ in events) or not events and (
-                            watching or first_rx is None or first_rx < self.last_sent):
+                    # a freeze of this process although the partner's datagrams wait; and at
+                    # rest (one link wakes the loop) a wake-up by pmon too; but not a timer's
+                    # at rest when every link has brought the partner's newest heartbeat
+                    # since this side last sent (no reads for nothing at every beat)
+                    if any(key.data is not None for key, _ in events) or (
+                            not watching if events else watching or not self._caught_up()):
                         # every link, not only the one that woke the loop: the copy of a
                         # heartbeat on the other link has mostly arrived by now, and is taken
                         # in this wake-up instead of costing one of its own (and before pmon's
@@ -481,6 +480,13 @@ class RedundancyManager(PmonView):
         if news:
             self.rest_words = None  # the next step is a full one
         return news
+
+    def _caught_up(self) -> bool:
+        """Every link has brought the partner's newest heartbeat since this side last sent
+        (a copy counts from its first's arrival): at rest, nothing waits to be read."""
+        first = self.links.links[0].last_rx
+        return first is not None and first >= self.last_sent and all(
+            link.last_rx is not None and link.last_rx >= first for link in self.links.links[1:])
 
     def _stuck(self, now: float) -> None:
         """This loop has not beaten for self_fence while active (it was frozen): pmon has

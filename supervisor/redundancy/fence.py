@@ -22,9 +22,10 @@ signal here; the fence is then empty).
 
 Cheap on that loop: reading every process of the machine (its process group, its
 environment) costs tens of ms with a few thousand processes, so a fence does it at its
-start, and once more before it calls itself done (a process it first saw between a fork and
-its exec carried its marks only after; then it reads what was born since that listing, of a
-parent found dead meanwhile); at most every RESCAN while such a look keeps finding
+start, and twice (END_QUIET apart: a driver restarted at once by something outside pmon
+is back in between) before it calls itself done (a process it first saw between a fork and
+its exec carried its marks only after; then it reads what was born since that listing, of
+a parent found dead meanwhile); at most every RESCAN while such a look keeps finding
 something. In between a step lists the machine's pids (no file read) and reads only
 the processes that are new since the last step (pids are allocated in a cycle: a new
 process has a pid the last listing did not have), and checks the processes it knows of: a
@@ -46,6 +47,11 @@ from pathlib import Path
 import psutil
 
 RESCAN = 0.5  # seconds: a look at the whole machine that found something waits this long
+# seconds between the two looks at the whole machine that must both find nothing of the
+# fence's alive before it is done (in practice the next step's): something outside pmon that
+# restarts a driver at once (within ms of its death) brings it back in between, and the
+# fence goes on (to its bound: overrun) instead of ending in that gap
+END_QUIET = 0.05
 
 def _doomed(pid: int) -> bool:
     """Stuck in the kernel (D state) with a SIGKILL pending: it dies the moment it leaves the
@@ -201,6 +207,7 @@ class Fence:
     strays: set[int] = field(default_factory=set)  # by their marks or out of their group
     seen: set[int] = field(default_factory=set)  # the machine's pids at the last step
     rescan_at: float = -math.inf  # no look at the whole machine before then
+    quiet_since: float | None = None  # the looks have found nothing of it since then
     started_at: float | None = None
     killed: bool = False
     done: bool = False
@@ -308,17 +315,23 @@ class Fence:
         self._look(pids - self.seen)  # the processes new since the last step (a fork, a
         self.seen = pids              # helper in a session of its own: it has the marks)
         members = self._prune()
-        if not any(self.members.values()) and not self.cgroups and not self.strays and \
-                now >= self.rescan_at and pids:  # (none: the listing failed, nothing to tell)
+        nothing = not any(self.members.values()) and not self.cgroups and not self.strays
+        if not nothing:
+            self.quiet_since = None
+        elif now >= self.rescan_at and pids:  # (none: the listing failed, nothing to tell)
             # nothing known lives: the whole machine once more before the end (a member not
             # known, a process first seen between its fork and its exec, without its marks),
             # then what was born since the listing (forked by one found dead meanwhile)
             if self._look(pids):
-                self.rescan_at = now + RESCAN  # more came: not again too soon
+                self.rescan_at, self.quiet_since = now + RESCAN, None  # more came: not too soon
             else:
                 later = _pids_now()
                 born, self.seen = self._look(later - pids), later
-                if not born:
+                if born:
+                    self.quiet_since = None
+                elif self.quiet_since is None:
+                    self.quiet_since = now  # and once more, END_QUIET later at least
+                elif now - self.quiet_since >= END_QUIET:
                     self.done = True  # (what is left in the groups has finished: zombies)
                     return
         if not self.killed and now - self.started_at >= self.grace:
@@ -362,7 +375,7 @@ class Fence:
         self.groups, self.started_at, self.killed, self.done = set(), None, False, False
         self.cgroups, self.spare, self.signalled = [], set(), set()
         self.names, self.strays, self.marks, self.members = frozenset(), set(), None, {}
-        self.seen, self.rescan_at = set(), -math.inf
+        self.seen, self.rescan_at, self.quiet_since = set(), -math.inf, None
 
 
 @dataclass
