@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -107,10 +108,11 @@ def test_pair_starts_the_preferred_active_and_obeys_prefer_and_set_active(tmp_pa
     as_json = json.loads(pmon_cli(b.config_path, "redu", "status", "--json").stdout)
     assert as_json["last_switchover"]["reason"] == "forced" and as_json["preferred"] == "b"
 
-    # garbage on a link is dropped and counted, never acted on
+    # garbage on a link (from a's address: through the relay) is dropped and counted,
+    # never acted on
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.sendto(b"\x00garbage", relay.links[0].b_local)
-        sock.sendto(b'{"v": 1, "from": "mallory"}', relay.links[0].b_local)
+        sock.sendto(b"\x00garbage", relay.links[0].a_side.getsockname())
+        sock.sendto(b'{"v": 1, "from": "mallory"}', relay.links[0].a_side.getsockname())
     poll_for(lambda: redu(b)["dropped"].get("garbage", 0) >= 2, WAIT, "garbage counted")
     assert redu(b)["role"] == "passive"
 
@@ -518,3 +520,42 @@ def test_a_redundancy_manager_thawed_after_a_long_freeze_does_not_exit_as_an_orp
     time.sleep(1.5)  # (not a wait: the thawed manager has had time to misjudge pmon)
     assert [p.pid for p in project_processes(b.config.project.name, "redundancy")] == [manager]
     assert not [e for e in b.events() if e["event"] == "exited" and e.get("manager") == "redundancy"]
+
+
+def test_heartbeats_from_a_stranger_with_the_partners_name_change_nothing(tmp_path, pmon, relay):
+    """A third server that sends to a's links by mistake (a neighbouring pair whose servers
+    are also called a and b): its heartbeats claim b is active with a far higher epoch, an
+    operator's forced choice and a preference for b. Before, a took them for b's: a took
+    the epoch over and handed the role to b by preference within seconds, for nothing b said.
+    Now they are dropped (not from b's address), nothing changes, and `redu status` says
+    where they came from."""
+    from pmon.redundancy.arbitration import Choice, Role
+    from pmon.redundancy.messages import Heartbeat, encode
+
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    a.wait_state("drv", "running")
+    before = redu(a)
+    forged = Heartbeat(
+        sender="b", to="a", epoch=10**6, boot="0badc0ffee00", seq=1, role=Role.ACTIVE, error=0,
+        available=True, target="b", seen=10**6, forced=Choice("b", 50, (("a", 0), ("b", 0))),
+        preferred=Choice("b", 50))
+    targets = [link.a_local for link in relay.links]  # where a listens
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        stranger.bind(("127.0.0.1", 0))
+        for seq in range(1, 31):  # 3 s of a stranger's heartbeats on both links
+            for target in targets:
+                stranger.sendto(encode(replace(forged, seq=seq)), target)
+            time.sleep(0.1)
+        where = "127.0.0.1:%d" % stranger.getsockname()[1]
+    # time enough for a forced choice (at once) or a preference (error_state_delay) to act
+    stays(lambda: redu(a)["role"] == "active" and redu(b)["role"] == "passive", 3)
+    after = redu(a)
+    assert (after["epoch"], after["preferred"], after.get("forced")) == (
+        before["epoch"], "a", before.get("forced"))
+    assert switchovers(a) == [] and switchovers(b) == []
+    assert a.manager("drv")["state"] == "running" and b.manager("drv")["state"] == "stopped"
+    assert [(link["strangers"], link["stranger"]) for link in after["links"]] == [(30, where)] * 2
+    status = pmon_cli(a.config_path, "redu", "status")
+    assert status.returncode == 0
+    assert f"30 datagrams dropped from {where}, which is not the partner's address" in status.stdout

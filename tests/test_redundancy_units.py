@@ -243,7 +243,9 @@ def test_a_datagram_longer_than_a_heartbeat_is_read_cut_and_dropped_as_garbage()
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         sock.bind(("127.0.0.1", 0))
         sock.setblocking(False)
-        link = LinkState(Link(sock.getsockname(), ("127.0.0.1", 9)), sock)
+        sender.bind(("127.0.0.1", 0))
+        link = LinkState(Link(sock.getsockname(), sender.getsockname()), sock,
+                         address=sender.getsockname())
         heartbeat = encode(beat(epoch=5))
         sender.sendto(b"{" + b" " * 20000 + b"}", sock.getsockname())
         sender.sendto(heartbeat, sock.getsockname())
@@ -255,6 +257,38 @@ def test_a_datagram_longer_than_a_heartbeat_is_read_cut_and_dropped_as_garbage()
         assert [len(d) for d in got] == [MAX_DATAGRAM + 1, len(heartbeat)]
         assert inbox.accept(got[0]) is None and inbox.dropped["garbage"] == 1
         assert inbox.accept(got[1]) is not None
+
+
+def test_a_link_takes_datagrams_from_its_partners_address_only_and_names_the_stranger():
+    """A datagram from another address than the link's partner (a neighbouring pair's
+    server with the same names, sent here by a wrong address in its config) is dropped
+    unread, counted, and its sender kept for `redu status`; the partner's pass."""
+    import socket
+
+    from pmon.redundancy.link import LinkState
+    from pmon.redundancy.settings import Link
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as partner, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+        for s in (sock, partner, stranger):
+            s.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        link = LinkState(Link(sock.getsockname(), partner.getsockname()), sock,
+                         address=partner.getsockname())
+        ours, theirs = encode(beat(seq=1)), encode(beat(seq=99, epoch=10**6))
+        for _ in range(3):
+            stranger.sendto(theirs, sock.getsockname())
+        partner.sendto(ours, sock.getsockname())
+        got: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:  # (the partner's is sent last)
+            got += link.receive()
+        assert got == [ours]
+        assert link.strangers == 3
+        assert link.stranger == "127.0.0.1:%d" % stranger.getsockname()[1]
+        report = link.report(time.monotonic(), 1.0)
+        assert (report["strangers"], report["stranger"]) == (3, link.stranger)
 
 
 def test_a_release_ends_once_and_later_replies_end_nothing():

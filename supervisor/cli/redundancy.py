@@ -41,6 +41,12 @@ def print_status(s: dict[str, Any]) -> None:
         heard = "never" if link["last_heard"] is None else f"{link['last_heard']:.2f} s ago"
         click.echo(f"link {i} {link['link']}: {'up' if link['up'] else 'DOWN'} (heard {heard}, "
                    f"send errors {link['send_errors']})")
+        if link.get("strangers"):
+            partner_address = link["link"].split(" -> ")[-1]
+            click.echo(f"  {link['strangers']} datagrams dropped from {link['stranger']}, which is "
+                       f"not the partner's address {partner_address}: another server sends here by "
+                       "mistake, or the partner's link `local` is not the address this side's "
+                       "`partner` names ([[redundancy.links]])")
     click.echo(f"preferred: {s['preferred']}")
     forced = s.get("forced")
     if forced:

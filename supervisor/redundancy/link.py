@@ -1,7 +1,12 @@
 """The links to the partner: one UDP socket per configured link, and what each has heard.
 
 A link is up while a valid heartbeat from the partner arrived on it within the timeout. A
-send error (network unreachable, no route, refused) is counted and forgotten: the next
+datagram that does not come from the link's partner address (the one this side sends to) is
+dropped unread and counted, with the last such sender's address (keepalived drops a VRRP
+advert from an address that is not a unicast peer the same way): a third server that sends
+here by mistake, say a neighbouring pair whose servers have the same names, never speaks for
+the partner. A forged source address is not caught: the links belong on a network only the
+pair uses. A send error (network unreachable, no route, refused) is counted and forgotten: the next
 heartbeat simply tries again. The partner's address is resolved once, when the link opens,
 so that no heartbeat ever waits on a name lookup.
 """
@@ -29,6 +34,8 @@ class LinkState:
     sent: int = 0
     send_errors: int = 0
     last_error: str = ""
+    strangers: int = 0  # datagrams from another address than the partner's, dropped
+    stranger: str = ""  # the last such sender, HOST:PORT
 
     def up(self, now: float, timeout: float) -> bool:
         return self.last_rx is not None and now - self.last_rx < timeout
@@ -45,16 +52,20 @@ class LinkState:
             self.last_error = str(exc)
 
     def receive(self) -> list[bytes]:
-        """Every datagram waiting on the socket (non-blocking)."""
+        """Every datagram from the partner's address waiting on the socket (non-blocking)."""
         out: list[bytes] = []
         while True:
             try:
-                data = self.sock.recv(RECEIVE_BYTES)  # (the sender: the Inbox judges it)
+                data, source = self.sock.recvfrom(RECEIVE_BYTES)
             except (BlockingIOError, InterruptedError):
                 return out
             except OSError as exc:  # e.g. an ICMP error reported on receive
                 self.last_error = str(exc)
                 return out
+            if source[:2] != self.address:  # (an IPv6 source has flow and scope after)
+                self.strangers += 1
+                self.stranger = f"{source[0]}:{source[1]}"
+                continue
             out.append(data)
 
     def report(self, now: float, timeout: float) -> dict[str, object]:
@@ -63,7 +74,7 @@ class LinkState:
             "up": self.up(now, timeout),
             "last_heard": None if self.last_rx is None else round(now - self.last_rx, 3),
             "received": self.received, "sent": self.sent, "send_errors": self.send_errors,
-            "last_error": self.last_error,
+            "last_error": self.last_error, "strangers": self.strangers, "stranger": self.stranger,
         }
 
 
