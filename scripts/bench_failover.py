@@ -37,6 +37,9 @@ from typing import Any
 import psutil
 import tomli_w
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import kill_project_processes  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -124,12 +127,20 @@ class Server:
         return count
 
     def stop(self) -> None:
+        """Shut the server down, and kill whatever its project left running: the managers
+        of a pmon that was killed alone (a round's kill, an interrupted bench) outlive it."""
         if self.proc is not None and self.proc.poll() is None:
             try:
                 call(self.config, "shutdown", timeout=5, force=True)
                 self.proc.wait(20)
             except Exception:
                 self.kill_tree()
+        kill_project_processes(self.config.project.name)
+
+
+def exit_on_sigterm() -> None:
+    """A bench stopped by SIGTERM (timeout, kill) runs its `finally` and stops its servers."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
 
 def write_pair(root: Path, report_port: int) -> tuple[Path, Path]:
@@ -204,6 +215,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7, help="failovers to measure")
     parser.add_argument("--planned", type=int, default=7, help="planned switchovers to measure")
     args = parser.parse_args()
+    exit_on_sigterm()
     starts, servers = new_pair("pmon-bench-failover-")
     spec = servers["a"].config.redundancy
     quiet = spec.first_active_change_interval + 3 * spec.timeout

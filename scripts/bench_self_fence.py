@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_failover import Server, fmt, new_pair, settled, wait  # noqa: E402
+from bench_failover import Server, exit_on_sigterm, fmt, new_pair, settled, wait  # noqa: E402
 
 
 def on_cpu_ns(pid: int) -> int:
@@ -71,6 +71,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=0, help="seconds of idle CPU to measure first")
     parser.add_argument("--freeze", type=float, default=3.0, help="seconds each freeze lasts")
     args = parser.parse_args()
+    exit_on_sigterm()
     starts, servers = new_pair("pmon-bench-self-fence-")
     spec = servers["a"].config.redundancy
     assert spec is not None

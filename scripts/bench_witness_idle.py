@@ -28,7 +28,7 @@ import psutil
 import tomli_w
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_failover import Server, Starts, free_port, settled, write_pair  # noqa: E402
+from bench_failover import Server, Starts, exit_on_sigterm, free_port, settled, write_pair  # noqa: E402
 
 
 def start_etcd(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -116,6 +116,7 @@ def main() -> int:
     parser.add_argument("--without-only", action="store_true",
                         help="measure only the pair without a witness (no etcd needed)")
     args = parser.parse_args()
+    exit_on_sigterm()
     if args.without_only:
         with tempfile.TemporaryDirectory() as tmp:
             timing = {k: v for k, v in (("heartbeat_interval", args.heartbeat_interval),

@@ -2,14 +2,19 @@
 
 Link i: server A sends to `a_side`, server B to `b_side`; the relay forwards each datagram
 to the other server's local address, from the socket that server knows as its partner.
-One thread serves every link; `cut(i)` drops link i's datagrams until `restore(i)`.
+One thread serves every link; `cut(i)` drops link i's datagrams until `restore(i)`, and a
+link's `delay` (seconds, both ways) holds each datagram that long before it is forwarded
+(in order: a delayed link is a slow one, as a full queue makes it).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import selectors
 import socket
 import threading
+import time
 
 
 def _bound() -> socket.socket:
@@ -26,6 +31,7 @@ class RelayLink:
         self.a_side, self.b_side = _bound(), _bound()  # A's and B's "partner" addresses
         self.up = True
         self.deaf: set[str] = set()  # servers ("a", "b") that get nothing on this link (one way)
+        self.delay = 0.0
         self.forwarded = 0
 
     def address(self, sock: socket.socket) -> str:
@@ -67,8 +73,11 @@ class Relay:
             self.links[i].up = True
 
     def _run(self) -> None:
+        held: list[tuple[float, int, RelayLink, socket.socket, bytes, tuple[str, int]]] = []
+        order = itertools.count()
         while not self._stop:
-            for key, _ in self._selector.select():
+            timeout = max(0.0, held[0][0] - time.monotonic()) if held else None
+            for key, _ in self._selector.select(timeout):
                 if key.data is None:
                     continue
                 link, out, to = key.data
@@ -76,6 +85,9 @@ class Relay:
                     data = key.fileobj.recv(65536)
                 except OSError:
                     continue
+                heapq.heappush(held, (time.monotonic() + link.delay, next(order), link, out, data, to))
+            while held and held[0][0] <= time.monotonic():
+                _, _, link, out, data, to = heapq.heappop(held)
                 if link.up and ("b" if to == link.b_local else "a") not in link.deaf:
                     try:
                         out.sendto(data, to)

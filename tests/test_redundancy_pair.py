@@ -559,3 +559,23 @@ def test_heartbeats_from_a_stranger_with_the_partners_name_change_nothing(tmp_pa
     status = pmon_cli(a.config_path, "redu", "status")
     assert status.returncode == 0
     assert f"30 datagrams dropped from {where}, which is not the partner's address" in status.stdout
+
+
+def test_a_restarted_partners_late_heartbeats_from_before_never_speak_for_it(tmp_path, pmon, relay):
+    """Link 2 is slow (0.4 s, within the timeout): when b's redundancy manager dies and b's
+    project restarts (it is a core manager), its new run speaks on link 1 while the old
+    run's last heartbeats still arrive on link 2. A run that a newer one replaced never
+    speaks for the partner again (dropped as stale): a sees one b, and nothing moves."""
+    a, b = start_pair(pmon, tmp_path, relay)
+    wait_roles(a, b, "active", "passive")
+    relay.links[1].delay = 0.4
+    stays(lambda: redu(a)["role"] == "active" and redu(b)["role"] == "passive", 1)
+    stale = redu(a)["dropped"].get("stale", 0)
+    old = b.manager("redundancy")["pid"]
+    os.kill(old, signal.SIGKILL)
+    poll_for(lambda: b.manager("redundancy")["pid"] not in (None, old), WAIT, "b's new run")
+    wait_roles(a, b, "active", "passive")
+    stays(lambda: redu(a)["role"] == "active", 2)
+    assert switchovers(a) == [] and switchovers(b) == []
+    assert redu(a)["dropped"].get("stale", 0) > stale  # the old run's late heartbeats
+    assert a.manager("drv")["state"] == "running"

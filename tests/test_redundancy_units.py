@@ -66,6 +66,18 @@ def test_the_inbox_drops_unknown_senders_stale_epochs_and_garbage():
     assert inbox.accept(encode(beat(epoch=5, boot="x2", seq=1)))[1] is True
 
 
+def test_a_run_of_the_partner_that_a_newer_run_replaced_never_speaks_again():
+    """The partner's redundancy manager restarted (a new boot); the old run's last
+    heartbeats, late on a slow link, are stale: the view stays the new run's."""
+    inbox = Inbox("a", "b")
+    assert inbox.accept(encode(beat(boot="x1", seq=7, role=Role.ACTIVE)))[1] is True
+    assert inbox.accept(encode(beat(boot="x2", seq=1, role=None)))[1] is True
+    assert inbox.accept(encode(beat(boot="x1", seq=8, role=Role.ACTIVE))) is None
+    assert inbox.dropped["stale"] == 1 and inbox.heard is not None and inbox.heard.boot == "x2"
+    assert inbox.accept(encode(beat(boot="x2", seq=2)))[1] is True  # the new run goes on
+    assert inbox.accept(encode(beat(boot="x3", seq=1)))[1] is True  # and so would a third
+
+
 class Reference(Inbox):
     """The inbox without its fast paths: every datagram decoded in full."""
 

@@ -15,14 +15,16 @@ run of a redundancy manager, `seq` counts its datagrams (the same datagram arriv
 link; only a newer one changes the partner's view).
 
 The `Inbox` drops, counts and never acts on: garbage (not JSON, wrong version or types), a
-message from an unknown server or meant for another, and a stale epoch (lower than one this
-side has already accepted from the partner).
+message from an unknown server or meant for another, a stale epoch (lower than one this
+side has already accepted from the partner), and a heartbeat of a run of the partner's
+redundancy manager (`boot`) that a newer run has replaced (a late one on a slow link).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,6 +247,9 @@ class Inbox:
     dropped: dict[str, int] = field(
         default_factory=lambda: {"garbage": 0, "unknown": 0, "stale": 0}
     )
+    # the partner's runs that a newer one replaced (newest last, a few): their heartbeats
+    # that arrive late, on a slow link, are stale and never speak for the partner again
+    superseded: deque[str] = field(default_factory=lambda: deque(maxlen=8))
     heard: Heartbeat | None = None  # the newest accepted, and its bytes
     last_data: bytes = b""
     last_cut: tuple[bytes, bytes] = (b"", b"")  # its bytes around the seq's digits
@@ -280,7 +285,7 @@ class Inbox:
         if hb.sender != self.partner or hb.to != self.me:
             self.dropped["unknown"] += 1
             return None
-        if hb.epoch < self.last_epoch:
+        if hb.epoch < self.last_epoch or hb.boot in self.superseded:
             self.dropped["stale"] += 1
             return None
         self.last_epoch = hb.epoch
@@ -292,6 +297,8 @@ class Inbox:
     def _took(self, hb: Heartbeat, data: bytes, cut: tuple[bytes, bytes]) -> tuple[Heartbeat, bool]:
         newer = self.last is None or self.last[0] != hb.boot or hb.seq > self.last[1]
         if newer:
+            if self.last is not None and self.last[0] != hb.boot:
+                self.superseded.append(self.last[0])
             self.last = (hb.boot, hb.seq)
             self.heard, self.last_data, self.last_cut = hb, data, cut
         return hb, newer
