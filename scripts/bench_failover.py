@@ -140,7 +140,10 @@ class Server:
 
 def exit_on_sigterm() -> None:
     """A bench stopped by SIGTERM (timeout, kill) runs its `finally` and stops its servers."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    def leave(*_: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+        sys.exit(128 + signal.SIGTERM)
+    signal.signal(signal.SIGTERM, leave)
 
 
 def write_pair(root: Path, report_port: int) -> tuple[Path, Path]:

@@ -4,7 +4,7 @@ Link i: server A sends to `a_side`, server B to `b_side`; the relay forwards eac
 to the other server's local address, from the socket that server knows as its partner.
 One thread serves every link; `cut(i)` drops link i's datagrams until `restore(i)`, and a
 link's `delay` (seconds, both ways) holds each datagram that long before it is forwarded
-(in order: a delayed link is a slow one, as a full queue makes it).
+(in order while the delay stays the same: a slow link, as a full queue makes it).
 """
 
 from __future__ import annotations
@@ -85,15 +85,20 @@ class Relay:
                     data = key.fileobj.recv(65536)
                 except OSError:
                     continue
-                heapq.heappush(held, (time.monotonic() + link.delay, next(order), link, out, data, to))
+                if self._passes(link, to):  # (a cut drops what comes in meanwhile)
+                    heapq.heappush(held, (time.monotonic() + link.delay, next(order), link, out, data, to))
             while held and held[0][0] <= time.monotonic():
                 _, _, link, out, data, to = heapq.heappop(held)
-                if link.up and ("b" if to == link.b_local else "a") not in link.deaf:
+                if self._passes(link, to):
                     try:
                         out.sendto(data, to)
                         link.forwarded += 1
                     except OSError:
                         pass  # the server on the other side is down: like a real network
+
+    @staticmethod
+    def _passes(link: RelayLink, to: tuple[str, int]) -> bool:
+        return link.up and ("b" if to == link.b_local else "a") not in link.deaf
 
     def close(self) -> None:
         self._stop = True

@@ -42,11 +42,10 @@ def print_status(s: dict[str, Any]) -> None:
         click.echo(f"link {i} {link['link']}: {'up' if link['up'] else 'DOWN'} (heard {heard}, "
                    f"send errors {link['send_errors']})")
         if link.get("strangers"):
-            partner_address = link["link"].split(" -> ")[-1]
             click.echo(f"  {link['strangers']} datagrams dropped from {link['stranger']}, which is "
-                       f"not the partner's address {partner_address}: another server sends here by "
-                       "mistake, or the partner's link `local` is not the address this side's "
-                       "`partner` names ([[redundancy.links]])")
+                       f"not the partner's host {link.get('partner_address')}: another server "
+                       "sends here by mistake, or the partner's link `local` is not the address "
+                       "this side's `partner` names ([[redundancy.links]])")
     click.echo(f"preferred: {s['preferred']}")
     forced = s.get("forced")
     if forced:
@@ -87,6 +86,11 @@ def print_status(s: dict[str, Any]) -> None:
     dropped = {k: v for k, v in (s.get("dropped") or {}).items() if v}
     if dropped:
         click.echo("dropped datagrams: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    wrong = s.get("misaddressed")
+    if dropped.get("unknown") and wrong:
+        click.echo(f"  the last unknown one came from '{wrong[0]}' for '{wrong[1]}', but this "
+                   f"server is '{s['server']}' and hears only '{s['partner']}': the two "
+                   "servers' [redundancy] name and partner must mirror each other")
     if s["redundancy_manager"] != "connected":
         click.echo("redundancy manager: not connected")
 

@@ -596,6 +596,7 @@ class RedundancyService(Extension):
             "epoch": self.epoch,
             "last_switchover": self.last_switchover,
             "dropped": report.get("dropped", {}),
+            "misaddressed": report.get("misaddressed"),  # the last unknown one's [from, to]
             # the redundancy manager's beats: at rest (the settled heartbeat repeated) or full
             "beats": report.get("beats"),
             "redundancy_manager": "connected" if self.fresh() else "not connected",

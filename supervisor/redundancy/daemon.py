@@ -736,6 +736,7 @@ class RedundancyManager(PmonView):
             },
             "links": [link.report(now, self.spec.timeout) for link in self.links.links],
             "dropped": dict(self.inbox.dropped),
+            "misaddressed": self.inbox.misaddressed,
             "pid": os.getpid(),
             "beat_timer": self.beat.timer,  # pmon takes it (beat_timer.take) to watch the beat
             "sent": time.monotonic(),  # one clock for every process of the machine

@@ -15,16 +15,14 @@ run of a redundancy manager, `seq` counts its datagrams (the same datagram arriv
 link; only a newer one changes the partner's view).
 
 The `Inbox` drops, counts and never acts on: garbage (not JSON, wrong version or types), a
-message from an unknown server or meant for another, a stale epoch (lower than one this
-side has already accepted from the partner), and a heartbeat of a run of the partner's
-redundancy manager (`boot`) that a newer run has replaced (a late one on a slow link).
+message from an unknown server or meant for another, and a stale epoch (lower than one this
+side has already accepted from the partner).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,9 +245,7 @@ class Inbox:
     dropped: dict[str, int] = field(
         default_factory=lambda: {"garbage": 0, "unknown": 0, "stale": 0}
     )
-    # the partner's runs that a newer one replaced (newest last, a few): their heartbeats
-    # that arrive late, on a slow link, are stale and never speak for the partner again
-    superseded: deque[str] = field(default_factory=lambda: deque(maxlen=8))
+    misaddressed: tuple[str, str] | None = None  # (from, to) of the last one dropped as unknown
     heard: Heartbeat | None = None  # the newest accepted, and its bytes
     last_data: bytes = b""
     last_cut: tuple[bytes, bytes] = (b"", b"")  # its bytes around the seq's digits
@@ -284,8 +280,9 @@ class Inbox:
             return None
         if hb.sender != self.partner or hb.to != self.me:
             self.dropped["unknown"] += 1
+            self.misaddressed = (hb.sender, hb.to)  # (for people: two servers named alike)
             return None
-        if hb.epoch < self.last_epoch or hb.boot in self.superseded:
+        if hb.epoch < self.last_epoch:
             self.dropped["stale"] += 1
             return None
         self.last_epoch = hb.epoch
@@ -297,8 +294,6 @@ class Inbox:
     def _took(self, hb: Heartbeat, data: bytes, cut: tuple[bytes, bytes]) -> tuple[Heartbeat, bool]:
         newer = self.last is None or self.last[0] != hb.boot or hb.seq > self.last[1]
         if newer:
-            if self.last is not None and self.last[0] != hb.boot:
-                self.superseded.append(self.last[0])
             self.last = (hb.boot, hb.seq)
             self.heard, self.last_data, self.last_cut = hb, data, cut
         return hb, newer
