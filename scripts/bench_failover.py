@@ -129,13 +129,18 @@ class Server:
     def stop(self) -> None:
         """Shut the server down, and kill whatever its project left running: the managers
         of a pmon that was killed alone (a round's kill, an interrupted bench) outlive it."""
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                call(self.config, "shutdown", timeout=5, force=True)
-                self.proc.wait(20)
-            except Exception:
-                self.kill_tree()
-        kill_project_processes(self.config.project.name)
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                try:
+                    call(self.config, "shutdown", timeout=5, force=True)
+                    self.proc.wait(20)
+                except Exception:
+                    self.kill_tree()
+                except BaseException:  # a SIGTERM's exit meanwhile (exit_on_sigterm)
+                    self.kill_tree()
+                    raise
+        finally:
+            kill_project_processes(self.config.project.name)
 
 
 def exit_on_sigterm() -> None:

@@ -199,6 +199,9 @@ def test_a_fence_costs_one_switchover_and_the_fenced_server_waits_hold_down(
         os.kill(a.proc.pid, signal.SIGCONT)
     resumed = time.monotonic()
     poll_for(lambda: redu(b)["role"] == "active", WAIT, "b to take over")
+    # pmon a, just thawed, shows the role of its last sync for a moment (a CI-like run
+    # asked it 5 ms after SIGCONT and read "active"): from its redundancy manager's word on
+    poll_for(lambda: redu(a)["role"] == "passive", WAIT, "a's pmon to hear that a is passive")
     while time.monotonic() < resumed + hold_down - 0.5:  # a deadline, polling
         assert redu(a)["role"] == "passive", "a took the role back within hold_down"
         time.sleep(0.05)

@@ -88,9 +88,12 @@ def print_status(s: dict[str, Any]) -> None:
         click.echo("dropped datagrams: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
     wrong = s.get("misaddressed")
     if dropped.get("unknown") and wrong:
+        own = list(wrong) == [s["server"], s["partner"]]
         click.echo(f"  the last unknown one came from '{wrong[0]}' for '{wrong[1]}', but this "
-                   f"server is '{s['server']}' and hears only '{s['partner']}': the two "
-                   "servers' [redundancy] name and partner must mirror each other")
+                   f"server is '{s['server']}' and hears only '{s['partner']}': "
+                   + (f"another server is also called '{wrong[0]}', or a link's `partner` "
+                      "names this server's own `local`" if own else
+                      "the two servers' [redundancy] name and partner must mirror each other"))
     if s["redundancy_manager"] != "connected":
         click.echo("redundancy manager: not connected")
 

@@ -69,6 +69,7 @@ class RedundancyService(Extension):
         self.epoch = 0
         self.last_switchover: dict[str, Any] | None = None
         self.queries = 0  # the redundancy manager's count of split brains won (general query)
+        self.strangers_told: set[tuple[int, str]] = set()  # (link, sender) written as events
         self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
         self.preferred: dict[str, Any] | None = None  # an operator's prefer, kept across restarts
         self._poked: tuple[Any, ...] = ()
@@ -364,6 +365,7 @@ class RedundancyService(Extension):
         was_fencing = bool(self.report.get("fencing"))
         self.report = report
         self.synced_at = time.monotonic()
+        self._tell_strangers(report)
         beat = self._take_timer(report)  # before a role change arms the watchdog
         epoch = report.get("epoch")
         changed = False
@@ -403,6 +405,21 @@ class RedundancyService(Extension):
                 "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
                 "self_fenced": self.self_fenced is not None, "beat": beat,
                 **self._fence_cgroups()}
+
+    def _tell_strangers(self, report: dict[str, Any]) -> None:
+        """An event for each new sender a link dropped (link.py: not the partner's host), the
+        first 64: the redundancy manager's heartbeat loop writes to no disk itself."""
+        links = report.get("links")
+        for i, link in enumerate(links if isinstance(links, list) else [], 1):
+            sender = link.get("stranger") if isinstance(link, dict) else None
+            if not sender or (i, sender) in self.strangers_told or len(self.strangers_told) >= 64:
+                continue
+            self.strangers_told.add((i, sender))
+            self.sup.events.write(
+                "redundancy-stranger", f"link {i}: heartbeats from {sender} dropped: the partner "
+                f"is {link.get('partner_address')} (another server sends here by mistake, or the "
+                "partner's link `local` is not the address this side's `partner` names)",
+                link=i, sender=sender, partner=link.get("partner_address"))
 
     def _fence_cgroups(self) -> dict[str, Any]:
         """With cgroup containment: the cgroups of the managers to fence (their helpers are

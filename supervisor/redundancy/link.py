@@ -2,22 +2,21 @@
 
 A link is up while a valid heartbeat from the partner arrived on it within the timeout. A
 datagram that does not come from the partner's host (the address this side sends to; the
-port may differ, as behind a NAT) is dropped unread and counted, with the last such sender,
-and the first from each such sender is said on stderr (keepalived's check_unicast_src,
-which drops a VRRP advert from an address that is not a unicast peer): a third server that
-sends here by mistake, say a neighbouring pair whose servers have the same names, never
-speaks for the partner. A forged source address is not caught: the links belong on a
-network only the pair uses. A send error (network unreachable, no route, refused) is counted and forgotten: the next
-heartbeat simply tries again. The partner's address is resolved once, when the link opens,
-so that no heartbeat ever waits on a name lookup.
+port may differ, as behind a NAT) is dropped unread and counted, with the last such sender
+(pmon writes an event for each new one: this loop writes to no disk), as keepalived's
+check_unicast_src drops a VRRP advert from an address that is not a unicast peer: a third
+server that sends here by mistake, say a neighbouring pair whose servers have the same
+names, never speaks for the partner. A forged source address is not caught: the links
+belong on a network only the pair uses. A send error (network unreachable, no route,
+refused) is counted and forgotten: the next heartbeat simply tries again. The partner's
+address is resolved once, when the link opens, so that no heartbeat ever waits on a name
+lookup.
 """
 
 from __future__ import annotations
 
 import socket
-import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 from pmon.redundancy.messages import MAX_DATAGRAM
 from pmon.redundancy.settings import Link
@@ -39,7 +38,6 @@ class LinkState:
     last_error: str = ""
     strangers: int = 0  # datagrams from another host than the partner's, dropped
     stranger: str = ""  # the last such sender, HOST:PORT
-    said: set[str] = field(default_factory=set)  # senders already said on stderr (a few)
 
     def up(self, now: float, timeout: float) -> bool:
         return self.last_rx is not None and now - self.last_rx < timeout
@@ -67,19 +65,10 @@ class LinkState:
                 self.last_error = str(exc)
                 return out
             if source[0] != self.address[0]:
-                self._stranger(source)
+                self.strangers += 1
+                self.stranger = host_port(source[0], source[1])
                 continue
             out.append(data)
-
-    def _stranger(self, source: tuple[Any, ...]) -> None:
-        self.strangers += 1
-        self.stranger = host_port(source[0], source[1])
-        if self.stranger not in self.said and len(self.said) < 16:
-            self.said.add(self.stranger)
-            print(f"redundancy: link {self.spec.label()}: datagrams from {self.stranger} dropped: "
-                  f"the partner is {host_port(*self.address)} (another server sends here by "
-                  "mistake, or the partner's link `local` is not what this side's `partner` "
-                  "names)", file=sys.stderr, flush=True)
 
     def report(self, now: float, timeout: float) -> dict[str, object]:
         return {
