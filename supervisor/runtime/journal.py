@@ -31,7 +31,7 @@ _WARNINGS = frozenset({
     "kill", "project-restart", "start-timeout", "not-ready", "died-away", "stray",
     "pmon-tcp-error", "plugin-restart", "hot-restart-ignored", "fd-limit",
     "metrics-counts-lost", "stop-resumed", "job-resumed", "adoption", "pmon-tcp-refused",
-    "pmon-tcp-auth-failed", "self-fenced",
+    "pmon-tcp-auth-failed", "self-fenced", "redundancy-stranger",
 })
 _NOTICES = frozenset({
     "pmon-started", "pmon-stopped", "shutdown", "switchover", "redundancy-role", "reload",
