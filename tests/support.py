@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import psutil
 import tomli_w
@@ -169,10 +169,12 @@ def project_processes(project: str, manager: str | None = None) -> list[psutil.P
 
 
 def write_pair(
-    tmp_path: Path, relay: Any, managers: Callable[[str], list[dict[str, Any]]], **redundancy: Any
+    tmp_path: Path, relay: Any, managers: Callable[[str], list[dict[str, Any]]],
+    only: Mapping[str, Mapping[str, Any]] | None = None, **redundancy: Any
 ) -> tuple[Path, Path]:
     """Write the two projects of a redundant pair ("a", "b") linked through `relay`
-    (tests/relay.py). Short heartbeats keep tests fast; any key can be overridden."""
+    (tests/relay.py). Short heartbeats keep tests fast; any key can be overridden, for both
+    or, in `only` ({"a": {...}}), for one server."""
     paths = []
     for server, partner in (("a", "b"), ("b", "a")):
         directory = tmp_path / server
@@ -181,6 +183,7 @@ def write_pair(
             "name": server, "partner": partner, "preferred": "a", "heartbeat_interval": 0.1,
             "timeout": 0.6, "first_active_change_interval": 0,
             "links": [link.config(server) for link in relay.links], **redundancy,
+            **(only or {}).get(server, {}),
         }
         paths.append(write_project(directory, managers(server), redundancy=section))
     return paths[0], paths[1]

@@ -27,7 +27,7 @@ def beat(**changes) -> Heartbeat:
 
 def test_a_heartbeat_survives_the_round_trip():
     assert decode(encode(beat())) == beat()
-    full = beat(hears=False, fencing=True, probe=True, damp=2.5,
+    full = beat(hears=False, fencing=True, probe=True, damp=2.5, timing=(0.2, 0.6, 1.0),
                 forced=Choice("b", 4, (("a", 0),), at=10.5, by="set-active on a",
                               ended="overruled", ended_at=11.0))
     assert decode(encode(full)) == full
@@ -42,6 +42,10 @@ def test_a_version_1_heartbeat_without_the_new_fields_reads_with_their_defaults(
     assert (hb.hears, hb.fencing, hb.probe, hb.damp) == (True, False, False, 0.0)
     with pytest.raises(Exception, match="damp"):
         decode(json.dumps({**old, "damp": 1e9}).encode())
+    assert hb.timing == ()  # a partner that does not say its timing: this side's own
+    for bad in ([0.2, 0.6], [0.2, 0, 1], [0.2, "0.6", 1], [0.2, 0.6, 1e9], {"timeout": 1}):
+        with pytest.raises(Exception, match="timing"):
+            decode(json.dumps({**old, "timing": bad}).encode())
 
 
 @given(st.binary(max_size=300))
@@ -77,6 +81,7 @@ changes = st.fixed_dictionaries({}, optional={
     "seq": st.integers(0, 30) | st.just(10**15), "epoch": st.integers(2, 4), "boot": st.sampled_from(["x1", "x2"]),
     "sender": st.sampled_from(["b", "c"]), "role": st.sampled_from([Role.ACTIVE, Role.PASSIVE, None]),
     "error": st.integers(0, 3), "damp": st.sampled_from([0.0, 1.5]),
+    "timing": st.sampled_from([(), (0.2, 0.6, 1.0), (1.0, 3.0, 0.5)]),
     "breakdown": st.sampled_from([{}, {"manager w": 1}, {'odd "seq":1, name': 2}]),
     "preferred": st.builds(Choice, st.sampled_from(["a", "b"]), st.integers(0, 20)),
 })

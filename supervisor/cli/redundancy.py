@@ -46,6 +46,13 @@ def print_status(s: dict[str, Any]) -> None:
                        f"not the partner's host {link.get('partner_address')}: another server "
                        "sends here by mistake, or the partner's link `local` is not the address "
                        "this side's `partner` names ([[redundancy.links]])")
+    mine, theirs = s.get("own_timing"), s.get("partner_timing")
+    if mine and theirs and any(theirs.get(k) != v for k, v in mine.items()):
+        differ = ", ".join(f"{k} {theirs.get(k, 0):g} s (here {v:g} s)" for k, v in mine.items()
+                           if theirs.get(k) != v)
+        click.echo(f"the partner's timing differs: {differ}; both sides wait the longer of "
+                   "each, so failover takes the longer timeout. Give both projects the same "
+                   "[redundancy] heartbeat_interval, timeout and fence_grace")
     click.echo(f"preferred: {s['preferred']}")
     forced = s.get("forced")
     if forced:

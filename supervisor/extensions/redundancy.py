@@ -71,6 +71,9 @@ class RedundancyService(Extension):
         self.queries = 0  # the redundancy manager's count of split brains won (general query)
         self.strangers_told: set[tuple[int, str]] = set()  # (link, sender) written as events
         self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
+        # the partner's timing as its heartbeats last said it, kept likewise: a new run of the
+        # redundancy manager waits the partner's timeout before it claims the role at start
+        self.partner_timing: dict[str, Any] | None = None
         self.preferred: dict[str, Any] | None = None  # an operator's prefer, kept across restarts
         self._poked: tuple[Any, ...] = ()
         # the self-fence (loop time): the last beat, since when this pmon knows it is active
@@ -383,6 +386,8 @@ class RedundancyService(Extension):
             self._role_changed(role, report)
         elif bool(report.get("fencing")) != was_fencing:
             self._tell_role()  # a fence: pmon stops the drivers itself, and restarts none
+        if isinstance(report.get("partner_timing"), dict):
+            self.partner_timing = report["partner_timing"]  # for its next run, as the epoch
         damp = report.get("damp")
         if isinstance(damp, (int, float)) and not isinstance(damp, bool):
             self.damp_until = max(self.damp_until, time.monotonic() + min(float(damp), 3600.0))
@@ -403,6 +408,7 @@ class RedundancyService(Extension):
                 "fence_names": [m.spec.name for m in self.sup.managers.values()
                                 if m.spec.run_on == "active"],
                 "damp": round(max(0.0, self.damp_until - time.monotonic()), 3),
+                "partner_timing": self.partner_timing,
                 "self_fenced": self.self_fenced is not None, "beat": beat,
                 **self._fence_cgroups()}
 
@@ -599,6 +605,12 @@ class RedundancyService(Extension):
             "partner_error_breakdown": partner.get("breakdown") if partner else None,
             "available": self.available(),
             "links": report.get("links", []),
+            # what the pair waits (the longer of both sides'), the partner's own as its
+            # heartbeats say, and this side's (docs "When the two sides' settings differ")
+            "timing": report.get("timing"),
+            "partner_timing": report.get("partner_timing"),
+            "own_timing": {"heartbeat_interval": self.spec.heartbeat_interval,
+                           "timeout": self.spec.timeout, "fence_grace": self.spec.fence_grace},
             "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
             "forced": report.get("forced"),  # the last one, also once ended (when, why)
             "fencing": bool(report.get("fencing")),

@@ -211,10 +211,26 @@ class RedundancyManager(PmonView):
         self.rest_check = bool(os.environ.get("PMON_REST_CHECK"))  # the tests': see evaluate
         self.beats = {"rest": 0, "full": 0}  # how the beats went (redu status --json)
         self.yielding = False  # pmon self-fenced (or surely did): give the role up
+        # The pair's timing: this side's, and the longer of it and the partner's once its
+        # heartbeats said theirs (learn_timing). The partner is counted lost only after its
+        # own timeout too: its self-fence is timed by that (a rollout that changed one side).
+        self.timing = (float(spec.heartbeat_interval), float(spec.timeout), float(spec.fence_grace))
+        self.partner_timing: tuple[float, ...] = ()
+        self.interval, self.timeout = spec.heartbeat_interval, spec.timeout
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
-        return [i for i, link in enumerate(self.links.links, 1) if not link.up(now, self.spec.timeout)]
+        return [i for i, link in enumerate(self.links.links, 1) if not link.up(now, self.timeout)]
+
+    def learn_timing(self, timing: tuple[float, ...]) -> None:
+        """The partner's heartbeats say its timing: wait the longer of the two sides'
+        (VRRPv3's backup times the master by the master's advertised interval)."""
+        self.partner_timing = timing
+        interval, timeout, grace = timing or self.timing
+        self.interval = max(self.spec.heartbeat_interval, interval)
+        self.timeout = max(self.spec.timeout, timeout)
+        self.arbiter.fence_bound = max(self.spec.fence_grace, grace) + self.timeout
+        self.arbiter.reconnect_settle = 2.5 * self.interval
 
     def own_errors(self, now: float) -> dict[str, float]:
         """The links down, beside pmon's error sources (breakdown, in pmon_view.py)."""
@@ -245,7 +261,7 @@ class RedundancyManager(PmonView):
         """The partner's last heartbeat, or None when it is gone: silent on every link for
         `timeout`, or DAMPED_TIMEOUTS timeouts while failure is damped (a split brain or a
         near one in the last hold_down: the network flaps, not the partner)."""
-        limit = self.spec.timeout * (DAMPED_TIMEOUTS if now < self.damped_until else 1)
+        limit = self.timeout * (DAMPED_TIMEOUTS if now < self.damped_until else 1)
         if self.heard is None or self.silence(now) >= limit:
             return None
         return self.heard
@@ -278,7 +294,7 @@ class RedundancyManager(PmonView):
         if not heard:
             return False
         silent = now - max(heard)
-        return 1.5 * self.spec.heartbeat_interval < silent < self.spec.timeout + self.spec.heartbeat_interval
+        return 1.5 * self.interval < silent < self.timeout + self.interval
 
     # --- the loop ------------------------------------------------------------------
     def run(self) -> int:
@@ -319,7 +335,7 @@ class RedundancyManager(PmonView):
                     continue
                 wake = [next_beat] + [
                     t for link in self.links.links
-                    if (t := link.expires(self.spec.timeout)) is not None and t > now
+                    if (t := link.expires(self.timeout)) is not None and t > now
                 ]
                 if self.decision.role is None and self.arbiter.started_at is not None:
                     wake.append(self.arbiter.started_at + self.arbiter.startup_wait)
@@ -449,11 +465,11 @@ class RedundancyManager(PmonView):
                 continue
             hb, newer = accepted
             if now < self.damped_until and self.heard is not None and \
-                    self.silence(now) >= self.spec.timeout:
+                    self.silence(now) >= self.timeout:
                 self.damp(now)  # a near failure while damped: the flapping goes on
             if hb.damp > 0:
                 self.damped_until = max(self.damped_until, now + hb.damp)
-            if self.partner_view(now) is None or not link.up(now, self.spec.timeout):
+            if self.partner_view(now) is None or not link.up(now, self.timeout):
                 news = True  # contact or a link comes back
             # A copy of a heartbeat already taken came about when that one did: read later
             # (at rest, from a link that does not wake the loop), its read time would make
@@ -470,6 +486,8 @@ class RedundancyManager(PmonView):
                 if self.heard is None or not self.inbox.same_words and _says(hb) != _says(self.heard):
                     news = True
                 self.heard = hb
+                if hb.timing != self.partner_timing:
+                    self.learn_timing(hb.timing)
                 self.arrivals[hb.boot, hb.seq] = now
                 if len(self.arrivals) > 4:  # the last few: a copy comes within an interval
                     del self.arrivals[next(iter(self.arrivals))]
@@ -627,7 +645,7 @@ class RedundancyManager(PmonView):
         """No deadline a step reads is near or past, so a step now and one at the next beat
         write the same heartbeat: every link up, pmon answering and not weighing after a
         fence, no damping, and the self-fence's last beat recent."""
-        timeout = self.spec.timeout
+        timeout = self.timeout
         if not all(link.up(now, timeout) for link in self.links.links):
             return False
         return self.pmon_ok(now) and now >= self.pmon_held_until \
@@ -681,7 +699,7 @@ class RedundancyManager(PmonView):
             # in failsafe, losing the partner means fencing: it waits fence_bound for that
             # releasing: pmon still stops its drivers after a handover; the partner waits
             fencing=self.fencing or self.failsafe or self.release.active,
-            damp=round(max(0.0, self.damped_until - now), 3),
+            damp=round(max(0.0, self.damped_until - now), 3), timing=self.timing,
         )
 
     def _beat_timer(self, now: float) -> None:
@@ -734,7 +752,11 @@ class RedundancyManager(PmonView):
                 "available": partner.available, "epoch": partner.epoch,
                 "fencing": partner.fencing,
             },
-            "links": [link.report(now, self.spec.timeout) for link in self.links.links],
+            "links": [link.report(now, self.timeout) for link in self.links.links],
+            "timing": {"heartbeat_interval": self.interval, "timeout": self.timeout,
+                       "fence_bound": self.arbiter.fence_bound},
+            "partner_timing": dict(zip(("heartbeat_interval", "timeout", "fence_grace"),
+                                       self.partner_timing)) or None,
             "dropped": dict(self.inbox.dropped),
             "misaddressed": self.inbox.misaddressed,
             "pid": os.getpid(),
@@ -769,12 +791,14 @@ class RedundancyManager(PmonView):
             self.arbiter.preferred = newest(self.arbiter.preferred, Choice(
                 kept["server"], kept["seq"])) or self.arbiter.preferred
         now = self.clock()
+        if not self.partner_timing and self.heard is None:  # as the partner last said, to pmon
+            self._learn_kept_timing(reply.get("partner_timing"))
         damp = reply.get("damp", 0)
         if isinstance(damp, (int, float)) and damp > 0:  # kept by pmon across a project restart
             self.damped_until = max(self.damped_until, now + damp)
             if self.decision.role is None:  # a restart in a flapping network: listen longer
                 self.arbiter.startup_wait = max(self.arbiter.startup_wait,
-                                                DAMPED_TIMEOUTS * self.spec.timeout)
+                                                DAMPED_TIMEOUTS * self.timeout)
         if reply.get("requests") or self._pmon_words() != before:
             self.rest_words = None  # pmon said something new: the next step is a full one
         for request in reply.get("requests", []):
@@ -786,6 +810,18 @@ class RedundancyManager(PmonView):
                 self.arbiter.prefer(request["server"], partner)
         if reply.get("requests"):
             self.evaluate(now, force_send=True)
+
+    def _learn_kept_timing(self, kept: Any) -> None:
+        """The partner's timing that pmon kept from this manager's last run: before the first
+        heartbeat, the start waits the partner's timeout too (it may beat slower than this
+        side's own timeout: a start that did not wait would claim the role beside it)."""
+        names = ("heartbeat_interval", "timeout", "fence_grace")
+        if not isinstance(kept, dict) or not all(
+                type(kept.get(k)) in (int, float) and 0 < kept[k] <= 3600 for k in names):
+            return
+        self.learn_timing(tuple(float(kept[k]) for k in names))
+        if self.decision.role is None:
+            self.arbiter.startup_wait = max(self.arbiter.startup_wait, self.timeout)
 
     def _pmon_words(self) -> tuple[Any, ...]:
         """What of pmon's replies a step reads: a reply that changes none of it (at rest,

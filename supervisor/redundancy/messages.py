@@ -6,13 +6,16 @@ on a role change:
     {"v": 1, "from": "a", "to": "b", "epoch": 3, "boot": "9f1c...", "seq": 17,
      "role": "active" | "passive" | null, "error": 2, "available": true, "target": "a",
      "seen": 2, "forced": {"server": "a", "seq": 4, "errors": [["a", 0], ["b", 1]]} | null,
-     "preferred": {"server": "a", "seq": 1}, "breakdown": {"manager worker": 1}}
+     "preferred": {"server": "a", "seq": 1}, "breakdown": {"manager worker": 1},
+     "timing": [0.2, 0.6, 1]}
 
 `epoch` grows on every activation (of either side: an activation takes max(both) + 1) and
 is kept by pmon across restarts of the redundancy manager. `seen` is the partner's epoch as
 this side last accepted it: a side that lost its epoch catches up from it. `boot` names one
 run of a redundancy manager, `seq` counts its datagrams (the same datagram arrives once per
-link; only a newer one changes the partner's view).
+link; only a newer one changes the partner's view). `timing` is the sender's
+heartbeat_interval, timeout and fence_grace: the receiver waits the longer of its own and
+these (docs/redundancy.md "When the two sides' settings differ").
 
 The `Inbox` drops, counts and never acts on: garbage (not JSON, wrong version or types), a
 message from an unknown server or meant for another, and a stale epoch (lower than one this
@@ -61,6 +64,8 @@ class Heartbeat:
     fencing: bool = False
     probe: bool = False
     damp: float = 0.0  # seconds failure stays damped on the sender (after a split brain)
+    # the sender's (heartbeat_interval, timeout, fence_grace); () from one that does not say
+    timing: tuple[float, ...] = ()
 
     def partner(self, error: float | None = None) -> Partner:
         """The partner as the arbitration sees it; `error`: as this side judges it."""
@@ -149,7 +154,7 @@ def encode(hb: Heartbeat) -> bytes:
         "available": hb.available, "target": hb.target, "seen": hb.seen,
         "forced": _choice_out(hb.forced), "preferred": _choice_out(hb.preferred),
         "breakdown": capped(hb.breakdown), "hears": hb.hears, "fencing": hb.fencing, "probe": hb.probe,
-        "damp": hb.damp,
+        "damp": hb.damp, **({"timing": list(hb.timing)} if hb.timing else {}),
     }, separators=(",", ":")).encode()
 
 
@@ -217,8 +222,18 @@ def decode(data: bytes) -> Heartbeat:
         forced=_choice_in(message.get("forced")), preferred=_choice_in(message.get("preferred")),
         breakdown=dict(breakdown), hears=_flag(message, "hears", True),
         fencing=_flag(message, "fencing", False), probe=_flag(message, "probe", False),
-        damp=_damp(message.get("damp", 0.0)),
+        damp=_damp(message.get("damp", 0.0)), timing=_timing(message.get("timing")),
     )
+
+
+def _timing(value: Any) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) != 3 or not all(
+            _number(v) and 0 < v <= 3600 for v in value):
+        raise BadMessage("field 'timing' must be [heartbeat_interval, timeout, fence_grace], "
+                         "seconds above 0 and at most 3600")
+    return tuple(float(v) for v in value)
 
 
 def _damp(value: Any) -> float:
