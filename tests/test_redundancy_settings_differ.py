@@ -13,7 +13,7 @@ import time
 import psutil
 
 from relay import Relay
-from support import pmon_cli, poll_for, write_pair
+from support import kill_project_processes, kill_tree, pmon_cli, poll_for, write_pair
 from test_redundancy_pair import redu, stamps, switchovers, wait_roles
 from test_redundancy_self_fence import (
     TwoDrivers, check_handover, freeze_the_active_redundancy_manager, redundancy_pid, settled)
@@ -93,6 +93,12 @@ def test_a_partner_beating_slower_than_this_sides_timeout_is_not_counted_lost_no
             os.kill(old, signal.SIGKILL)
             poll_for(lambda: next_run(a, old), WAIT, "a's next redundancy manager, passive")
             assert redu(b)["role"] == "active"
+        # and a's whole server down and up again (a reboot): pmon kept b's timing on disk
+        kill_tree(a.proc.pid)
+        kill_project_processes(a.config.project.name)
+        a = pmon(a.config_path, wait=False)
+        a.wait_ready(WAIT)
+        poll_for(lambda: next_run(a, 0), WAIT, "a's new pmon, passive")
     assert sampler.seen == [], "two drivers ran at once"
     assert [kind for kind, at in stamps(tmp_path / "stamp-b") if at >= since] == []  # b's ran on
     assert [e for e in b.events() if e["event"] == "switchover" and e["at"] >= since] == []

@@ -49,11 +49,10 @@ async def redu_set_active(sup: "Supervisor", server: str = "", force: bool = Fal
     if service.active_server() == target:
         return {**service.status(), "message": f"{target} is already active"}
     service.set_active(target, force)
-    spec = service.spec
+    interval, timeout = service.pair_timing()
     # the old active's drivers stop first (the release): up to its bound on top
     done = await sup.wait_for(lambda: service.active_server() == target,
-                              timeout=5 * spec.heartbeat_interval + 2 * spec.timeout + 2
-                              + service.release_bound())
+                              timeout=5 * interval + 2 * timeout + 2 + service.release_bound())
     if not done:
         raise CommandError(f"{target} did not become active in time; see `pmon redu status`")
     return {**service.status(), "message": f"{target} is active"}

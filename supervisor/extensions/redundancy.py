@@ -71,8 +71,9 @@ class RedundancyService(Extension):
         self.queries = 0  # the redundancy manager's count of split brains won (general query)
         self.strangers_told: set[tuple[int, str]] = set()  # (link, sender) written as events
         self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
-        # the partner's timing as its heartbeats last said it, kept likewise: a new run of the
-        # redundancy manager waits the partner's timeout before it claims the role at start
+        # the partner's timing as its heartbeats last said it, kept likewise (and on disk): a
+        # new run of the redundancy manager waits the partner's timeout before it claims the
+        # role at start
         self.partner_timing: dict[str, Any] | None = None
         self.preferred: dict[str, Any] | None = None  # an operator's prefer, kept across restarts
         self._poked: tuple[Any, ...] = ()
@@ -94,6 +95,8 @@ class RedundancyService(Extension):
             saved = json.loads(self.epoch_file.read_text())
             self.epoch = int(saved.get("epoch", 0))
             self.last_switchover = saved.get("last_switchover")
+            timing = saved.get("partner_timing")
+            self.partner_timing = timing if isinstance(timing, dict) else None
             # an operator's `redu prefer` outlives a restart of both servers; an edit of the
             # configured preference since (the file is the newer word) drops it
             if saved.get("configured") == self.spec.preferred:
@@ -108,7 +111,8 @@ class RedundancyService(Extension):
 
     def _save(self) -> None:
         data = {"epoch": self.epoch, "last_switchover": self.last_switchover,
-                "preferred": self.preferred, "configured": self.spec.preferred}
+                "preferred": self.preferred, "configured": self.spec.preferred,
+                "partner_timing": self.partner_timing}
         try:
             write_atomically(self.epoch_file, json.dumps(data).encode())
         except OSError as exc:
@@ -346,6 +350,17 @@ class RedundancyService(Extension):
             m.state is S.BLOCKED and m.wanted for m in self.sup.managers.values()
         )
 
+    def pair_timing(self) -> tuple[float, float]:
+        """(heartbeat_interval, timeout) as the pair waits them: the longer of both sides',
+        as the redundancy manager reports them; this side's own until it does."""
+        timing = self.report.get("timing")
+        waits = [self.spec.heartbeat_interval, self.spec.timeout]
+        for i, key in enumerate(("heartbeat_interval", "timeout")):
+            said = timing.get(key) if isinstance(timing, dict) else None
+            if isinstance(said, (int, float)) and 0 < said <= 3600:
+                waits[i] = max(waits[i], float(said))
+        return waits[0], waits[1]
+
     def partner(self) -> dict[str, Any] | None:
         return self.report.get("partner") if self.fresh() else None
 
@@ -377,6 +392,9 @@ class RedundancyService(Extension):
         preferred = _preference(report.get("preferred"), self.spec)
         if preferred is not None and preferred["seq"] > 0 and preferred != self.preferred:
             self.preferred, changed = preferred, True  # an operator's prefer: kept on disk
+        timing = report.get("partner_timing")
+        if isinstance(timing, dict) and timing != self.partner_timing:
+            self.partner_timing, changed = timing, True  # for its next run: on disk, as the epoch
         if changed:
             self._save()
         role = report.get("role")
@@ -386,8 +404,6 @@ class RedundancyService(Extension):
             self._role_changed(role, report)
         elif bool(report.get("fencing")) != was_fencing:
             self._tell_role()  # a fence: pmon stops the drivers itself, and restarts none
-        if isinstance(report.get("partner_timing"), dict):
-            self.partner_timing = report["partner_timing"]  # for its next run, as the epoch
         damp = report.get("damp")
         if isinstance(damp, (int, float)) and not isinstance(damp, bool):
             self.damp_until = max(self.damp_until, time.monotonic() + min(float(damp), 3600.0))
@@ -609,8 +625,7 @@ class RedundancyService(Extension):
             # heartbeats say, and this side's (docs "When the two sides' settings differ")
             "timing": report.get("timing"),
             "partner_timing": report.get("partner_timing"),
-            "own_timing": {"heartbeat_interval": self.spec.heartbeat_interval,
-                           "timeout": self.spec.timeout, "fence_grace": self.spec.fence_grace},
+            "own_timing": report.get("own_timing"),  # as the running redundancy manager has it
             "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
             "forced": report.get("forced"),  # the last one, also once ended (when, why)
             "fencing": bool(report.get("fencing")),

@@ -58,9 +58,10 @@ from pmon.redundancy.arbitration import (
 from pmon.redundancy.beat import Beat
 from pmon.redundancy.fence import Fence, Release
 from pmon.redundancy.link import Links
-from pmon.redundancy.messages import Encoder, Heartbeat, Inbox, words_of
+from pmon.redundancy.messages import TIMING_NAMES, Encoder, Heartbeat, Inbox, timing_of, words_of
 from pmon.redundancy.pmon_view import PmonView
-from pmon.redundancy.settings import SYNC_IDLE, RedundancySpec, judged_errors, release_bound
+from pmon.redundancy.settings import (
+    SYNC_IDLE, TIMING_MAX, RedundancySpec, judged_errors, release_bound)
 from pmon.redundancy.witness import Witness
 
 PMON_GRACE = 5.0  # seconds pmon owes an answer before exiting (at least the fence)
@@ -226,7 +227,7 @@ class RedundancyManager(PmonView):
         """The partner's heartbeats say its timing: wait the longer of the two sides'
         (VRRPv3's backup times the master by the master's advertised interval)."""
         self.partner_timing = timing
-        interval, timeout, grace = timing or self.timing
+        interval, timeout, grace = (min(t, TIMING_MAX) for t in timing or self.timing)
         self.interval = max(self.spec.heartbeat_interval, interval)
         self.timeout = max(self.spec.timeout, timeout)
         self.arbiter.fence_bound = max(self.spec.fence_grace, grace) + self.timeout
@@ -755,8 +756,8 @@ class RedundancyManager(PmonView):
             "links": [link.report(now, self.timeout) for link in self.links.links],
             "timing": {"heartbeat_interval": self.interval, "timeout": self.timeout,
                        "fence_bound": self.arbiter.fence_bound},
-            "partner_timing": dict(zip(("heartbeat_interval", "timeout", "fence_grace"),
-                                       self.partner_timing)) or None,
+            "partner_timing": dict(zip(TIMING_NAMES, self.partner_timing)) or None,
+            "own_timing": dict(zip(TIMING_NAMES, self.timing)),
             "dropped": dict(self.inbox.dropped),
             "misaddressed": self.inbox.misaddressed,
             "pid": os.getpid(),
@@ -815,11 +816,10 @@ class RedundancyManager(PmonView):
         """The partner's timing that pmon kept from this manager's last run: before the first
         heartbeat, the start waits the partner's timeout too (it may beat slower than this
         side's own timeout: a start that did not wait would claim the role beside it)."""
-        names = ("heartbeat_interval", "timeout", "fence_grace")
-        if not isinstance(kept, dict) or not all(
-                type(kept.get(k)) in (int, float) and 0 < kept[k] <= 3600 for k in names):
+        timing = timing_of([kept.get(k) for k in TIMING_NAMES]) if isinstance(kept, dict) else ()
+        if not timing:
             return
-        self.learn_timing(tuple(float(kept[k]) for k in names))
+        self.learn_timing(timing)
         if self.decision.role is None:
             self.arbiter.startup_wait = max(self.arbiter.startup_wait, self.timeout)
 

@@ -7,7 +7,7 @@ on a role change:
      "role": "active" | "passive" | null, "error": 2, "available": true, "target": "a",
      "seen": 2, "forced": {"server": "a", "seq": 4, "errors": [["a", 0], ["b", 1]]} | null,
      "preferred": {"server": "a", "seq": 1}, "breakdown": {"manager worker": 1},
-     "timing": [0.2, 0.6, 1]}
+     "timing": [0.2, 0.6, 1.0]}
 
 `epoch` grows on every activation (of either side: an activation takes max(both) + 1) and
 is kept by pmon across restarts of the redundancy manager. `seen` is the partner's epoch as
@@ -35,6 +35,7 @@ from pmon.redundancy.arbitration import Choice, Partner, Role
 VERSION = 1
 MAX_DATAGRAM = 8192
 BREAKDOWN_BYTES = 4096  # of a heartbeat's breakdown, so the datagram stays within MAX_DATAGRAM
+TIMING_NAMES = ("heartbeat_interval", "timeout", "fence_grace")  # a heartbeat's `timing`
 KEY_CHARS = 120  # a longer source name is cut: a name is for people, the weight for the pair
 
 
@@ -222,18 +223,19 @@ def decode(data: bytes) -> Heartbeat:
         forced=_choice_in(message.get("forced")), preferred=_choice_in(message.get("preferred")),
         breakdown=dict(breakdown), hears=_flag(message, "hears", True),
         fencing=_flag(message, "fencing", False), probe=_flag(message, "probe", False),
-        damp=_damp(message.get("damp", 0.0)), timing=_timing(message.get("timing")),
+        damp=_damp(message.get("damp", 0.0)), timing=timing_of(message.get("timing")),
     )
 
 
-def _timing(value: Any) -> tuple[float, ...]:
-    if value is None:
-        return ()
+def timing_of(value: Any) -> tuple[float, ...]:
+    """[heartbeat_interval, timeout, fence_grace] as valid settings have them, else () (the
+    heartbeat still counts: a partner whose timing this side cannot read is judged by this
+    side's own, as one that does not say it)."""
     if not isinstance(value, list) or len(value) != 3 or not all(
-            _number(v) and 0 < v <= 3600 for v in value):
-        raise BadMessage("field 'timing' must be [heartbeat_interval, timeout, fence_grace], "
-                         "seconds above 0 and at most 3600")
-    return tuple(float(v) for v in value)
+            _number(v) and v <= 3600 for v in value):
+        return ()
+    interval, timeout, grace = (float(v) for v in value)
+    return (interval, timeout, grace) if 0 < interval < timeout else ()
 
 
 def _damp(value: Any) -> float:

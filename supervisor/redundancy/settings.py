@@ -34,6 +34,10 @@ SELF_FENCE_MARGIN = 0.1
 # it: a process not gone a second after the SIGKILL's share of the bound is not being stopped
 # (docs/redundancy.md "Fencing", the fence's own bound).
 FENCE_OVERRUN_MARGIN = 1.0
+# A partner's timing (its heartbeats say it) is taken up to this many seconds: a forged or
+# absurd heartbeat must not make a failover wait for hours (docs/redundancy.md "When the two
+# sides' settings differ"). The redundancy manager's start may wait that long for it.
+TIMING_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -394,7 +398,7 @@ def check_managers(
         name=AUTO_NAME,
         command=(sys.executable, "-m", "pmon.redundancy", "-c", str(path)),
         index=len(managers) + 1, start=StartType.ALWAYS, core=True, redundancy=True,
-        ready=Readiness.NOTIFY, start_timeout=spec.timeout + 10, seconds_to_kill=5.0,
+        ready=Readiness.NOTIFY, start_timeout=max(spec.timeout, TIMING_MAX) + 10, seconds_to_kill=5.0,
         cwd=path.parent,
     )
     return (*managers, auto)
