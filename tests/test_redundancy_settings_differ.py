@@ -17,7 +17,7 @@ from support import kill_project_processes, kill_tree, pmon_cli, poll_for, write
 from test_redundancy_pair import redu, stamps, switchovers, wait_roles
 from test_redundancy_self_fence import (
     TwoDrivers, check_handover, freeze_the_active_redundancy_manager, redundancy_pid, settled)
-from test_redundancy_witness import drivers, relay, running  # noqa: F401 (fixtures)
+from test_redundancy_witness import KEY, TTL, drivers, etcd, relay, running  # noqa: F401 (fixtures)
 
 WAIT = 20
 
@@ -102,3 +102,29 @@ def test_a_partner_beating_slower_than_this_sides_timeout_is_not_counted_lost_no
     assert sampler.seen == [], "two drivers ran at once"
     assert [kind for kind, at in stamps(tmp_path / "stamp-b") if at >= since] == []  # b's ran on
     assert [e for e in b.events() if e["event"] == "switchover" and e["at"] >= since] == []
+
+
+def test_settings_that_differ_are_named_on_both_servers_and_in_the_event_log(tmp_path, pmon, relay):
+    a, b = start(pmon, tmp_path, relay, only={"b": {"hold_down": 7, "manager_weight": 2}})
+    wait_roles(a, b, "active", "passive")
+    for server, here, there in ((a, 5, 7), (b, 7, 5)):
+        poll_for(lambda: redu(server)["settings_differ"], WAIT, "the partner's settings")
+        differ = redu(server)["settings_differ"]
+        assert differ["hold_down"] == {"here": here, "partner": there}, differ
+        assert set(differ) == {"hold_down", "manager_weight"}, differ
+        shown = pmon_cli(server.config_path, "redu", "status").stdout
+        assert f"hold_down {here} here, {there} on the partner" in shown, shown
+        told = [e for e in server.events() if e["event"] == "redundancy-settings-differ"]
+        assert len(told) == 1 and "hold_down" in told[0]["message"], told
+    assert "timing differs" not in shown  # the same timing on both
+
+
+def test_a_witness_on_one_server_only_is_named_with_what_it_costs(tmp_path, pmon, relay, etcd):
+    a, b = start(pmon, tmp_path, relay,
+                 only={"a": {"witness": {"etcd": [etcd.url], "ttl": TTL, "key": KEY}}})
+    wait_roles(a, b, "active", "passive")
+    for server in (a, b):
+        poll_for(lambda: "witness" in redu(server)["settings_differ"], WAIT, "the witness named")
+        shown = pmon_cli(server.config_path, "redu", "status").stdout
+        assert "a partition leaves both servers active" in shown, shown
+    assert f'witness "{KEY}" here, none on the partner' in pmon_cli(a.config_path, "redu", "status").stdout

@@ -28,6 +28,7 @@ def beat(**changes) -> Heartbeat:
 def test_a_heartbeat_survives_the_round_trip():
     assert decode(encode(beat())) == beat()
     full = beat(hears=False, fencing=True, probe=True, damp=2.5, timing=(0.2, 0.6, 1.0),
+                shared={"preferred": "a", "witness": None, "hold_down": 5.0},
                 forced=Choice("b", 4, (("a", 0),), at=10.5, by="set-active on a",
                               ended="overruled", ended_at=11.0))
     assert decode(encode(full)) == full
@@ -49,6 +50,22 @@ def test_a_version_1_heartbeat_without_the_new_fields_reads_with_their_defaults(
                 {"timeout": 1}, [0.2, 0.6, True]):
         # a timing this side cannot read is left out; the heartbeat still counts
         assert decode(json.dumps({**old, "timing": bad}).encode()).timing == (), bad
+    shared = {"preferred": "a", "witness": None, "hold_down": 5.0, "manager_weight": 1}
+    assert decode(json.dumps({**old, "shared": shared}).encode()).shared == shared
+    for bad in ([1], {"k": [1]}, {"k": {"x": 1}}, {str(i): 1 for i in range(17)}, {"k": "x" * 201}):
+        assert decode(json.dumps({**old, "shared": bad}).encode()).shared == {}, bad
+
+
+def test_the_shared_settings_that_differ_are_named_with_both_values():
+    from pmon.redundancy.settings import differ_text, settings_differ
+    mine = {"preferred": "a", "witness": "k", "hold_down": 5.0, "pmon_weight": 1}
+    theirs = {"preferred": "a", "witness": None, "hold_down": 7, "pmon_weight": 1.0}  # no newer key
+    differ = settings_differ({**mine, "newer": 1}, theirs)
+    assert differ == {"witness": {"here": "k", "partner": None}, "hold_down": {"here": 5.0, "partner": 7}}
+    text = differ_text(differ)
+    assert text.startswith('witness "k" here, none on the partner; hold_down 5 here, 7 on')
+    assert "a partition leaves both servers active" in text
+    assert "partition" not in differ_text({"hold_down": differ["hold_down"]})
 
 
 @given(st.binary(max_size=300))

@@ -53,6 +53,10 @@ def print_status(s: dict[str, Any]) -> None:
         click.echo(f"the partner's timing differs: {differ}; both sides wait the longer of "
                    "each, so failover takes the longer timeout. Give both projects the same "
                    "[redundancy] heartbeat_interval, timeout and fence_grace")
+    if s.get("settings_differ"):
+        from pmon.redundancy.settings import differ_text
+        click.echo(f"the partner's [redundancy] settings differ: {differ_text(s['settings_differ'])}; "
+                   "give both projects the same values")
     click.echo(f"preferred: {s['preferred']}")
     forced = s.get("forced")
     if forced:

@@ -70,6 +70,8 @@ class RedundancyService(Extension):
         self.last_switchover: dict[str, Any] | None = None
         self.queries = 0  # the redundancy manager's count of split brains won (general query)
         self.strangers_told: set[tuple[int, str]] = set()  # (link, sender) written as events
+        self.differ_told: dict[str, Any] = {}  # the settings that differ, as last written
+        self.differ_events = 0
         self.damp_until = 0.0  # failure damping, kept across a restart of the redundancy manager
         # the partner's timing as its heartbeats last said it, kept likewise (and on disk): a
         # new run of the redundancy manager waits the partner's timeout before it claims the
@@ -384,6 +386,7 @@ class RedundancyService(Extension):
         self.report = report
         self.synced_at = time.monotonic()
         self._tell_strangers(report)
+        self._tell_differ(report)
         beat = self._take_timer(report)  # before a role change arms the watchdog
         epoch = report.get("epoch")
         changed = False
@@ -427,6 +430,19 @@ class RedundancyService(Extension):
                 "partner_timing": self.partner_timing,
                 "self_fenced": self.self_fenced is not None, "beat": beat,
                 **self._fence_cgroups()}
+
+    def _tell_differ(self, report: dict[str, Any]) -> None:
+        """An event when the settings that differ from the partner's change (and are some):
+        the first 16 such changes."""
+        from pmon.redundancy.settings import differ_text
+        differ = report.get("settings_differ")
+        if not isinstance(differ, dict) or differ == self.differ_told:
+            return
+        self.differ_told = differ
+        if differ and self.differ_events < 16:
+            self.differ_events += 1
+            self.sup.events.write("redundancy-settings-differ", f"the partner's [redundancy] "
+                                  f"settings differ: {differ_text(differ)}", differ=differ)
 
     def _tell_strangers(self, report: dict[str, Any]) -> None:
         """An event for each new sender a link dropped (link.py: not the partner's host), the
@@ -626,6 +642,7 @@ class RedundancyService(Extension):
             "timing": report.get("timing"),
             "partner_timing": report.get("partner_timing"),
             "own_timing": report.get("own_timing"),  # as the running redundancy manager has it
+            "settings_differ": report.get("settings_differ") or {},  # {key: {here, partner}}
             "preferred": (report.get("preferred") or {}).get("server", self.spec.preferred),
             "forced": report.get("forced"),  # the last one, also once ended (when, why)
             "fencing": bool(report.get("fencing")),

@@ -61,7 +61,8 @@ from pmon.redundancy.link import Links
 from pmon.redundancy.messages import TIMING_NAMES, Encoder, Heartbeat, Inbox, timing_of, words_of
 from pmon.redundancy.pmon_view import PmonView
 from pmon.redundancy.settings import (
-    SYNC_IDLE, TIMING_MAX, RedundancySpec, judged_errors, release_bound)
+    SYNC_IDLE, TIMING_MAX, RedundancySpec, judged_errors, release_bound, settings_differ,
+    shared_settings)
 from pmon.redundancy.witness import Witness
 
 PMON_GRACE = 5.0  # seconds pmon owes an answer before exiting (at least the fence)
@@ -218,6 +219,10 @@ class RedundancyManager(PmonView):
         self.timing = (float(spec.heartbeat_interval), float(spec.timeout), float(spec.fence_grace))
         self.partner_timing: tuple[float, ...] = ()
         self.interval, self.timeout = spec.heartbeat_interval, spec.timeout
+        # the other settings both should share: compared for people (redu status), not used
+        self.shared = shared_settings(spec)
+        self.partner_shared: dict[str, Any] = {}
+        self.differ: dict[str, dict[str, Any]] = {}
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
@@ -489,6 +494,9 @@ class RedundancyManager(PmonView):
                 self.heard = hb
                 if hb.timing != self.partner_timing:
                     self.learn_timing(hb.timing)
+                if hb.shared is not self.partner_shared:  # (at rest: the same dict again)
+                    self.partner_shared = hb.shared
+                    self.differ = settings_differ(self.shared, hb.shared)
                 self.arrivals[hb.boot, hb.seq] = now
                 if len(self.arrivals) > 4:  # the last few: a copy comes within an interval
                     del self.arrivals[next(iter(self.arrivals))]
@@ -701,6 +709,7 @@ class RedundancyManager(PmonView):
             # releasing: pmon still stops its drivers after a handover; the partner waits
             fencing=self.fencing or self.failsafe or self.release.active,
             damp=round(max(0.0, self.damped_until - now), 3), timing=self.timing,
+            shared=self.shared,
         )
 
     def _beat_timer(self, now: float) -> None:
@@ -758,6 +767,7 @@ class RedundancyManager(PmonView):
                        "fence_bound": self.arbiter.fence_bound},
             "partner_timing": dict(zip(TIMING_NAMES, self.partner_timing)) or None,
             "own_timing": dict(zip(TIMING_NAMES, self.timing)),
+            "settings_differ": self.differ,  # {key: {here, partner}}
             "dropped": dict(self.inbox.dropped),
             "misaddressed": self.inbox.misaddressed,
             "pid": os.getpid(),

@@ -7,7 +7,7 @@ on a role change:
      "role": "active" | "passive" | null, "error": 2, "available": true, "target": "a",
      "seen": 2, "forced": {"server": "a", "seq": 4, "errors": [["a", 0], ["b", 1]]} | null,
      "preferred": {"server": "a", "seq": 1}, "breakdown": {"manager worker": 1},
-     "timing": [0.2, 0.6, 1.0]}
+     "timing": [0.2, 0.6, 1.0], "shared": {"preferred": "a", "witness": null, ...}}
 
 `epoch` grows on every activation (of either side: an activation takes max(both) + 1) and
 is kept by pmon across restarts of the redundancy manager. `seen` is the partner's epoch as
@@ -15,7 +15,9 @@ this side last accepted it: a side that lost its epoch catches up from it. `boot
 run of a redundancy manager, `seq` counts its datagrams (the same datagram arrives once per
 link; only a newer one changes the partner's view). `timing` is the sender's
 heartbeat_interval, timeout and fence_grace: the receiver waits the longer of its own and
-these (docs/redundancy.md "When the two sides' settings differ").
+these (docs/redundancy.md "When the two sides' settings differ"); `shared`, the sender's
+settings that both servers should share (settings.shared_settings), which `redu status`
+compares.
 
 The `Inbox` drops, counts and never acts on: garbage (not JSON, wrong version or types), a
 message from an unknown server or meant for another, and a stale epoch (lower than one this
@@ -67,6 +69,7 @@ class Heartbeat:
     damp: float = 0.0  # seconds failure stays damped on the sender (after a split brain)
     # the sender's (heartbeat_interval, timeout, fence_grace); () from one that does not say
     timing: tuple[float, ...] = ()
+    shared: dict[str, Any] = field(default_factory=dict)  # {} from one that does not say
 
     def partner(self, error: float | None = None) -> Partner:
         """The partner as the arbitration sees it; `error`: as this side judges it."""
@@ -156,6 +159,7 @@ def encode(hb: Heartbeat) -> bytes:
         "forced": _choice_out(hb.forced), "preferred": _choice_out(hb.preferred),
         "breakdown": capped(hb.breakdown), "hears": hb.hears, "fencing": hb.fencing, "probe": hb.probe,
         "damp": hb.damp, **({"timing": list(hb.timing)} if hb.timing else {}),
+        **({"shared": hb.shared} if hb.shared else {}),
     }, separators=(",", ":")).encode()
 
 
@@ -224,7 +228,19 @@ def decode(data: bytes) -> Heartbeat:
         breakdown=dict(breakdown), hears=_flag(message, "hears", True),
         fencing=_flag(message, "fencing", False), probe=_flag(message, "probe", False),
         damp=_damp(message.get("damp", 0.0)), timing=timing_of(message.get("timing")),
+        shared=_shared(message.get("shared")),
     )
+
+
+def _shared(value: Any) -> dict[str, Any]:
+    """The partner's shared settings, or {} when they are not a short flat object (what is
+    only compared for people is never a reason to drop a heartbeat)."""
+    if not isinstance(value, dict) or len(value) > 16 or not all(
+            isinstance(k, str) and len(k) <= 40 and (
+                v is None or isinstance(v, (bool, int, float)) or isinstance(v, str) and len(v) <= 200)
+            for k, v in value.items()):
+        return {}
+    return dict(value)
 
 
 def timing_of(value: Any) -> tuple[float, ...]:

@@ -11,6 +11,7 @@ started first (as before); the redundancy program itself refuses to run without 
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from functools import cached_property
@@ -126,6 +127,40 @@ class RedundancySpec:
         (`self_fence + self_fence_kill = timeout - SELF_FENCE_MARGIN` after the last beat)
         before the partner can start its drivers."""
         return round(self.timeout - SELF_FENCE_MARGIN - self.self_fence, 6)
+
+
+def shared_settings(spec: RedundancySpec) -> dict[str, Any]:
+    """What both servers of a pair should be given alike, besides the timing (which each
+    side takes the longer of): the heartbeats carry it, and `redu status` names what
+    differs (docs/redundancy.md "When the two sides' settings differ")."""
+    return {
+        "preferred": spec.preferred, "witness": spec.witness.key if spec.witness else None,
+        "error_state_delay": spec.error_state_delay, "hold_down": spec.hold_down,
+        "first_active_change_interval": spec.first_active_change_interval,
+        "manager_weight": spec.manager_weight, "link_weight": spec.link_weight,
+        "pmon_weight": spec.pmon_weight, "pmon_timeout": spec.pmon_timeout,
+    }
+
+
+def settings_differ(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The shared settings the partner has otherwise (those it names: an older one names
+    fewer), {key: {"here": ..., "partner": ...}}."""
+    return {key: {"here": value, "partner": theirs[key]} for key, value in mine.items()
+            if key in theirs and theirs[key] != value}
+
+
+def differ_text(differ: Mapping[str, Any]) -> str:
+    """For people: `witness none here, "pair" on the partner; hold_down 5 here, 7 ...`."""
+    def shown(value: Any) -> str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{value:g}"
+        return "none" if value is None else json.dumps(value)
+    text = "; ".join(f"{key} {shown(v.get('here'))} here, {shown(v.get('partner'))} on the partner"
+                     for key, v in differ.items() if isinstance(v, dict))
+    if "witness" in differ:
+        text += (" (with a witness on one side only, or two different keys, a partition "
+                 "leaves both servers active)")
+    return text
 
 
 def default_self_fence(timeout: float) -> float:

@@ -32,6 +32,7 @@ _WARNINGS = frozenset({
     "pmon-tcp-error", "plugin-restart", "hot-restart-ignored", "fd-limit",
     "metrics-counts-lost", "stop-resumed", "job-resumed", "adoption", "pmon-tcp-refused",
     "pmon-tcp-auth-failed", "self-fenced", "redundancy-stranger",
+    "redundancy-settings-differ",
 })
 _NOTICES = frozenset({
     "pmon-started", "pmon-stopped", "shutdown", "switchover", "redundancy-role", "reload",
