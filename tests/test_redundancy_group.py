@@ -136,6 +136,45 @@ def test_the_error_state_rising_on_the_active_switches_once_to_the_best(tmp_path
     assert group.holder() == "b"
 
 
+def test_the_same_handover_twice_is_taken_twice(tmp_path, pmon, etcd):
+    """a -> b by error state, back by preference, and a -> b by error state again: the second
+    mark says what the first said (a review found the target taking it for the first one,
+    long expired, and nobody active until the lease's TTL made it a failure)."""
+    group = Group(pmon, tmp_path, etcd, hold_down=1)
+    group.wait_active("a")
+    since = time.time()
+    for _ in range(2):
+        group.servers["a"].call("stop", target="w")
+        group.wait_active("b")
+        group.servers["a"].call("start", target="w")
+        group.wait_active("a")
+        time.sleep(TTL + 1)  # the scenario: the first mark is older than the TTL by then
+    ends = [(e["active"], e["reason"]) for e in all_switchovers(group) if e["at"] >= since]
+    assert ends == [("b", "error state"), ("a", "preference")] * 2, ends
+
+
+def test_members_whose_preferences_differ_follow_one_order_and_say_so(tmp_path, pmon, etcd):
+    """a prefers b, b prefers a (a rollout half done). Each ranking by its own, the leader
+    handed the role on by preference at every hold_down, until a handover found its target
+    naming another: nobody took the key, and no member was active at all."""
+    group = Group(pmon, tmp_path, etcd, hold_down=1,
+                  only={"a": {"preferred": "b"}, "b": {"preferred": "a"}})
+    group.wait_active("b")  # a's order (b, a, c): a is the first name
+    since = time.time()
+    deadline = time.monotonic() + 6  # hold_down 1: a group that flaps has moved by then
+    while time.monotonic() < deadline:
+        group.check()
+        assert group.running() == ["b"] and group.role("b") == "active", group.views()
+        time.sleep(0.05)
+    assert [e for e in all_switchovers(group) if e["at"] >= since] == []
+    out = pmon_cli(group.paths["c"], "redu", "status").stdout
+    assert "the members' preferences differ (a b, a, c; b a, b, c; c a, b, c): the group " \
+           "follows a's" in out, out
+    kill_tree(group.servers["b"].proc.pid)  # the next by the same order takes over
+    group.wait_active("a", TTL + 5)
+    assert group.role("c") == "passive"
+
+
 def test_set_active_makes_the_named_member_active_and_ends_as_for_the_pair(tmp_path, pmon, etcd):
     group = Group(pmon, tmp_path, etcd, hold_down=60)
     group.wait_active("a")

@@ -126,6 +126,12 @@ def print_group(s: dict[str, Any]) -> None:
         click.echo(f"  {m['name']}{here}: {m.get('role') or '-'}, {state}{pmon}{fencing}{rank}; "
                    f"error state {_errors(m.get('error'), m.get('breakdown'))}")
     click.echo(f"preference: {', '.join(group.get('preference', []))}")
+    differ = group.get("preferences")
+    if differ:
+        each = "; ".join(f"{name} {', '.join(order)}" for name, order in sorted(differ.items()))
+        click.echo(f"  the members' preferences differ ({each}): the group follows "
+                   f"{min(differ)}'s, the first name, until they agree; give every member "
+                   "the same [redundancy] preferred and group order")
     handover = group.get("handover")
     if handover:
         click.echo(f"handover: to {handover['to']} ({handover['reason']}), stopping the drivers")

@@ -132,4 +132,6 @@ class GroupService(RedundancyService):
         return {**super().status(), "group": {
             "members": self.group().get("members", []), "leader": self.group().get("leader"),
             "order": self.group().get("order", []), "handover": self.group().get("handover"),
-            "preference": list(self.spec.preference)}}
+            # what the group ranks by (every member's own while they differ)
+            "preference": self.group().get("preference") or list(self.spec.preference),
+            "preferences": self.group().get("preferences")}}

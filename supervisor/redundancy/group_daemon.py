@@ -113,6 +113,8 @@ class GroupManager(PmonView):
         self.joined: dict[tuple[str, str], float] = {}
         self.put: dict[str, Any] = {}  # the record as last handed to the store
         self.members: dict[str, Member] = {}
+        self.preference = spec.preference  # as the group ranks (_agreed_preference)
+        self.preferences: dict[str, tuple[str, ...]] = {}  # every member's own, as said
         self.records: dict[str, dict[str, Any]] = {}
         self.leader: str | None = None
         self.forced_raw: dict[str, Any] | None = None
@@ -169,12 +171,26 @@ class GroupManager(PmonView):
             members[self.spec.name] = Member(self.spec.name, sum(self.breakdown(now).values()),
                                              self.available and ok, ok, self.started_at)
         self.members = members
+        self.preference = self._agreed_preference()
         holder = values.get("", "").split()
         self.leader = self.spec.name if self.store.is_leader() else (holder[0] if holder else None)
         if self.leader is not None and self.leader != self.spec.name:
             self.seen_leader = True
         self.forced_raw = _json(values.get("/forced"))
         return fresh
+
+    def _agreed_preference(self) -> tuple[str, ...]:
+        """The order of preference this member ranks by: its own while every member's record
+        says the same; else the one of the member whose name sorts first, so that all still
+        rank alike. (Each ranking by its own, a failure could find every member naming
+        another, and nobody took the key: no active server at all.)"""
+        said = {self.spec.name: self.spec.preference}
+        for name, record in self.records.items():
+            order = record.get("preference")
+            if isinstance(order, list) and all(isinstance(n, str) for n in order):
+                said[name] = tuple(order)
+        self.preferences = said
+        return said[min(said)] if len(set(said.values())) > 1 else self.spec.preference
 
     def _forced(self) -> Forced | None:
         raw = self.forced_raw
@@ -283,7 +299,7 @@ class GroupManager(PmonView):
             self.handover, self.drivers_gone = None, False
         forced = self._forced()
         verdict = decide(Situation(
-            now=now, members=self.members, leader=self.leader, preference=self.spec.preference,
+            now=now, members=self.members, leader=self.leader, preference=self.preference,
             forced=forced, pending=self.pending, switched_at=self.switched_at,
             error_state_delay=self.spec.error_state_delay, hold_down=self.spec.hold_down,
             first_active_change_interval=self.spec.first_active_change_interval))
@@ -293,13 +309,18 @@ class GroupManager(PmonView):
             self.store.put_forced({**self.forced_raw, "ended": verdict.forced_ended,
                                    "ended_at": time.time()})
         if leading and fresh and verdict.target not in (None, me):
-            self.handover = {"from": me, "to": verdict.target, "reason": verdict.reason}
+            # "at" makes each mark its own: the same handover again later is a new mark, not
+            # the first one, long expired (which left nobody active until the lease's TTL)
+            self.handover = {"from": me, "to": verdict.target, "reason": verdict.reason,
+                             "at": time.time()}
             self.drivers_gone, self.handover_since = False, now
             self._become(Role.PASSIVE, verdict.reason, now)
         # 3. take the key
         mark = _json(self.watch.snapshot()[0].get("/handover")) if fresh else None
         if mark is not None and self.leader is None:
-            since = self.mark_seen.setdefault(json.dumps(mark, sort_keys=True), now)
+            seen = json.dumps(mark, sort_keys=True)
+            since = self.mark_seen.get(seen, now)
+            self.mark_seen = {seen: since}  # only the mark in etcd now
             target = mark.get("to")
             if now - since > self.store.spec.ttl or target not in self.members or \
                     not self.members[target].can_act:
@@ -347,7 +368,7 @@ class GroupManager(PmonView):
 
     def _put_record(self, now: float, ok: bool, fresh: bool) -> None:
         breakdown = self.breakdown(now)
-        record = {"name": self.spec.name, "boot": self.boot,
+        record = {"name": self.spec.name, "boot": self.boot, "preference": list(self.spec.preference),
                   "role": self.role.value if self.role else None,
                   "error": sum(breakdown.values()), "breakdown": breakdown,
                   "available": self.available and ok, "can_act": ok,
@@ -360,7 +381,7 @@ class GroupManager(PmonView):
     def report(self, now: float) -> dict[str, Any]:
         breakdown = self.breakdown(now)
         members = []
-        order = ranking(self.members, self.spec.preference)
+        order = ranking(self.members, self.preference)
         for name in self.spec.group:
             record = self.put if name == self.spec.name else self.records.get(name)
             members.append({"name": name, "live": record is not None and (
@@ -380,7 +401,10 @@ class GroupManager(PmonView):
             # pmon, or one the sync thread sends for a loop that hangs (its last turn)
             "sent": self.sync.last_turn,
             "group": {"leader": self.leader, "members": members, "order": order,
-                      "handover": self.handover},
+                      "handover": self.handover, "preference": list(self.preference),
+                      # every member's own, while they differ (the group follows one)
+                      "preferences": {name: list(order) for name, order in self.preferences.items()}
+                      if len(set(self.preferences.values())) > 1 else None},
         }
 
     def _on_reply(self, at: float, role: Role | None,
