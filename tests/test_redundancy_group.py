@@ -331,6 +331,9 @@ def test_random_kills_freezes_and_error_changes_never_make_two_drivers(tmp_path,
         if kind == "kill" and name != leader:
             allowed = 0
         assert moves <= allowed, f"{moves} switchovers for {kind} {name} (leader {leader}, seed {seed})"
+        if kind == "error":  # nobody failed: planned handovers only (not a lease's expiry)
+            reasons = {e["reason"] for e in all_switchovers(group)[before:]}
+            assert reasons <= {"error state", "preference"}, f"{reasons} for {kind} {name} (seed {seed})"
         faults += 1
     assert faults >= 3, f"too few faults in the time (seed {seed})"
 
