@@ -52,8 +52,11 @@ def test_a_version_1_heartbeat_without_the_new_fields_reads_with_their_defaults(
         assert decode(json.dumps({**old, "timing": bad}).encode()).timing == (), bad
     shared = {"preferred": "a", "witness": None, "hold_down": 5.0, "manager_weight": 1}
     assert decode(json.dumps({**old, "shared": shared}).encode()).shared == shared
-    for bad in ([1], {"k": [1]}, {"k": {"x": 1}}, {str(i): 1 for i in range(17)}, {"k": "x" * 201}):
+    for bad in ([1], "x", None):
         assert decode(json.dumps({**old, "shared": bad}).encode()).shared == {}, bad
+    # only the entries this side cannot compare are left out
+    odd = {"k": [1], "n": {"x": 1}, "long": "x" * 201, **{str(i): i for i in range(20)}}
+    assert decode(json.dumps({**old, "shared": odd}).encode()).shared == {str(i): i for i in range(16)}
 
 
 def test_the_shared_settings_that_differ_are_named_with_both_values():
@@ -66,6 +69,24 @@ def test_the_shared_settings_that_differ_are_named_with_both_values():
     assert text.startswith('witness "k" here, none on the partner; hold_down 5 here, 7 on')
     assert "a partition leaves both servers active" in text
     assert "partition" not in differ_text({"hold_down": differ["hold_down"]})
+    assert differ_text({"hold_down": {"here": 1.0000001, "partner": 1}}) == \
+        "hold_down 1.0000001 here, 1 on the partner"  # not "1 here, 1 on the partner"
+
+
+def test_the_renumbered_heartbeat_takes_the_fast_path_whatever_the_shared_settings_hold(tmp_path):
+    """A long witness key is cut with a digest (a review: the receiver dropped a whole
+    `shared` with one long string, and every heartbeat then took the full decode)."""
+    from pmon.redundancy.settings import shared_settings
+    witness = {"etcd": ["http://127.0.0.1:2379"], "key": "/plant/" + "k" * 300}
+    spec = load(tmp_path, witness=witness).redundancy
+    shared = shared_settings(spec)
+    assert len(shared["witness"]) <= 120 and shared["witness"].startswith("/plant/kkk")
+    for variant in (shared, {"witness": 'k "é" \u2028 🙂', "x": 1e300, "n": None}):
+        inbox, encoder = Inbox("a", "b"), Encoder()
+        first = inbox.accept(encoder(beat(shared=variant)))
+        assert first is not None and first[0].shared == variant
+        second = inbox.accept(encoder.again(2))
+        assert second is not None and second[0].seq == 2 and inbox.same_words, variant
 
 
 @given(st.binary(max_size=300))
@@ -102,6 +123,8 @@ changes = st.fixed_dictionaries({}, optional={
     "sender": st.sampled_from(["b", "c"]), "role": st.sampled_from([Role.ACTIVE, Role.PASSIVE, None]),
     "error": st.integers(0, 3), "damp": st.sampled_from([0.0, 1.5]),
     "timing": st.sampled_from([(), (0.2, 0.6, 1.0), (1.0, 3.0, 0.5)]),
+    "shared": st.sampled_from([{}, {"preferred": "a", "witness": None, "hold_down": 5.0},
+                               {"witness": 'k "é" \u2028 🙂', "pmon_weight": 1, "x": 1e300}]),
     "breakdown": st.sampled_from([{}, {"manager w": 1}, {'odd "seq":1, name': 2}]),
     "preferred": st.builds(Choice, st.sampled_from(["a", "b"]), st.integers(0, 20)),
 })

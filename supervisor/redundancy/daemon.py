@@ -222,7 +222,8 @@ class RedundancyManager(PmonView):
         # the other settings both should share: compared for people (redu status), not used
         self.shared = shared_settings(spec)
         self.partner_shared: dict[str, Any] = {}
-        self.differ: dict[str, dict[str, Any]] = {}
+        # None until the partner said its own (an older one never does: nothing to compare)
+        self.differ: dict[str, dict[str, Any]] | None = None
 
     # --- what this side knows ------------------------------------------------------
     def links_down(self, now: float) -> list[int]:
@@ -496,7 +497,7 @@ class RedundancyManager(PmonView):
                     self.learn_timing(hb.timing)
                 if hb.shared is not self.partner_shared:  # (at rest: the same dict again)
                     self.partner_shared = hb.shared
-                    self.differ = settings_differ(self.shared, hb.shared)
+                    self.differ = settings_differ(self.shared, hb.shared) if hb.shared else None
                 self.arrivals[hb.boot, hb.seq] = now
                 if len(self.arrivals) > 4:  # the last few: a copy comes within an interval
                     del self.arrivals[next(iter(self.arrivals))]

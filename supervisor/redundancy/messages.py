@@ -233,14 +233,12 @@ def decode(data: bytes) -> Heartbeat:
 
 
 def _shared(value: Any) -> dict[str, Any]:
-    """The partner's shared settings, or {} when they are not a short flat object (what is
-    only compared for people is never a reason to drop a heartbeat)."""
-    if not isinstance(value, dict) or len(value) > 16 or not all(
-            isinstance(k, str) and len(k) <= 40 and (
-                v is None or isinstance(v, (bool, int, float)) or isinstance(v, str) and len(v) <= 200)
-            for k, v in value.items()):
+    """The partner's shared settings: the entries that are short and flat, up to 16 (what
+    is only compared for people is never a reason to drop a heartbeat)."""
+    if not isinstance(value, dict):
         return {}
-    return dict(value)
+    return dict(list((k, v) for k, v in value.items() if isinstance(k, str) and len(k) <= 40 and (
+        v is None or isinstance(v, (bool, int, float)) or isinstance(v, str) and len(v) <= 200))[:16])
 
 
 def timing_of(value: Any) -> tuple[float, ...]:

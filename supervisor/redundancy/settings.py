@@ -11,6 +11,7 @@ started first (as before); the redundancy program itself refuses to run without 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -134,12 +135,21 @@ def shared_settings(spec: RedundancySpec) -> dict[str, Any]:
     side takes the longer of): the heartbeats carry it, and `redu status` names what
     differs (docs/redundancy.md "When the two sides' settings differ")."""
     return {
-        "preferred": spec.preferred, "witness": spec.witness.key if spec.witness else None,
+        "preferred": _short(spec.preferred),
+        "witness": _short(spec.witness.key) if spec.witness else None,
         "error_state_delay": spec.error_state_delay, "hold_down": spec.hold_down,
         "first_active_change_interval": spec.first_active_change_interval,
         "manager_weight": spec.manager_weight, "link_weight": spec.link_weight,
         "pmon_weight": spec.pmon_weight, "pmon_timeout": spec.pmon_timeout,
     }
+
+
+def _short(text: str) -> str:
+    """A name as compared: a long one cut, with a digest of the whole (a heartbeat must stay
+    one datagram, and the receiver takes strings of up to 200 characters)."""
+    if len(text) <= 120:
+        return text
+    return f"{text[:96]}... ({hashlib.sha256(text.encode()).hexdigest()[:12]})"
 
 
 def settings_differ(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -153,13 +163,14 @@ def differ_text(differ: Mapping[str, Any]) -> str:
     """For people: `witness none here, "pair" on the partner; hold_down 5 here, 7 ...`."""
     def shown(value: Any) -> str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return f"{value:g}"
+            return f"{value:g}" if float(f"{value:g}") == value else repr(value)
         return "none" if value is None else json.dumps(value)
     text = "; ".join(f"{key} {shown(v.get('here'))} here, {shown(v.get('partner'))} on the partner"
                      for key, v in differ.items() if isinstance(v, dict))
     if "witness" in differ:
         text += (" (with a witness on one side only, or two different keys, a partition "
-                 "leaves both servers active)")
+                 "leaves both servers active, and while etcd is away the server with the "
+                 "witness cannot take the role it is handed: nobody is active)")
     return text
 
 
