@@ -154,25 +154,35 @@ def test_the_same_handover_twice_is_taken_twice(tmp_path, pmon, etcd):
 
 
 def test_members_whose_preferences_differ_follow_one_order_and_say_so(tmp_path, pmon, etcd):
-    """a prefers b, b prefers a (a rollout half done). Each ranking by its own, the leader
-    handed the role on by preference at every hold_down, until a handover found its target
-    naming another: nobody took the key, and no member was active at all."""
+    """a prefers c, b prefers b, c the default a (a rollout half done). Each ranking by its
+    own, the leader handed the role on by preference at every hold_down until a handover
+    found its target naming another: nobody took the key, no member was active at all.
+    Now all follow a's order (the first name), also while a is down (a review: the order of
+    the first name alive changed with a passive member's crash, and the role with it)."""
     group = Group(pmon, tmp_path, etcd, hold_down=1,
-                  only={"a": {"preferred": "b"}, "b": {"preferred": "a"}})
-    group.wait_active("b")  # a's order (b, a, c): a is the first name
+                  only={"a": {"preferred": "c"}, "b": {"preferred": "b"}})
+    group.wait_active("c")  # a's order: c, a, b
     since = time.time()
-    deadline = time.monotonic() + 6  # hold_down 1: a group that flaps has moved by then
-    while time.monotonic() < deadline:
-        group.check()
-        assert group.running() == ["b"] and group.role("b") == "active", group.views()
-        time.sleep(0.05)
-    assert [e for e in all_switchovers(group) if e["at"] >= since] == []
-    out = pmon_cli(group.paths["c"], "redu", "status").stdout
-    assert "the members' preferences differ (a b, a, c; b a, b, c; c a, b, c): the group " \
+
+    def steady(seconds: float) -> None:
+        deadline = time.monotonic() + seconds  # hold_down 1: a group that flaps moves by then
+        while time.monotonic() < deadline:
+            group.check()
+            assert group.running() == ["c"] and group.role("c") == "active", group.views()
+            time.sleep(0.05)
+    steady(4)
+    out = pmon_cli(group.paths["b"], "redu", "status").stdout
+    assert "the members' preferences differ (a c, a, b; b b, a, c; c a, b, c): the group " \
            "follows a's" in out, out
-    kill_tree(group.servers["b"].proc.pid)  # the next by the same order takes over
+    kill_tree(group.servers["a"].proc.pid)  # the first name, passive: its lease expires
+    steady(TTL + 3)
+    group.restart("a")
+    poll_for(lambda: group.role("a") == "passive", WAIT, "a back, passive")
+    steady(3)
+    assert [e for e in all_switchovers(group) if e["at"] >= since] == []
+    kill_tree(group.servers["c"].proc.pid)  # the active: the next by a's order takes over
     group.wait_active("a", TTL + 5)
-    assert group.role("c") == "passive"
+    assert group.role("b") == "passive"
 
 
 def test_set_active_makes_the_named_member_active_and_ends_as_for_the_pair(tmp_path, pmon, etcd):

@@ -130,8 +130,8 @@ def print_group(s: dict[str, Any]) -> None:
     if differ:
         each = "; ".join(f"{name} {', '.join(order)}" for name, order in sorted(differ.items()))
         click.echo(f"  the members' preferences differ ({each}): the group follows "
-                   f"{min(differ)}'s, the first name, until they agree; give every member "
-                   "the same [redundancy] preferred and group order")
+                   f"{min(differ)}'s, the first name (also while it is down), until they "
+                   "agree; give every member the same [redundancy] preferred and group order")
     handover = group.get("handover")
     if handover:
         click.echo(f"handover: to {handover['to']} ({handover['reason']}), stopping the drivers")

@@ -114,7 +114,7 @@ class GroupManager(PmonView):
         self.put: dict[str, Any] = {}  # the record as last handed to the store
         self.members: dict[str, Member] = {}
         self.preference = spec.preference  # as the group ranks (_agreed_preference)
-        self.preferences: dict[str, tuple[str, ...]] = {}  # every member's own, as said
+        self.preferences: dict[str, tuple[str, ...]] = {}  # every member's own, as last said
         self.records: dict[str, dict[str, Any]] = {}
         self.leader: str | None = None
         self.forced_raw: dict[str, Any] | None = None
@@ -180,16 +180,18 @@ class GroupManager(PmonView):
         return fresh
 
     def _agreed_preference(self) -> tuple[str, ...]:
-        """The order of preference this member ranks by: its own while every member's record
-        says the same; else the one of the member whose name sorts first, so that all still
-        rank alike. (Each ranking by its own, a failure could find every member naming
-        another, and nobody took the key: no active server at all.)"""
-        said = {self.spec.name: self.spec.preference}
+        """The order of preference this member ranks by: its own while every member says the
+        same; else the one of the member whose name sorts first, so that all still rank
+        alike. (Each ranking by its own, a failure could find every member naming another,
+        and nobody took the key: no active server at all.) What a member said is kept
+        while it is down (until it says otherwise): a passive member's crash must not change
+        the order, and with it the role."""
+        self.preferences[self.spec.name] = self.spec.preference
         for name, record in self.records.items():
             order = record.get("preference")
             if isinstance(order, list) and all(isinstance(n, str) for n in order):
-                said[name] = tuple(order)
-        self.preferences = said
+                self.preferences[name] = tuple(order)
+        said = self.preferences
         return said[min(said)] if len(set(said.values())) > 1 else self.spec.preference
 
     def _forced(self) -> Forced | None:

@@ -4,7 +4,7 @@ beside the group daemon's loop, which only reads their state and sets what it wa
 The keys, under the witness's `key` K:
 - K                   the leader key: "NAME BOOT" of the active member, bound to its lease;
 - K/members/NAME      each member's record (JSON), bound to that member's lease;
-- K/handover          a planned handover's mark (JSON {"from", "to", "reason"}), put by the
+- K/handover          a planned handover's mark (JSON {"from", "to", "reason", "at"}), put by the
                       leader under its lease before it lets go of K; the new leader deletes it;
 - K/forced            the last forced choice (JSON), no lease: it outlives its members.
 
