@@ -160,7 +160,8 @@ def test_members_whose_preferences_differ_follow_one_order_and_say_so(tmp_path, 
     Now all follow a's order (the first name), also while a is down (a review: the order of
     the first name alive changed with a passive member's crash, and the role with it)."""
     group = Group(pmon, tmp_path, etcd, hold_down=1,
-                  only={"a": {"preferred": "c"}, "b": {"preferred": "b"}})
+                  only={"a": {"preferred": "c"}, "b": {"preferred": "b"},
+                        "c": {"group": [*MEMBERS, "d"]}})  # and c's list names a fourth
     group.wait_active("c")  # a's order: c, a, b
     since = time.time()
 
@@ -172,8 +173,9 @@ def test_members_whose_preferences_differ_follow_one_order_and_say_so(tmp_path, 
             time.sleep(0.05)
     steady(4)
     out = pmon_cli(group.paths["b"], "redu", "status").stdout
-    assert "the members' preferences differ (a c, a, b; b b, a, c; c a, b, c): the group " \
+    assert "the members' preferences differ (a c, a, b; b b, a, c; c a, b, c, d): the group " \
            "follows a's" in out, out
+    assert "the members' group lists differ (a a, b, c; b a, b, c; c a, b, c, d)" in out, out
     kill_tree(group.servers["a"].proc.pid)  # the first name, passive: its lease expires
     steady(TTL + 3)
     group.restart("a")

@@ -132,6 +132,11 @@ def print_group(s: dict[str, Any]) -> None:
         click.echo(f"  the members' preferences differ ({each}): the group follows "
                    f"{min(differ)}'s, the first name (also while it is down), until they "
                    "agree; give every member the same [redundancy] preferred and group order")
+    lists = group.get("groups")
+    if lists:
+        each = "; ".join(f"{name} {', '.join(names)}" for name, names in sorted(lists.items()))
+        click.echo(f"  the members' group lists differ ({each}): a member reads only the "
+                   "records of those in its own list; give every member the same [redundancy] group")
     handover = group.get("handover")
     if handover:
         click.echo(f"handover: to {handover['to']} ({handover['reason']}), stopping the drivers")

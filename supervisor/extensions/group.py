@@ -134,4 +134,4 @@ class GroupService(RedundancyService):
             "order": self.group().get("order", []), "handover": self.group().get("handover"),
             # what the group ranks by (every member's own while they differ)
             "preference": self.group().get("preference") or list(self.spec.preference),
-            "preferences": self.group().get("preferences")}}
+            "preferences": self.group().get("preferences"), "groups": self.group().get("groups")}}

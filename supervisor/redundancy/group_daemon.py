@@ -53,6 +53,12 @@ STARTUP = 2.0    # a starting member listens this long before it takes the role 
 ACK_WAIT = 0.3   # a fence waits this long at most for pmon to acknowledge "passive"
 
 
+def _differing(said: dict[str, tuple[str, ...]]) -> dict[str, list[str]] | None:
+    """Every member's own list, while they differ (for redu status); else None."""
+    return {name: list(order) for name, order in said.items()} if len(set(said.values())) > 1 \
+        else None
+
+
 def _json(text: str | None) -> dict[str, Any] | None:
     try:
         value = json.loads(text) if text else None
@@ -115,6 +121,7 @@ class GroupManager(PmonView):
         self.members: dict[str, Member] = {}
         self.preference = spec.preference  # as the group ranks (_agreed_preference)
         self.preferences: dict[str, tuple[str, ...]] = {}  # every member's own, as last said
+        self.groups: dict[str, tuple[str, ...]] = {}  # every member's group list, likewise
         self.records: dict[str, dict[str, Any]] = {}
         self.leader: str | None = None
         self.forced_raw: dict[str, Any] | None = None
@@ -187,10 +194,12 @@ class GroupManager(PmonView):
         while it is down (until it says otherwise): a passive member's crash must not change
         the order, and with it the role."""
         self.preferences[self.spec.name] = self.spec.preference
+        self.groups[self.spec.name] = self.spec.group
         for name, record in self.records.items():
-            order = record.get("preference")
-            if isinstance(order, list) and all(isinstance(n, str) for n in order):
-                self.preferences[name] = tuple(order)
+            for key, said in (("preference", self.preferences), ("group", self.groups)):
+                order = record.get(key)
+                if isinstance(order, list) and all(isinstance(n, str) for n in order):
+                    said[name] = tuple(order)
         said = self.preferences
         return said[min(said)] if len(set(said.values())) > 1 else self.spec.preference
 
@@ -371,6 +380,7 @@ class GroupManager(PmonView):
     def _put_record(self, now: float, ok: bool, fresh: bool) -> None:
         breakdown = self.breakdown(now)
         record = {"name": self.spec.name, "boot": self.boot, "preference": list(self.spec.preference),
+                  "group": list(self.spec.group),
                   "role": self.role.value if self.role else None,
                   "error": sum(breakdown.values()), "breakdown": breakdown,
                   "available": self.available and ok, "can_act": ok,
@@ -405,8 +415,7 @@ class GroupManager(PmonView):
             "group": {"leader": self.leader, "members": members, "order": order,
                       "handover": self.handover, "preference": list(self.preference),
                       # every member's own, while they differ (the group follows one)
-                      "preferences": {name: list(order) for name, order in self.preferences.items()}
-                      if len(set(self.preferences.values())) > 1 else None},
+                      "preferences": _differing(self.preferences), "groups": _differing(self.groups)},
         }
 
     def _on_reply(self, at: float, role: Role | None,
