@@ -7,6 +7,7 @@ its own grace. Real pairs on loopback through the test relay."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import time
 
@@ -135,3 +136,33 @@ def test_a_witness_on_one_server_only_is_named_with_what_it_costs(tmp_path, pmon
         shown = pmon_cli(server.config_path, "redu", "status").stdout
         assert "a partition leaves both servers active" in shown, shown
     assert f'witness "{KEY}" here, none on the partner' in pmon_cli(a.config_path, "redu", "status").stdout
+
+
+def test_random_timing_on_each_side_a_frozen_active_never_makes_two_drivers(tmp_path, pmon, relay):
+    """Chaos with a seed (PMON_CHAOS_SEED): each round gives a and b their own
+    heartbeat_interval, timeout and fence_grace, freezes the active's redundancy manager
+    until b's driver runs, and samples both drivers every 20 ms: never two at once, and a's
+    stopped (its self-fence) before b's started."""
+    seed = int(os.environ.get("PMON_CHAOS_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+
+    def timing() -> dict[str, float]:
+        interval = rng.choice([0.1, 0.15, 0.2, 0.3])
+        timeout = max(interval * rng.uniform(3, 8), interval + 0.4)  # room for the self-fence
+        return {"heartbeat_interval": interval, "timeout": round(timeout, 2),
+                "fence_grace": rng.choice([0, 0.5, 1.5])}
+    for n in range(3):
+        only = {"a": timing(), "b": timing()}
+        directory = tmp_path / f"round{n}"
+        directory.mkdir()
+        a, b = start(pmon, directory, relay, only)
+        context = f"seed {seed}, round {n}: {only}"
+        wait_roles(a, b, "active", "passive")
+        a.wait_state("drv", "running")
+        with TwoDrivers(directory) as sampler:
+            at, *said = freeze_the_active_redundancy_manager(a, b, directory, 0)
+            check_handover(a, directory, at, (said[0], said[1]))
+        assert sampler.seen == [], f"two drivers ran at once ({context})"
+        for server in (a, b):
+            server.stop()
+            kill_project_processes(server.config.project.name)
