@@ -73,6 +73,23 @@ def test_the_shared_settings_that_differ_are_named_with_both_values():
         "hold_down 1.0000001 here, 1 on the partner"  # not "1 here, 1 on the partner"
 
 
+def test_the_longest_heartbeat_the_settings_allow_fits_one_datagram(tmp_path):
+    """Names at their longest (64 characters, in from, to, target and both choices), a
+    witness key of 5,000 characters, and 300 failing sources with long names (the
+    breakdown at its cap): still one datagram the partner takes."""
+    from pmon.redundancy.settings import shared_settings
+    a, b = "a" * 64, "é" * 64  # (an é is written as six bytes)
+    spec = load(tmp_path, name=a, partner=b, preferred=b,
+                witness={"etcd": ["http://127.0.0.1:2379"], "key": "/" + "é" * 5000}).redundancy
+    hb = beat(sender=b, to=a, target=b, forced=Choice(b, 10**15, ((a, 10**6), (b, 10**6))),
+              preferred=Choice(b, 10**15), shared=shared_settings(spec), timing=(0.2, 0.6, 1.0),
+              breakdown={f"manager {'é' * 100} {i}": 10**6 for i in range(300)},
+              error=3 * 10**8, damp=3600.0, seq=10**15, epoch=10**15, seen=10**15)
+    data = encode(hb)
+    assert len(data) <= MAX_DATAGRAM, len(data)
+    assert Inbox(a, b).accept(data) is not None
+
+
 def test_the_renumbered_heartbeat_takes_the_fast_path_whatever_the_shared_settings_hold(tmp_path):
     """A long witness key is cut with a digest (a review: the receiver dropped a whole
     `shared` with one long string, and every heartbeat then took the full decode)."""
@@ -208,6 +225,7 @@ def test_a_listed_redundancy_manager_is_used_as_is(tmp_path):
     ({"timeout": 0.1, "heartbeat_interval": 0.2}, None, "must be longer than heartbeat_interval"),
     ({"preferred": "c"}, None, "must be 'a' or 'b'"),
     ({"partner": "a"}, None, "must differ from name"),
+    ({"partner": "b" * 65}, None, "at most 64 characters"),
     ({"links": []}, None, "one or two [[redundancy.links]]"),
     ({"links": [{"local": "nowhere", "partner": "127.0.0.1:1"}]}, None, 'expected an address "HOST:PORT"'),
     ({"heartbeat": 1}, None, "did you mean 'heartbeat_interval'"),

@@ -186,10 +186,21 @@ def _address(value: Any) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# A server's name goes into every heartbeat several times (from, to, target, the choices):
+# with the breakdown at its cap, names of a few thousand characters made a datagram longer
+# than MAX_DATAGRAM, which the partner drops (a split brain).
+NAME_MAX = 64
+
+
+def _is_server(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= NAME_MAX and \
+        not any(c.isspace() for c in value)
+
+
 def _server(value: Any) -> str:
-    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
-        raise ValueError("a server name without spaces")
-    return value
+    if not _is_server(value):
+        raise ValueError(f"a server name without spaces, at most {NAME_MAX} characters")
+    return str(value)
 
 
 KEYS: dict[str, Callable[[Any], Any]] = {
@@ -362,10 +373,10 @@ def _group(table: Mapping[str, Any], values: Mapping[str, Any], errors: "_Errors
     where = "[redundancy], key 'group'"
     raw = table["group"]
     members: tuple[str, ...] = ()
-    if not isinstance(raw, list) or len(raw) < 3 or not all(
-            isinstance(m, str) and m and not any(c.isspace() for c in m) for m in raw):
-        errors.add(where, "expected a list of three or more server names without spaces "
-                          f"(a pair takes partner and links instead); {GROUP_EXAMPLE}")
+    if not isinstance(raw, list) or len(raw) < 3 or not all(_is_server(m) for m in raw):
+        errors.add(where, "expected a list of three or more server names without spaces, at "
+                          f"most {NAME_MAX} characters each (a pair takes partner and links "
+                          f"instead); {GROUP_EXAMPLE}")
     elif len(set(raw)) < len(raw):
         errors.add(where, "names a server twice; list each member once")
     else:
