@@ -114,7 +114,7 @@ class GroupManager(PmonView):
         # how long a handover waits for pmon's word (as the pair's release; pmon sends it)
         self.release_bound = release_bound(
             (m.seconds_to_kill for m in config.managers if m.run_on == "active"), self.spec)
-        self.mark_seen: dict[str, float] = {}
+        self.mark_seen: tuple[str, float] | None = None  # the mark in etcd, when first seen
         self.taking = "start"  # the reason of the takeover under way   # a handover mark, when first seen leaderless
         self.joined: dict[tuple[str, str], float] = {}
         self.put: dict[str, Any] = {}  # the record as last handed to the store
@@ -178,6 +178,13 @@ class GroupManager(PmonView):
             members[self.spec.name] = Member(self.spec.name, sum(self.breakdown(now).values()),
                                              self.available and ok, ok, self.started_at)
         self.members = members
+        self.preferences[self.spec.name] = self.spec.preference
+        self.groups[self.spec.name] = self.spec.group
+        for name, record in self.records.items():  # kept while a member is down
+            for key, said in (("preference", self.preferences), ("group", self.groups)):
+                order = record.get(key)
+                if isinstance(order, list) and all(isinstance(n, str) for n in order):
+                    said[name] = tuple(order)
         self.preference = self._agreed_preference()
         holder = values.get("", "").split()
         self.leader = self.spec.name if self.store.is_leader() else (holder[0] if holder else None)
@@ -193,13 +200,6 @@ class GroupManager(PmonView):
         and nobody took the key: no active server at all.) What a member said is kept
         while it is down (until it says otherwise): a passive member's crash must not change
         the order, and with it the role."""
-        self.preferences[self.spec.name] = self.spec.preference
-        self.groups[self.spec.name] = self.spec.group
-        for name, record in self.records.items():
-            for key, said in (("preference", self.preferences), ("group", self.groups)):
-                order = record.get(key)
-                if isinstance(order, list) and all(isinstance(n, str) for n in order):
-                    said[name] = tuple(order)
         said = self.preferences
         return said[min(said)] if len(set(said.values())) > 1 else self.spec.preference
 
@@ -321,7 +321,8 @@ class GroupManager(PmonView):
                                    "ended_at": time.time()})
         if leading and fresh and verdict.target not in (None, me):
             # "at" makes each mark its own: the same handover again later is a new mark, not
-            # the first one, long expired (which left nobody active until the lease's TTL)
+            # the first one, long expired (its target fell back to the ranking: a "failure",
+            # or nobody took the key where the ranking named another)
             self.handover = {"from": me, "to": verdict.target, "reason": verdict.reason,
                              "at": time.time()}
             self.drivers_gone, self.handover_since = False, now
@@ -330,8 +331,9 @@ class GroupManager(PmonView):
         mark = _json(self.watch.snapshot()[0].get("/handover")) if fresh else None
         if mark is not None and self.leader is None:
             seen = json.dumps(mark, sort_keys=True)
-            since = self.mark_seen.get(seen, now)
-            self.mark_seen = {seen: since}  # only the mark in etcd now
+            if self.mark_seen is None or self.mark_seen[0] != seen:
+                self.mark_seen = (seen, now)
+            since = self.mark_seen[1]
             target = mark.get("to")
             if now - since > self.store.spec.ttl or target not in self.members or \
                     not self.members[target].can_act:
